@@ -1,0 +1,65 @@
+"""The ``structmat`` command (Typer + Rich), DESIGN.md §7.
+
+Every subcommand runs on built-in defaults and shows progress; the work is done by functions in
+``structmat.experiments`` / ``structmat.report`` (this module only parses options and prints).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Structured matrices for deep learning.")
+console = Console()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"structmat {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Structured matrices for deep learning: circuits, butterflies, Kaleidoscope, Monarch, LDR."""
+
+
+@app.command()
+def families() -> None:
+    """List the registered families with their parameter and flop formulas."""
+    from .core import registry
+
+    table = Table(title="structmat families")
+    for column in ["family", "parameters", "matvec flops", "projection", "description"]:
+        table.add_column(column)
+    for info in registry.all_infos():
+        table.add_row(info.name, info.params_formula, info.flops_formula, "yes" if info.has_projection else "fit", info.description)
+    console.print(table)
+
+
+@app.command()
+def tour(
+    out: Path = typer.Option(Path("structmat-report"), "--out", help="Output directory of the report."),
+    full: bool = typer.Option(False, "--full", help="Run the full (slower) version of every step."),
+) -> None:
+    """The main job: run every building block on defaults and write an HTML + JSON report."""
+    from .report.tour import run_tour
+
+    path = run_tour(out, quick=not full, console=console)
+    console.print(f"[bold green]report written to[/] {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Reproducible studies. Each returns plain data (dataclasses / dicts) that the report renders."""

@@ -1,0 +1,60 @@
+"""Wall-clock timing helpers shared by the benchmarks and the speed experiments.
+
+Numbers are measured side by side in one run (ratios are what the benchmarks report); nothing
+here is asserted by tests.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Callable
+
+import torch
+
+
+def time_call(fn: Callable[[], object], repeat: int = 5, min_time: float = 0.05, warmup: int = 1) -> float:
+    """Median seconds per call of ``fn`` (each sample loops until ``min_time`` has elapsed)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            calls, start = 0, time.perf_counter()
+            while True:
+                fn()
+                calls += 1
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_time:
+                    break
+            samples.append(elapsed / calls)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def time_forward(module: torch.nn.Module, x: torch.Tensor, **kwargs) -> float:
+    """Seconds per inference forward (no autograd graph)."""
+
+    def run():
+        with torch.inference_mode():
+            module(x)
+
+    return time_call(run, **kwargs)
+
+
+def time_forward_backward(module: torch.nn.Module, x: torch.Tensor, **kwargs) -> float:
+    """Seconds per forward + backward of ``sum(module(x))`` w.r.t. parameters and input."""
+    x = x.detach().requires_grad_(True)
+
+    def run():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        out = module(x)
+        out.real.sum().backward() if out.is_complex() else out.sum().backward()
+
+    return time_call(run, **kwargs)

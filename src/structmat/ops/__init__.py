@@ -1,0 +1,7 @@
+"""Numerical kernels: a pure-PyTorch reference for every op, plus fast backends chosen
+automatically (see :mod:`structmat.ops.backend`)."""
+
+from . import backend
+from .backend import reference_forced, set_reference, use_reference
+
+__all__ = ["backend", "reference_forced", "set_reference", "use_reference"]

@@ -1,0 +1,63 @@
+"""Backend selection for the kernels in ``structmat.ops`` (DESIGN.md §4).
+
+Every op has a pure-PyTorch *reference* and may have fast backends (fused CPU kernels with
+Numba, GPU kernels with Triton). The fast path is chosen automatically; the reference can be
+forced for debugging and parity tests:
+
+* environment variable ``STRUCTMAT_REFERENCE=1`` (read at import time and by :func:`reference_forced`);
+* :func:`set_reference` / the :func:`use_reference` context manager.
+
+Ops call :func:`choose` with the tensors involved to pick a backend name.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+_FORCED: bool | None = None
+
+
+def reference_forced() -> bool:
+    """True when the reference path must be used everywhere."""
+    if _FORCED is not None:
+        return _FORCED
+    return os.environ.get("STRUCTMAT_REFERENCE", "").strip() not in ("", "0", "false", "False")
+
+
+def set_reference(enabled: bool | None) -> None:
+    """Force (``True``), forbid (``False``) or reset to the environment (``None``) the reference."""
+    global _FORCED
+    _FORCED = None if enabled is None else bool(enabled)
+
+
+@contextmanager
+def use_reference(enabled: bool = True):
+    """Context manager forcing the pure-PyTorch reference kernels inside the block."""
+    global _FORCED
+    previous = _FORCED
+    _FORCED = bool(enabled)
+    try:
+        yield
+    finally:
+        _FORCED = previous
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except Exception:  # pragma: no cover - numba is a dependency
+        return False
+    return True
+
+
+def choose(*tensors) -> str:
+    """``"reference"``, ``"cpu"`` (fused Numba kernels) or ``"cuda"`` for the given tensors."""
+    if reference_forced():
+        return "reference"
+    devices = {t.device.type for t in tensors}
+    if devices == {"cpu"}:
+        return "cpu" if numba_available() else "reference"
+    if devices == {"cuda"}:
+        return "cuda"
+    return "reference"

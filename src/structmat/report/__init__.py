@@ -1,0 +1,1 @@
+"""The report: HTML pages with embedded plots, and JSON results, rendered from experiment data."""

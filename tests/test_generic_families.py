@@ -1,0 +1,291 @@
+"""The generic suite: every registered family, every sample instance (DESIGN.md §3).
+
+Adding a family means writing its module and registry entry; these checks then apply to it
+unchanged: forward vs to_dense, gradcheck (float64/complex128), transpose/adjoint, counts,
+state_dict and config round trips, torch.compile, dtype/device moves, batch shapes, bad input,
+the single-layer gradient reduction (SPEC.md §2.6, check A6) and Hypothesis-driven shapes.
+"""
+
+import inspect
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import structmat as sm
+from structmat.core import registry
+
+from helpers import rel_error
+
+CASES = [(info.name, sample) for info in registry.all_infos() for sample in info.samples()]
+IDS = [f"{name}-{sample.id}" for name, sample in CASES]
+FIRST = {}
+for _name, _sample in CASES:
+    FIRST.setdefault(_name, _sample)
+FIRST_CASES = list(FIRST.items())
+PROJ_CASES = [(n, s) for n, s in FIRST_CASES if registry.get(n).has_projection]
+TRAINABLE_CASES = [
+    (n, s)
+    for n, s in CASES
+    if any(p.requires_grad for p in registry.get(n).create(s.in_features, s.out_features, device="meta", **s.options).parameters())
+]
+
+
+def dtypes_for(name):
+    info = registry.get(name)
+    return [torch.float64, torch.complex128] if info.supports_complex else [torch.float64]
+
+
+def make(name, sample, dtype=torch.float64, device=None):
+    info = registry.get(name)
+    return info.create(sample.in_features, sample.out_features, dtype=dtype, device=device, **sample.options)
+
+
+def randn(*shape, dtype=torch.float64):
+    return torch.randn(*shape, dtype=dtype)
+
+
+def test_registry_has_baselines():
+    names = sm.families()
+    for name in ["dense", "low_rank", "sparse", "sparse_low_rank"]:
+        assert name in names
+    assert names == sorted(names)
+
+
+@pytest.mark.parametrize("name", sm.families())
+def test_registry_entry_complete(name):
+    info = registry.get(name)
+    samples = info.samples()
+    assert samples, "a family needs sample instances"
+    assert any(s.in_features != s.out_features for s in samples), "include a rectangular sample"
+    assert any((s.in_features & (s.in_features - 1)) != 0 for s in samples), "include a non-power-of-two size"
+    assert info.params_formula and info.flops_formula
+    assert info.description
+    assert callable(getattr(info.cls, "reset_parameters", None))
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_forward_matches_dense(name, sample):
+    for dtype in dtypes_for(name):
+        m = make(name, sample, dtype)
+        x = randn(5, sample.in_features, dtype=dtype)
+        y = m(x)
+        assert y.shape == (5, sample.out_features) and y.dtype == dtype
+        dense = m.to_dense()
+        assert dense.shape == (sample.out_features, sample.in_features) and dense.dtype == dtype
+        assert rel_error(y, x @ dense.T) <= 1e-10
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_forward_float32(name, sample):
+    m = make(name, sample, torch.float32)
+    x = torch.randn(4, sample.in_features)
+    ref = x.double() @ m.to_dense().double().T
+    assert rel_error(m(x).double(), ref) <= 1e-4
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_transpose_and_adjoint(name, sample):
+    for dtype in dtypes_for(name):
+        m = make(name, sample, dtype)
+        M = m.to_dense()
+        y = randn(3, sample.out_features, dtype=dtype)
+        t = m.transpose()
+        assert isinstance(t, sm.StructuredMatrix)
+        assert (t.in_features, t.out_features) == (sample.out_features, sample.in_features)
+        assert rel_error(t(y), y @ M) <= 1e-10
+        assert rel_error(t.to_dense(), M.T) <= 1e-12
+        a = m.adjoint()
+        assert rel_error(a(y), y @ M.conj()) <= 1e-10
+        assert rel_error(a.to_dense(), M.conj().T) <= 1e-12
+        x = randn(2, sample.in_features, dtype=dtype)
+        assert rel_error(t.transpose()(x), x @ M.T) <= 1e-10
+        assert rel_error(a.adjoint()(x), x @ M.T) <= 1e-10
+        assert t.num_parameters == m.num_parameters
+
+
+def _gradcheck_module(m, x):
+    names = [n for n, p in m.named_parameters() if p.requires_grad]
+    params = [p.detach().clone().requires_grad_(True) for n, p in m.named_parameters() if p.requires_grad]
+
+    def fn(inp, *values):
+        return torch.func.functional_call(m, dict(zip(names, values)), (inp,))
+
+    return torch.autograd.gradcheck(fn, (x, *params), fast_mode=True, eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_gradcheck(name, sample):
+    for dtype in dtypes_for(name):
+        m = make(name, sample, dtype)
+        x = randn(3, sample.in_features, dtype=dtype).requires_grad_(True)
+        assert _gradcheck_module(m, x)
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_gradcheck_transpose(name, sample):
+    m = make(name, sample, torch.float64)
+    y = randn(2, sample.out_features).requires_grad_(True)
+    assert _gradcheck_module(m.transpose(), y)
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_counts(name, sample):
+    m = make(name, sample, torch.float32)
+    trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    assert m.num_parameters == trainable
+    assert isinstance(m.flops(), int) and m.flops() > 0
+    assert m.flops(batch=7) == 7 * m.flops(1)
+    assert m.flops(batch=0) == 0
+    meta = make(name, sample, torch.float32, device="meta")
+    assert meta.num_parameters == m.num_parameters
+    layer = sm.StructuredLinear(sample.in_features, sample.out_features, name, **sample.options)
+    assert layer.num_parameters == m.num_parameters
+    assert layer.flops(3) == m.flops(3) + 3 * sample.out_features
+    c = make(name, sample, torch.complex64) if registry.get(name).supports_complex else None
+    if c is not None:
+        assert c.flops() > m.flops() or m.flops() == 0
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_state_dict_and_config_roundtrip(name, sample):
+    m = make(name, sample, torch.float64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    cfg = m.config()
+    assert cfg["structure"] == name
+    import json
+
+    cfg = json.loads(json.dumps(cfg))  # options must be JSON-serialisable
+    rebuilt = registry.get(cfg["structure"]).create(cfg["in_features"], cfg["out_features"], dtype=torch.float64, **cfg["options"])
+    rebuilt.load_state_dict(m.state_dict())
+    assert torch.equal(rebuilt.to_dense(), m.to_dense())
+    x = randn(2, sample.in_features)
+    assert torch.allclose(rebuilt(x), m(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,sample", FIRST_CASES, ids=[n for n, _ in FIRST_CASES])
+def test_torch_compile_forward(name, sample):
+    torch._dynamo.reset()
+    layer = sm.StructuredLinear(sample.in_features, sample.out_features, name, dtype=torch.float64, **sample.options)
+    compiled = torch.compile(layer, backend="aot_eager")
+    x = randn(4, sample.in_features)
+    assert rel_error(compiled(x), layer(x)) <= 1e-12
+    out = compiled(x).sum()
+    out.backward()
+    assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_dtype_and_device_moves(name, sample):
+    m = make(name, sample, torch.float32)
+    dense32 = m.to_dense().detach()
+    m64 = m.to(torch.float64)
+    assert m64.dtype == torch.float64
+    x = randn(3, sample.in_features)
+    assert rel_error(m64(x), x @ m64.to_dense().T) <= 1e-10
+    assert rel_error(m64.to_dense().float(), dense32) <= 1e-6
+    m32 = m64.float()
+    assert m32(torch.randn(2, sample.in_features)).dtype == torch.float32
+    assert m32.to("cpu").device.type == "cpu"
+    if registry.get(name).supports_complex:
+        c = make(name, sample, torch.complex64)
+        assert c(torch.randn(2, sample.in_features)).dtype == torch.complex64  # real input to a complex layer
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_batch_shapes(name, sample):
+    m = make(name, sample, torch.float64)
+    M = m.to_dense()
+    x = randn(sample.in_features)
+    assert m(x).shape == (sample.out_features,)
+    assert rel_error(m(x), M @ x) <= 1e-10
+    x = randn(2, 3, sample.in_features)
+    y = m(x)
+    assert y.shape == (2, 3, sample.out_features)
+    assert rel_error(y, x @ M.T) <= 1e-10
+    empty = m(randn(0, sample.in_features))
+    assert empty.shape == (0, sample.out_features)
+    layer = sm.StructuredLinear(sample.in_features, sample.out_features, name, dtype=torch.float64, **sample.options)
+    assert layer(randn(0, 2, sample.in_features)).shape == (0, 2, sample.out_features)
+
+
+@pytest.mark.parametrize("name,sample", FIRST_CASES, ids=[n for n, _ in FIRST_CASES])
+def test_bad_input(name, sample):
+    m = make(name, sample, torch.float32)
+    with pytest.raises(ValueError, match="x"):
+        m(torch.randn(2, sample.in_features + 1))
+    with pytest.raises(TypeError, match="x"):
+        m(torch.ones(2, sample.in_features, dtype=torch.int64))
+    with pytest.raises(TypeError, match="x"):
+        m(torch.ones(2, sample.in_features, dtype=torch.bool))
+    with pytest.raises(TypeError, match="x"):
+        m([0.0] * sample.in_features)
+    with pytest.raises(TypeError, match="dtype"):
+        m(torch.randn(2, sample.in_features, dtype=torch.float64))
+    with pytest.raises(ValueError, match="in_features"):
+        sm.StructuredLinear(0, sample.out_features, name)
+    with pytest.raises(ValueError, match="out_features"):
+        sm.StructuredLinear(sample.in_features, 0, name)
+    with pytest.raises(TypeError, match="not_an_option"):
+        sm.StructuredLinear(sample.in_features, sample.out_features, name, not_an_option=3)
+
+
+@pytest.mark.parametrize("name,sample", PROJ_CASES, ids=[n for n, _ in PROJ_CASES])
+def test_from_dense_contract(name, sample):
+    info = registry.get(name)
+    m = make(name, sample, torch.float64)
+    accepted = inspect.signature(info.cls.from_dense).parameters
+    options = {k: v for k, v in sample.options.items() if k in accepted}
+    proj = info.cls.from_dense(m.to_dense().detach(), **options)
+    assert isinstance(proj, info.cls)
+    assert proj.to_dense().shape == m.to_dense().shape and proj.dtype == torch.float64
+    with pytest.raises(ValueError, match="W"):
+        info.cls.from_dense(torch.randn(3, 4, 5))
+    with pytest.raises(ValueError, match="W"):
+        info.cls.from_dense(torch.randn(3))
+
+
+@pytest.mark.parametrize("name,sample", TRAINABLE_CASES, ids=[f"{n}-{s.id}" for n, s in TRAINABLE_CASES])
+def test_single_layer_reduction(name, sample):
+    """SPEC.md §2.6 / check A6: dL/dθ equals the gradient of Σ_b u_bᵀ W(θ) x_b, u fixed."""
+    m = make(name, sample, torch.float64)
+    params = [p for p in m.parameters() if p.requires_grad]
+    x = randn(4, sample.in_features)
+    target = randn(4, sample.out_features)
+    z = m(x)
+    loss = ((torch.tanh(z) - target) ** 2).sum()
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    u = (2 * (torch.tanh(z) - target) * (1 - torch.tanh(z) ** 2)).detach()
+    f = (u * (x @ m.to_dense().T)).sum()
+    grads_f = torch.autograd.grad(f, params, allow_unused=True)
+    for g, h in zip(grads, grads_f):
+        if g is None or h is None:
+            assert (g is None or float(g.abs().max()) == 0) and (h is None or float(h.abs().max()) == 0)
+        else:
+            assert rel_error(g, h) <= 1e-9
+
+
+def test_unknown_structure_suggests():
+    with pytest.raises(ValueError, match="did you mean 'low_rank'"):
+        sm.StructuredLinear(4, 4, "lowrank")
+    with pytest.raises(TypeError, match="structure"):
+        sm.StructuredLinear(4, 4, 3)
+
+
+@pytest.mark.parametrize("name", sm.families())
+@given(
+    in_features=st.integers(1, 300),
+    out_features=st.integers(1, 300),
+    batch=st.lists(st.integers(0, 3), min_size=0, max_size=2),
+)
+def test_hypothesis_shapes(name, in_features, out_features, batch):
+    layer = sm.StructuredLinear(in_features, out_features, name, dtype=torch.float64)
+    x = torch.randn(*batch, in_features, dtype=torch.float64)
+    y = layer(x)
+    assert y.shape == (*batch, out_features)
+    if x.numel():
+        ref = x @ layer.to_dense().T + layer.bias
+        assert rel_error(y, ref) <= 1e-9
