@@ -1,0 +1,167 @@
+"""Operator algebra: products and sums of structured matrices (CoLA-style composition).
+
+Families and exact constructions compose existing operators instead of special-casing them:
+
+* :class:`Product` ``(F_L, ..., F_1)`` is ``M = F_L ⋯ F_1`` (matrix-multiplication order, so the
+  rightmost factor is applied first, SPEC.md §1.2); cost = sum of the factors' costs;
+* :class:`Sum` ``(A, B, ...)`` is ``M = A + B + ...``; cost = sum of costs plus the additions.
+
+Both are :class:`StructuredMatrix` objects (transpose, adjoint, to_dense, counts, ``config()``),
+so they can be wrapped by ``StructuredLinear.from_matrix``. :func:`build_from_config` rebuilds any
+module -- registered family or composite -- from its ``config()``.
+
+Example::
+
+    >>> P = Product(Dense(8, 4), LowRank(16, 8, rank=2))   # (4 x 8) @ (8 x 16)
+    >>> P(torch.randn(3, 16)).shape
+    torch.Size([3, 4])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import StructuredMatrix
+from .dtypes import flop_scale
+from .errors import describe
+
+
+def _check_members(name: str, members) -> list[StructuredMatrix]:
+    members = list(members)
+    if not members:
+        raise ValueError(f"{name}: expected at least one StructuredMatrix, got none")
+    for m in members:
+        if not isinstance(m, StructuredMatrix):
+            raise TypeError(f"{name}: expected StructuredMatrix objects, got {describe(m)}")
+    dtypes = {m.dtype for m in members}
+    if len(dtypes) > 1:
+        raise TypeError(f"{name}: expected factors of one dtype, got {sorted(str(d) for d in dtypes)}")
+    return members
+
+
+class Product(StructuredMatrix):
+    """``M = F_L ⋯ F_2 F_1`` given as ``Product(F_L, ..., F_1)`` (``F_1`` applied first).
+
+    Shapes must chain: ``F_{k+1}.in_features == F_k.out_features``. Parameters are shared with
+    the factors (no copy).
+    """
+
+    family = "product"
+
+    def __init__(self, *factors: StructuredMatrix) -> None:
+        factors = _check_members("factors", factors)
+        for left, right in zip(factors[:-1], factors[1:]):
+            if left.in_features != right.out_features:
+                raise ValueError(
+                    f"factors: shapes do not chain: a factor of shape {left.shape} cannot follow one of shape {right.shape}"
+                )
+        super().__init__(factors[-1].in_features, factors[0].out_features, device=factors[0].device, dtype=factors[0].dtype)
+        self.factors = nn.ModuleList(factors)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        for factor in reversed(self.factors):
+            x = factor._forward(x)
+        return x
+
+    def _forward_transpose(self, y: torch.Tensor) -> torch.Tensor:
+        for factor in self.factors:
+            y = factor._forward_transpose(y)
+        return y
+
+    def to_dense(self) -> torch.Tensor:
+        dense = self.factors[-1].to_dense()
+        for factor in reversed(self.factors[:-1]):
+            dense = factor.to_dense() @ dense
+        return dense
+
+    def _matvec_flops(self) -> int:
+        return sum(f._matvec_flops() for f in self.factors)
+
+    def reset_parameters(self) -> None:
+        """Resets every factor."""
+        for f in self.factors:
+            f.reset_parameters()
+
+    def config(self) -> dict[str, Any]:
+        return {"structure": "product", "factors": [f.config() for f in self.factors]}
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, factors={len(self.factors)}"
+
+
+class Sum(StructuredMatrix):
+    """``M = A_1 + ... + A_k`` of operators with equal shapes."""
+
+    family = "sum"
+
+    def __init__(self, *terms: StructuredMatrix) -> None:
+        terms = _check_members("terms", terms)
+        shapes = {t.shape for t in terms}
+        if len(shapes) > 1:
+            raise ValueError(f"terms: expected equal shapes, got {sorted(shapes)}")
+        super().__init__(terms[0].in_features, terms[0].out_features, device=terms[0].device, dtype=terms[0].dtype)
+        self.terms = nn.ModuleList(terms)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.terms[0]._forward(x)
+        for term in self.terms[1:]:
+            out = out + term._forward(x)
+        return out
+
+    def _forward_transpose(self, y: torch.Tensor) -> torch.Tensor:
+        out = self.terms[0]._forward_transpose(y)
+        for term in self.terms[1:]:
+            out = out + term._forward_transpose(y)
+        return out
+
+    def to_dense(self) -> torch.Tensor:
+        dense = self.terms[0].to_dense()
+        for term in self.terms[1:]:
+            dense = dense + term.to_dense()
+        return dense
+
+    def _matvec_flops(self) -> int:
+        additions = (len(self.terms) - 1) * self.out_features * flop_scale(self.dtype)[1]
+        return sum(t._matvec_flops() for t in self.terms) + additions
+
+    def reset_parameters(self) -> None:
+        """Resets every term."""
+        for t in self.terms:
+            t.reset_parameters()
+
+    def config(self) -> dict[str, Any]:
+        return {"structure": "sum", "terms": [t.config() for t in self.terms]}
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, terms={len(self.terms)}"
+
+
+def build_from_config(config: dict[str, Any], device=None, dtype: torch.dtype | None = None) -> StructuredMatrix:
+    """Rebuild a module (registered family, :class:`Product`, :class:`Sum`, transpose/adjoint
+    views) with the shapes described by ``config`` (its ``config()``); load the state afterwards.
+    """
+    from . import registry
+
+    if not isinstance(config, dict):
+        raise TypeError(f"config: expected a dict from StructuredMatrix.config(), got {describe(config)}")
+    if "factors" in config:
+        return Product(*[build_from_config(c, device, dtype) for c in config["factors"]])
+    if "terms" in config:
+        return Sum(*[build_from_config(c, device, dtype) for c in config["terms"]])
+    if "transpose_of" in config:
+        base = build_from_config(config["transpose_of"], device, dtype)
+        return base.adjoint() if config.get("conjugate") else base.transpose()
+    if "conjugate_of" in config:
+        return build_from_config(config["conjugate_of"], device, dtype).transpose().adjoint()
+    try:
+        structure, n_in, n_out = config["structure"], config["in_features"], config["out_features"]
+    except KeyError as exc:
+        raise ValueError(f"config: missing key {exc.args[0]!r} in {describe(config)}") from exc
+    if dtype is None and "dtype" in config:
+        dtype = getattr(torch, str(config["dtype"]), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"config: unknown dtype {config['dtype']!r}")
+    return registry.get(structure).create(n_in, n_out, device=device, dtype=dtype, **config.get("options", {}))
