@@ -57,6 +57,34 @@ def tour(
     console.print(f"[bold green]report written to[/] {path}")
 
 
+@app.command()
+def bench(
+    suite: str = typer.Argument(..., help="Benchmark suite: butterfly, monarch, ldr, circuits, ..."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer sizes and repeats (smoke run)."),
+    output: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON to this file."),
+) -> None:
+    """Run a speed benchmark suite (structmat.experiments.bench_<suite>) and print its table."""
+    import importlib
+    import json
+
+    name = suite.strip().lower().replace("-", "_")
+    try:
+        module = importlib.import_module(f"structmat.experiments.bench_{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"structmat.experiments.bench_{name}":
+            raise
+        import pkgutil
+
+        from . import experiments
+
+        known = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(experiments.__path__) if m.name.startswith("bench_"))
+        console.print(f"[red]suite: unknown benchmark suite {suite!r}; known: {', '.join(known)}[/]")
+        raise typer.Exit(2)
+    rows = module.run(console=console, quick=quick)
+    if output is not None:
+        output.write_text(json.dumps(rows, indent=2, default=str))
+
+
 def main() -> None:
     app()
 
