@@ -11,6 +11,9 @@ from . import core
 from .core import StructuredLinear, StructuredMatrix
 from . import ops
 from . import families as _families_package  # registers every family
+from .fit import ProjectionResult, fit, project  # the function sm.fit shadows the subpackage name
+from . import nn
+from .nn import load, param_groups, save, structurize
 
 
 def families() -> list[str]:
@@ -18,4 +21,4 @@ def families() -> list[str]:
     return core.registry.names()
 
 
-__all__ = ["__version__", "families", "StructuredLinear", "StructuredMatrix"]
+__all__ = ["__version__", "families", "StructuredLinear", "StructuredMatrix", "nn", "structurize", "param_groups", "save", "load", "ProjectionResult", "fit", "project"]
