@@ -1,0 +1,132 @@
+"""``sm.fit``: the SPEC.md §7.1 objective, determinism, restarts, early stop, complex and
+real-part fitting, bad input."""
+
+import math
+
+import pytest
+import torch
+
+import structmat as sm
+from structmat.fit import RealPart, rmse
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rank2(m, n, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, 2, generator=g, dtype=dtype)
+    b = torch.randn(2, n, generator=g, dtype=dtype)
+    return a @ b / math.sqrt(n)
+
+
+def test_rmse_definition_real_and_complex():
+    T = torch.randn(5, 4, dtype=torch.float64)
+    M = torch.randn(5, 4, dtype=torch.float64)
+    assert rmse(M, T) == pytest.approx(float(((M - T) ** 2).mean().sqrt()), rel=1e-14)
+    Tc = torch.randn(5, 4, dtype=torch.complex128)
+    Mc = torch.randn(5, 4, dtype=torch.complex128)
+    # SPEC.md §7.1: the mean runs over real and imaginary parts
+    expected = math.sqrt(float((Mc - Tc).abs().square().sum()) / (2 * 20))
+    assert rmse(Mc, Tc) == pytest.approx(expected, rel=1e-14)
+
+
+def test_fit_recovers_low_rank_target():
+    T = _rank2(30, 20)
+    result = sm.fit(T, "low_rank", steps=300, lr=3e-2, rank=2, tol=1e-9)
+    assert result.rmse < 1e-8
+    assert result.rmse == pytest.approx(rmse(result.layer.to_dense(), T), rel=1e-9, abs=1e-15)
+    assert result.history and result.history[0] > result.rmse
+    assert result.layer.structure == "low_rank" and result.layer.bias is None
+
+
+def test_fit_complex_target():
+    T = _rank2(12, 10, dtype=torch.complex128)
+    result = sm.fit(T, "low_rank", steps=300, lr=3e-2, rank=2, tol=1e-9)
+    assert result.layer.dtype == torch.complex128
+    assert result.rmse < 1e-8
+
+
+def test_fit_real_part_of_complex_model():
+    g = torch.Generator().manual_seed(4)
+    T = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    result = sm.fit(T, "dense", steps=200, lr=5e-2, real_part=True, tol=1e-10)
+    assert isinstance(result.layer.matrix, RealPart) and result.layer.dtype == torch.float64
+    assert result.rmse < 1e-8
+    x = torch.randn(3, 6, dtype=torch.float64)
+    assert torch.allclose(result.layer(x), x @ result.layer.to_dense().T, atol=1e-12)
+
+
+def test_fit_deterministic_for_a_seed():
+    T = torch.randn(16, 12, dtype=torch.float64)
+    runs = [sm.fit(T, "low_rank", steps=40, lbfgs_steps=5, seed=7, rank=3) for _ in range(2)]
+    assert runs[0].history == runs[1].history
+    assert torch.equal(runs[0].layer.to_dense(), runs[1].layer.to_dense())
+    other = sm.fit(T, "low_rank", steps=40, lbfgs_steps=5, seed=8, rank=3)
+    assert other.history != runs[0].history
+    # the global RNG is not consumed by fitting
+    torch.manual_seed(0)
+    a = torch.rand(1)
+    torch.manual_seed(0)
+    sm.fit(T, "low_rank", steps=2, lbfgs_steps=0, rank=3)
+    assert torch.equal(torch.rand(1), a)
+
+
+def test_restarts_keep_the_best_and_early_stop():
+    T = torch.randn(12, 10, dtype=torch.float64)
+    result = sm.fit(T, "low_rank", steps=30, lbfgs_steps=0, restarts=3, rank=2)
+    assert len(result.restart_rmse) == 3
+    assert result.rmse == pytest.approx(min(result.restart_rmse), rel=1e-12)
+    assert result.restart_rmse[result.best_restart] == min(result.restart_rmse)
+    easy = sm.fit(T, "low_rank", steps=500, restarts=3, tol=10.0, rank=2)
+    assert easy.converged and len(easy.history) == 1 and len(easy.restart_rmse) == 1
+
+
+def test_warm_start_and_budget():
+    T = _rank2(20, 16)
+    warm = sm.project(T, "low_rank", rank=2).layer
+    result = sm.fit(T, "low_rank", steps=0, lbfgs_steps=0, init=warm, rank=2)
+    assert result.rmse < 1e-12
+    budgeted = sm.fit(T, "low_rank", steps=5, lbfgs_steps=0, params=0.25)
+    assert budgeted.layer.num_parameters <= 0.25 * 20 * 16
+
+
+def test_progress_bar_renders(capsys):
+    from rich.console import Console
+
+    console = Console(force_terminal=True, width=100)
+    result = sm.fit(torch.randn(6, 5, dtype=torch.float64), "low_rank", steps=20, lbfgs_steps=0, progress=True, console=console, rank=1)
+    assert len(result.history) == 20
+
+
+@pytest.mark.parametrize(
+    "target,kwargs,error,match",
+    [
+        (torch.tensor([[float("nan"), 1.0]]), {}, ValueError, "target: expected finite"),
+        (torch.randn(2, 2, 2), {}, ValueError, "target: expected a 2-D"),
+        (torch.randn(4, 4), {"steps": -1}, ValueError, "steps"),
+        (torch.randn(4, 4), {"lr": 0.0}, ValueError, "lr"),
+        (torch.randn(4, 4), {"restarts": 0}, ValueError, "restarts"),
+        (torch.randn(4, 4), {"tol": -1.0}, ValueError, "tol"),
+        (torch.randn(4, 4, dtype=torch.complex128), {"dtype": torch.float64}, ValueError, "dtype"),
+        (torch.randn(4, 4, dtype=torch.complex128), {"real_part": True}, ValueError, "real_part"),
+        (torch.randn(4, 4), {"init": "zeros"}, TypeError, "init"),
+        (torch.randn(4, 4), {"structure": "nope"}, ValueError, "structure"),
+    ],
+)
+def test_bad_input(target, kwargs, error, match):
+    kwargs = {"structure": "low_rank", **kwargs}
+    with pytest.raises(error, match=match):
+        sm.fit(target, **kwargs)
+
+
+def test_init_of_another_family_rejected():
+    T = torch.randn(6, 6, dtype=torch.float64)
+    other = sm.StructuredLinear(6, 6, "dense", bias=False, dtype=torch.float64)
+    with pytest.raises(ValueError, match="init"):
+        sm.fit(T, "low_rank", init=other)
