@@ -1,0 +1,240 @@
+"""Butterfly products ``x -> B x`` in the canonical twiddle layout (SPEC.md §1.4, §4.14).
+
+Twiddle layout (SPEC.md §1.4, library canonical form)::
+
+    twiddle[s, κ, ℓ, p, r, c]      shape (n_stacks, n_blocks, log N, N/2, 2, 2)
+
+``s`` = stack (output expansion, SPEC.md §1.6), ``κ`` = butterfly in application order, ``ℓ`` =
+level in application order, ``p`` = pair, ``(r, c)`` = entry of the 2x2 block. Butterfly ``κ``
+is increasing-stride (level ``ℓ`` has stride ``2^ℓ``) when ``increasing_stride`` is true and
+``κ`` is even, or ``increasing_stride`` is false and ``κ`` is odd; otherwise decreasing-stride
+(stride ``N / 2^{ℓ+1}``): directions alternate, starting with ``increasing_stride``. Pair ``p``
+of stride ``h`` joins indices ``i = ⌊p/h⌋·2h + (p mod h)`` and ``i + h``, and with
+``t = twiddle[s, κ, ℓ, p] = [[a, b], [c, d]]``::
+
+    y_i = a x_i + b x_{i+h},     y_{i+h} = c x_i + d x_{i+h}.
+
+Ops (``x`` rows are samples, as in ``nn.Linear``):
+
+* :func:`butterfly_multiply` ``(twiddle, x, increasing_stride)``: ``x`` of shape ``(B, N)`` (every
+  stack gets the same input) or ``(B, n_stacks, N)`` -> ``(B, n_stacks, N)``, each stack
+  ``E_s = B_{s,K-1} ⋯ B_{s,0}`` applied to its row;
+* :func:`butterfly_multiply_transpose`: ``E_s^T`` per stack (the blocks in reverse order, levels in
+  reverse order, every 2x2 block transposed -- SPEC.md §1.4: the transpose of an
+  increasing-stride butterfly is a decreasing-stride one); :func:`butterfly_multiply_adjoint`:
+  ``E_s^*``. For the broadcast input ``(B, N)``, the transposed map is
+  ``butterfly_multiply_transpose(twiddle, y).sum(1)``.
+
+Cost: ``n_stacks · n_blocks · log N`` passes over the batch, ``3 N log N`` real flops per
+butterfly and row (``14 N log N`` complex), SPEC.md §4.14.
+
+Backends (DESIGN.md §4): the pure-PyTorch :func:`butterfly_multiply_reference` follows SPEC.md line
+by line and is differentiated by autograd. Fused backends -- Numba on CPU
+(:mod:`structmat.ops.butterfly_cpu`); a GPU backend registers the same two functions in
+:data:`FUSED_BACKENDS` under ``"cuda"`` -- run through the ``torch.library`` custom op
+``structmat::butterfly_multiply`` with a fake implementation and an autograd formula whose backward
+recomputes the intermediates (training memory ``O(B · N)``), so ``torch.compile``,
+``torch.func.grad`` and ``gradcheck`` work. :func:`structmat.ops.backend.choose` picks the backend;
+``structmat.ops.use_reference()`` or ``STRUCTMAT_REFERENCE=1`` forces the reference.
+
+Example (a 4-point Walsh--Hadamard transform, SPEC.md §6.3)::
+
+    >>> tw = torch.tensor([[1.0, 1.0], [1.0, -1.0]]).expand(1, 1, 2, 2, 2, 2)
+    >>> butterfly_multiply(tw, torch.eye(4))[:, 0]
+    tensor([[ 1.,  1.,  1.,  1.],
+            [ 1., -1.,  1., -1.],
+            [ 1.,  1., -1., -1.],
+            [ 1., -1., -1.,  1.]])
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..core.errors import describe
+from ..core.sizes import is_power_of_two
+from .backend import choose
+
+#: Fused backends by device type: ``(forward, backward)`` with
+#: ``forward(twiddle, x, increasing_stride, transpose) -> out`` and
+#: ``backward(twiddle, x, grad, increasing_stride, transpose) -> (grad_twiddle, grad_x)``,
+#: all tensors contiguous, ``x`` of shape ``(B, S_in, N)`` with ``S_in`` in ``{1, n_stacks}``.
+FUSED_BACKENDS: dict[str, tuple[Callable, Callable]] = {}
+
+
+def check_twiddle(twiddle, name: str = "twiddle", n_blocks: int | None = None) -> torch.Tensor:
+    """Validate a canonical twiddle tensor ``(n_stacks, n_blocks, log N, N/2, 2, 2)`` (SPEC.md §1.4)."""
+    if not isinstance(twiddle, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor of shape (n_stacks, n_blocks, log N, N/2, 2, 2), got {describe(twiddle)}")
+    if not (twiddle.is_floating_point() or twiddle.is_complex()):
+        raise TypeError(f"{name}: expected a floating-point or complex tensor, got {describe(twiddle)}")
+    shape = tuple(twiddle.shape)
+    ok = len(shape) == 6 and shape[4:] == (2, 2) and shape[0] >= 1 and shape[1] >= 1 and shape[3] >= 1
+    if ok:
+        half = shape[3]
+        ok = is_power_of_two(2 * half) and shape[2] == (2 * half).bit_length() - 1
+    if not ok:
+        raise ValueError(
+            f"{name}: expected shape (n_stacks, n_blocks, log N, N/2, 2, 2) with N a power of two >= 2 "
+            f"(e.g. (1, 1, 3, 4, 2, 2) for N = 8), got {describe(twiddle)}"
+        )
+    if n_blocks is not None and shape[1] != n_blocks:
+        raise ValueError(f"{name}: expected n_blocks = {n_blocks} (dimension 1), got shape {shape}")
+    return twiddle
+
+
+def butterfly_size(twiddle: torch.Tensor) -> int:
+    """``N`` of a canonical twiddle tensor."""
+    return 2 * twiddle.shape[3]
+
+
+def butterfly_schedule(n: int, n_blocks: int, increasing_stride: bool) -> list[tuple[int, int, int]]:
+    """``(κ, ℓ, stride)`` of every factor in application order (directions alternate with ``κ``)."""
+    levels = n.bit_length() - 1
+    schedule = []
+    for block in range(n_blocks):
+        increasing = bool(increasing_stride) != bool(block % 2)
+        for level in range(levels):
+            stride = 1 << level if increasing else n >> (level + 1)
+            schedule.append((block, level, stride))
+    return schedule
+
+
+def butterfly_factor_multiply(factor: torch.Tensor, x: torch.Tensor, stride: int, transpose: bool = False) -> torch.Tensor:
+    """One butterfly factor of stride ``h`` (SPEC.md §1.4) applied to ``x`` of shape ``(B, S, N)``.
+
+    ``factor`` has shape ``(S, N/2, 2, 2)``. Viewing ``x`` as ``(B, S, N/2h, 2, h)``, pair
+    ``p = block·h + offset`` joins ``x[..., block, 0, offset]`` (low) and ``x[..., block, 1, offset]``
+    (high). ``transpose`` uses ``t^T`` for every block.
+    """
+    batch, stacks, n = x.shape
+    if transpose:
+        factor = factor.transpose(-1, -2)
+    t = factor.reshape(stacks, n // (2 * stride), stride, 2, 2)
+    pairs = x.reshape(batch, stacks, n // (2 * stride), 2, stride)
+    low, high = pairs[:, :, :, 0, :], pairs[:, :, :, 1, :]
+    y_low = t[..., 0, 0] * low + t[..., 0, 1] * high
+    y_high = t[..., 1, 0] * low + t[..., 1, 1] * high
+    return torch.stack([y_low, y_high], dim=3).reshape(batch, stacks, n)
+
+
+def butterfly_multiply_reference(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True, transpose: bool = False) -> torch.Tensor:
+    """Pure-PyTorch reference (SPEC.md §1.4): ``x`` ``(B, S_in, N)`` -> ``(B, n_stacks, N)``."""
+    stacks, n_blocks = twiddle.shape[:2]
+    n = butterfly_size(twiddle)
+    x = x.expand(x.shape[0], stacks, n)
+    schedule = butterfly_schedule(n, n_blocks, increasing_stride)
+    if transpose:
+        schedule = schedule[::-1]
+    for block, level, stride in schedule:
+        x = butterfly_factor_multiply(twiddle[:, block, level], x, stride, transpose)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom op wrapping the fused backends
+
+
+def _fused(device: torch.device) -> tuple[Callable, Callable]:
+    try:
+        return FUSED_BACKENDS[device.type]
+    except KeyError:
+        raise ValueError(f"device: no fused butterfly backend for device type {device.type!r}") from None
+
+
+@torch.library.custom_op("structmat::butterfly_multiply", mutates_args=())
+def _butterfly_fused(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
+    forward, _ = _fused(x.device)
+    return forward(twiddle.contiguous(), x.contiguous(), increasing_stride, transpose)
+
+
+@_butterfly_fused.register_fake
+def _(twiddle, x, increasing_stride, transpose):
+    return x.new_empty(x.shape[0], twiddle.shape[0], x.shape[2], dtype=torch.promote_types(x.dtype, twiddle.dtype))
+
+
+@torch.library.custom_op("structmat::butterfly_multiply_backward", mutates_args=())
+def _butterfly_fused_backward(
+    twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _, backward = _fused(x.device)
+    return backward(twiddle.contiguous(), x.contiguous(), grad.contiguous(), increasing_stride, transpose)
+
+
+@_butterfly_fused_backward.register_fake
+def _(twiddle, x, grad, increasing_stride, transpose):
+    return torch.empty_like(twiddle), torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    twiddle, x, increasing_stride, transpose = inputs
+    ctx.save_for_backward(twiddle, x)
+    ctx.increasing_stride, ctx.transpose = increasing_stride, transpose
+
+
+def _backward(ctx, grad):
+    twiddle, x = ctx.saved_tensors
+    grad_twiddle, grad_x = _butterfly_fused_backward(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
+    return grad_twiddle, grad_x, None, None
+
+
+_butterfly_fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
+    twiddle = check_twiddle(twiddle)
+    n, stacks = butterfly_size(twiddle), twiddle.shape[0]
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a tensor of shape (B, {n}) or (B, {stacks}, {n}), got {describe(x)}")
+    if x.dim() == 2 and x.shape[1] == n:
+        x = x[:, None, :]
+    if x.dim() != 3 or x.shape[2] != n or x.shape[1] not in (1, stacks):
+        raise ValueError(f"x: expected shape (B, {n}) or (B, {stacks}, {n}), got {describe(x)}")
+    dtype = torch.promote_types(twiddle.dtype, x.dtype)
+    twiddle, x = twiddle.to(dtype), x.to(dtype)
+    backend = choose(twiddle, x)
+    if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0:
+        return butterfly_multiply_reference(twiddle, x, increasing_stride, transpose)
+    return _butterfly_fused(twiddle, x, bool(increasing_stride), bool(transpose))
+
+
+def butterfly_multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> torch.Tensor:
+    """``E_s x`` for every stack ``s``: ``x`` ``(B, N)`` or ``(B, n_stacks, N)`` -> ``(B, n_stacks, N)``.
+
+    ``twiddle`` is canonical ``(n_stacks, n_blocks, log N, N/2, 2, 2)``; the first butterfly is
+    increasing-stride when ``increasing_stride`` (directions alternate). Differentiable in both
+    arguments. Cost ``3 N log N`` real flops per butterfly, stack and row (SPEC.md §4.14).
+    """
+    return _multiply(twiddle, x, increasing_stride, transpose=False)
+
+
+def butterfly_multiply_transpose(twiddle: torch.Tensor, y: torch.Tensor, increasing_stride: bool = True) -> torch.Tensor:
+    """``E_s^T y_s`` for every stack: ``y`` ``(B, N)`` or ``(B, n_stacks, N)`` -> ``(B, n_stacks, N)``.
+
+    ``increasing_stride`` describes the forward product ``E_s`` (SPEC.md §1.4); the transpose runs
+    its factors in reverse order with transposed 2x2 blocks, at the cost of the forward.
+    """
+    return _multiply(twiddle, y, increasing_stride, transpose=True)
+
+
+def butterfly_multiply_adjoint(twiddle: torch.Tensor, y: torch.Tensor, increasing_stride: bool = True) -> torch.Tensor:
+    """``E_s^* y_s`` (conjugate transpose; equals the transpose for real twiddles)."""
+    if not twiddle.is_complex():
+        return butterfly_multiply_transpose(twiddle, y, increasing_stride)
+    return butterfly_multiply_transpose(twiddle.conj(), y, increasing_stride)
+
+
+def butterfly_to_dense(twiddle: torch.Tensor, increasing_stride: bool = True) -> torch.Tensor:
+    """The dense ``(n_stacks · N, N)`` matrix ``[E_0; E_1; …]`` (differentiable; for tests and
+    projections -- never used by a forward pass)."""
+    twiddle = check_twiddle(twiddle)
+    n = butterfly_size(twiddle)
+    eye = torch.eye(n, dtype=twiddle.dtype, device=twiddle.device)
+    columns = butterfly_multiply_reference(twiddle, eye[:, None, :], increasing_stride)  # (N_in, S, N_out)
+    return columns.reshape(n, -1).transpose(0, 1)
