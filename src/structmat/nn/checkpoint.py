@@ -9,7 +9,10 @@ holds
 * ``structured``: JSON ``{qualified module name: config}`` for every structured module
   (``StructuredLinear.config()`` -- family, sizes, dtype, options, bias -- or, for a bare
   ``StructuredMatrix`` used as a module, its ``config()``);
-* ``aliases``: JSON ``{name: name of the stored tensor it shares memory with}``.
+* ``aliases``: JSON ``{name: name of the stored tensor it shares memory with}``;
+* ``complex``: JSON list of the tensors stored as ``torch.view_as_real`` (safetensors has no
+  complex128 type; all complex tensors are stored this way, as real tensors with a last
+  dimension of 2).
 
 :func:`load` rebuilds the structured modules from their configs
 (``structmat.core.compose.build_from_config``) into a model built by the user's code -- the
@@ -93,6 +96,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
         raise ValueError(f"model: a structured layer has options that are not JSON-serialisable ({exc})") from exc
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
+    complex_names: list[str] = []
     first_name: dict[tuple, str] = {}
     for name, tensor in model.state_dict().items():
         if tensor.device.type == "meta":
@@ -102,13 +106,18 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
             aliases[name] = first_name[key]
             continue
         first_name[key] = name
-        tensors[name] = tensor.detach().to("cpu").contiguous().clone()
+        tensor = tensor.detach().to("cpu")
+        if tensor.is_complex():
+            complex_names.append(name)
+            tensor = torch.view_as_real(tensor.resolve_conj())
+        tensors[name] = tensor.contiguous().clone()
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "structmat_version": __version__,
         "structured": structured,
         "aliases": json.dumps(aliases),
+        "complex": json.dumps(complex_names),
     }
     save_file(tensors, os.fspath(path), metadata=metadata)
 
@@ -138,12 +147,20 @@ def _read(path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]
     try:
         configs = json.loads(metadata["structured"])
         aliases = json.loads(metadata.get("aliases", "{}"))
+        complex_names = json.loads(metadata.get("complex", "[]"))
     except (KeyError, json.JSONDecodeError) as exc:
         raise _fail(path, f"malformed structmat metadata ({exc!r})") from exc
     if not isinstance(configs, dict) or not all(isinstance(c, dict) for c in configs.values()):
         raise _fail(path, f"malformed 'structured' metadata: expected {{name: config}}, got {describe(configs)}")
     if not isinstance(aliases, dict) or not all(isinstance(v, str) and v in tensors for v in aliases.values()):
         raise _fail(path, "malformed 'aliases' metadata: every alias must name a stored tensor")
+    if not isinstance(complex_names, list):
+        raise _fail(path, f"malformed 'complex' metadata: expected a list of tensor names, got {describe(complex_names)}")
+    for name in complex_names:
+        stored = tensors.get(name) if isinstance(name, str) else None
+        if stored is None or stored.dtype not in (torch.float32, torch.float64) or stored.dim() == 0 or stored.shape[-1] != 2:
+            raise _fail(path, f"malformed 'complex' metadata: {name!r} is not a stored real tensor with a last dimension of 2")
+        tensors[name] = torch.view_as_complex(stored)
     return tensors, configs, aliases
 
 
@@ -173,29 +190,26 @@ def _plan(path, model: nn.Module, tensors: dict, configs: dict) -> dict[str, nn.
     plan: dict[str, nn.Module] = {}
     for name, config in configs.items():
         if name not in modules:
-            parent = name.rpartition(".")[0]
-            if parent not in modules:
-                raise _fail(path, f"the model has no module {name!r} (a checkpoint of a different architecture?)")
-        existing = modules.get(name)
-        if existing is not None:
-            sizes = _module_sizes(existing)
-            if sizes is None:
-                raise _fail(path, f"module {name!r} is a {type(existing).__name__} in the model, but a structured layer in the checkpoint")
-            wanted = (config.get("in_features"), config.get("out_features"))
-            if "factors" not in config and "terms" not in config and "transpose_of" not in config and "conjugate_of" not in config and sizes != wanted:
-                raise _fail(
-                    path,
-                    f"module {name!r} maps {sizes[0]} -> {sizes[1]} features in the model, "
-                    f"but {wanted[0]} -> {wanted[1]} in the checkpoint",
-                )
-            if isinstance(existing, (StructuredLinear, StructuredMatrix)) and _as_json(existing.config()) == config:
-                continue  # already the right layer (keeps its parameter objects); only the state is loaded
+            raise _fail(path, f"the model has no module {name!r} (a checkpoint of a different architecture?)")
+        existing = modules[name]
+        sizes = _module_sizes(existing)
+        if sizes is None:
+            raise _fail(path, f"module {name!r} is a {type(existing).__name__} in the model, but a structured layer in the checkpoint")
+        if isinstance(existing, (StructuredLinear, StructuredMatrix)) and _as_json(existing.config()) == config:
+            continue  # already the right layer (keeps its parameter objects); only the state is loaded
         if not name:
             raise _fail(path, "the model itself would have to be replaced by a different structured layer; build it from the checkpoint's config instead")
         try:
-            plan[name] = _rebuild(config, _module_device(existing) if existing is not None else torch.device("cpu"))
+            module = _rebuild(config, _module_device(existing))
         except (ValueError, TypeError, KeyError) as exc:
             raise _fail(path, f"cannot rebuild structured module {name!r} from {describe(config)}: {exc}") from exc
+        if _module_sizes(module) != sizes:
+            raise _fail(
+                path,
+                f"module {name!r} maps {sizes[0]} -> {sizes[1]} features in the model, "
+                f"but {module.in_features} -> {module.out_features} in the checkpoint",
+            )
+        plan[name] = module
     # structured layers of the model that the checkpoint stores as plain nn.Linear weights
     for name, module in current.items():
         if name in configs or not isinstance(module, StructuredLinear):
