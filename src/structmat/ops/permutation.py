@@ -115,7 +115,8 @@ def relaxed_permutation_multiply(probabilities: torch.Tensor, x: torch.Tensor, t
 
     Each level applies ``P̃_m = (p_c P^c + (1-p_c) I)(p_b P^b + (1-p_b) I)(p_a P^a + (1-p_a) I)``
     to every block of size ``m`` (``a`` first); the full-size level is applied first. Cost
-    ``3 (log n - 1)`` gathers and ``6 (log n - 1) n`` real flops per row.
+    ``3 (log n - 1)`` gathers and ``9 (log n - 1) n`` real flops per row (2 mult + 1 add per entry
+    and factor).
     """
     n = x.shape[-1]
     levels = relaxed_permutation_levels(n)
