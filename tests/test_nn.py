@@ -91,7 +91,7 @@ def test_low_rank_budget_projection_and_counts():
         layer = model.get_submodule(report.name)
         W = weights[report.name]
         assert report.params_after == layer.num_parameters <= 0.25 * W.numel()
-        assert report.params_before == W.numel() and report.method == "projected"
+        assert report.params_before == W.numel() and report.method == "closed_form"
         best = svd_truncate(W, report.options["rank"])
         expected = float(torch.linalg.norm(W - best) / torch.linalg.norm(W))
         assert report.rel_error == pytest.approx(expected, rel=1e-10)
@@ -106,6 +106,18 @@ def test_project_false_reinitialises_fresh_layers():
     assert [layer.method for layer in summary.layers] == ["reinitialised"] * 3
     assert all(layer.rel_error is None for layer in summary.layers) and summary.max_rel_error is None
     assert model[0].options == {"rank": 2} and model[0].dtype == torch.float64
+
+
+def test_family_without_closed_form_is_fitted_and_fixed_family_is_built():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)).double()
+    summary = sm.structurize(model, "kaleidoscope", include="0", projection={"steps": 200, "lbfgs_steps": 0})
+    report = summary.layers[0]
+    assert report.method.startswith("fit") and report.rel_error < 0.99
+    assert isinstance(model[0], StructuredLinear) and model[0].structure == "kaleidoscope"
+    fixed = sm.structurize(model, "permutation", include="2")
+    assert fixed.layers[0].method == "reinitialised" and fixed.layers[0].params_after == 0
+    with pytest.raises(TypeError, match="projection: expected a dict"):
+        sm.structurize(model, "low_rank", projection=5)
 
 
 def test_include_exclude_patterns_and_predicate():

@@ -33,7 +33,6 @@ Example::
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -43,6 +42,7 @@ from torch import nn
 
 from ..core import StructuredLinear, StructuredMatrix, registry
 from ..core.errors import describe
+from ..fit import project
 
 #: A selection of layers: a glob pattern on qualified module names (``"encoder.*.linear1"``),
 #: a list of patterns, or a predicate ``(name, module) -> bool``.
@@ -53,7 +53,8 @@ Selector = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
 class LayerReport:
     """What surgery did to one layer.
 
-    ``method`` is ``"projected"`` (the weight was projected onto the family; ``rel_error`` is
+    ``method`` is the projection route of ``sm.project`` (``"closed_form"``,
+    ``"closed_form+fit"``, ``"fit"``, possibly with ``"+rescaled"``; ``rel_error`` is
     ``||W - W_structured||_F / ||W||_F``) or ``"reinitialised"`` (``rel_error`` is ``None``).
     Flops are those of one forward on one input row, bias included (SPEC.md §1.7).
     """
@@ -162,23 +163,15 @@ class SurgerySummary:
         return "\n".join(lines)
 
 
-def project_weight(weight: torch.Tensor, structure: str, options: dict) -> tuple[StructuredMatrix, float] | None:
-    """Project a dense weight ``(out, in)`` onto ``structure``: ``(matrix, rel_error)``, or
-    ``None`` when the family has no projection (the caller then re-initialises the layer).
+def project_weight(weight: torch.Tensor, structure: str, options: dict, projection: dict) -> tuple[StructuredMatrix, float, str]:
+    """Project a dense weight ``(out, in)`` onto ``structure`` with ``sm.project`` (closed form
+    where one exists, warm-started fitting otherwise, SPEC.md §7.5).
 
-    Uses the family's ``from_dense`` classmethod (SPEC.md §7.5) with the options it accepts;
-    ``rel_error = ||W - M||_F / ||W||_F``.
+    Returns ``(matrix, rel_error, method)`` with ``rel_error = ||W - M||_F / ||W||_F`` and
+    ``method`` the projection route (``"closed_form"``, ``"closed_form+fit"``, ``"fit"``, ...).
     """
-    info = registry.get(structure)
-    if not info.has_projection:
-        return None
-    accepted = inspect.signature(info.cls.from_dense).parameters
-    takes_all = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    matrix = info.cls.from_dense(weight, **{k: v for k, v in options.items() if takes_all or k in accepted})
-    with torch.no_grad():
-        norm = torch.linalg.norm(weight)
-        error = torch.linalg.norm(weight - matrix.to_dense()) / norm if norm > 0 else torch.linalg.norm(matrix.to_dense())
-    return matrix, float(error)
+    result = project(weight, structure, **projection, **options)
+    return result.layer.matrix, float(result.rel_error), result.method
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -253,21 +246,17 @@ def _disable_fused_fast_paths(model: nn.Module, replaced: set[str]) -> None:
 
 
 def _build_layer(
-    name: str, linear: nn.Linear, info: registry.FamilyInfo, options: dict, project: bool
+    name: str, linear: nn.Linear, info: registry.FamilyInfo, options: dict, project: bool, projection: dict
 ) -> tuple[StructuredLinear, str, float | None]:
     weight = linear.weight
-    on_meta = weight.device.type == "meta"
-    projected = None
-    if project and not on_meta:
+    fixed_without_projection = ("fixed" in info.tags or not info.trainable) and not info.has_projection
+    if project and weight.device.type != "meta" and not fixed_without_projection:
         try:
-            projected = project_weight(weight.detach(), info.name, options)
+            matrix, error, method = project_weight(weight.detach(), info.name, options, projection)
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"structurize: projecting layer {name!r} onto {info.name!r} failed: {exc}") from exc
-    if projected is not None:
-        matrix, error = projected
         bias = linear.bias.detach() if linear.bias is not None else False
         layer = StructuredLinear.from_matrix(matrix, bias=bias)
-        method = "projected"
     else:
         layer = StructuredLinear(
             linear.in_features, linear.out_features, info.name, bias=linear.bias is not None,
@@ -287,6 +276,7 @@ def structurize(
     exclude: Selector = None,
     project: bool = True,
     params: int | float | None = None,
+    projection: dict | None = None,
     **options: Any,
 ) -> SurgerySummary:
     """Replace ``nn.Linear`` layers of ``model`` (in place) by ``StructuredLinear(structure)``.
@@ -299,12 +289,15 @@ def structurize(
             (``"encoder.layer.*.intermediate.dense"``), a list of them, or a predicate
             ``(name, module) -> bool``; ``None`` selects every ``nn.Linear``.
         exclude: layers to leave alone, in the same forms; applied after ``include``.
-        project: project each trained weight onto the family (SPEC.md §7.5) and keep the
-            bias; otherwise (or for a family without a projection) build freshly initialised
-            layers.
+        project: project each trained weight onto the family with ``sm.project`` (SPEC.md
+            §7.5) and keep the bias; otherwise (and for fixed families without a projection)
+            build freshly initialised layers.
         params: per-layer parameter budget of the structured weight: an int (count) or a float
             in (0, 1] (fraction of that layer's dense ``in * out``); resolved per layer with the
             family's size ladder (largest member within budget).
+        projection: extra arguments of ``sm.project`` (``method``, ``steps``, ``lr``,
+            ``seed``, ...), e.g. ``{"steps": 200}`` to shorten fits of families without a closed
+            form, or ``from_dense`` arguments of the family.
         **options: family options (``rank=``, ``nblocks=``, ...), the same for every layer.
 
     Returns:
@@ -324,6 +317,10 @@ def structurize(
         raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
     info = registry.get(structure)
     info.validate_options(options)
+    if projection is None:
+        projection = {}
+    elif not isinstance(projection, dict):
+        raise TypeError(f"projection: expected a dict of sm.project arguments, got {describe(projection)}")
     include_sel = _as_patterns("include", include)
     exclude_sel = _as_patterns("exclude", exclude)
 
@@ -371,7 +368,7 @@ def structurize(
     # 2. build every replacement (projection errors surface before anything changes)
     built = []
     for name, linear, layer_options in plan:
-        layer, method, error = _build_layer(name, linear, info, layer_options, project)
+        layer, method, error = _build_layer(name, linear, info, layer_options, project, projection)
         built.append((name, linear, layer))
         summary.layers.append(
             LayerReport(
