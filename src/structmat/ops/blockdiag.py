@@ -1,0 +1,226 @@
+"""Block-diagonal multiply and the Monarch / block tensor-train product (SPEC.md §4.17, §4.18).
+
+Canonical 4-index form of SPEC.md §4.17: rows of ``M`` are indexed by ``(p, j)`` (flat
+``p·J + j``), columns by ``(q, i)`` (flat ``q·I + i``), and with rank ``r``
+
+    ``M[(p, j), (q, i)] = Σ_{a<r} L[j, p, q, a] · R[q, j, a, i]``.
+
+The factors are stored in exactly that index order: ``left`` of shape ``(J, P, Q, r)`` and
+``right`` of shape ``(Q, J, r, I)``. ``r = 1`` is the Monarch class (square ``n = m²``:
+``P = J = Q = I = m``, ``M = P L Pᵀ R``); ``r > 1`` the two-core block tensor-train (BTT).
+
+The product is two batched matmuls with a reshape--transpose between them:
+
+1. ``z[q, (j, a)] = Σ_i R[q, (j, a), i] · x[q, i]`` -- ``Q`` blocks of shape ``(J r) × I``;
+2. ``y[p, j] = Σ_{(q, a)} L[j, p, (q, a)] · z[q, (j, a)]`` -- ``J`` blocks of shape ``P × (Q r)``.
+
+Cost ``r (Q J I + J P Q)`` multiply-adds per row; the dense matrix is never formed. The backward
+is written by hand: the input gradient is the transpose-mode product (transposition principle,
+SPEC.md §2.3) and each weight gradient one batched matmul, so fwd+bwd costs three products and
+training memory stays ``O(batch · (Q I + J Q r + P J))``.
+
+Each op has a reference written with ``torch.einsum`` (it reads like the formulas above) and a
+fast path written with ``torch.bmm`` on batch-second layouts, chosen by
+:func:`structmat.ops.backend.choose`; the two agree to rounding (tests/test_monarch.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .backend import choose
+
+
+# ---------------------------------------------------------------------------- block-diagonal
+def block_diagonal_multiply(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``y = x · blockdiag(blocks)ᵀ``: ``blocks`` of shape ``(k, o, i)``, ``x`` of shape ``(B, k·i)``.
+
+    Returns ``(B, k·o)`` with ``y[b, (g, c)] = Σ_t blocks[g, c, t] · x[b, (g, t)]``.
+    Cost ``k·o·i`` multiply-adds per row (one batched matmul).
+    """
+    k, o, i = blocks.shape
+    batch = x.shape[0]
+    if choose(x, blocks) == "reference":
+        return torch.einsum("bgt,gct->bgc", x.reshape(batch, k, i), blocks).reshape(batch, k * o)
+    grouped = x.reshape(batch, k, i).transpose(0, 1)  # (k, B, i)
+    out = torch.bmm(grouped, blocks.transpose(1, 2))  # (k, B, o)
+    return out.transpose(0, 1).reshape(batch, k * o)
+
+
+def block_diagonal_multiply_transpose(y: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``x = y · blockdiag(blocks)`` (transpose mode): ``y`` of shape ``(B, k·o)`` -> ``(B, k·i)``."""
+    k, o, i = blocks.shape
+    batch = y.shape[0]
+    if choose(y, blocks) == "reference":
+        return torch.einsum("bgc,gct->bgt", y.reshape(batch, k, o), blocks).reshape(batch, k * i)
+    grouped = y.reshape(batch, k, o).transpose(0, 1)  # (k, B, o)
+    out = torch.bmm(grouped, blocks)  # (k, B, i)
+    return out.transpose(0, 1).reshape(batch, k * i)
+
+
+def block_diagonal_to_dense(blocks: torch.Tensor) -> torch.Tensor:
+    """The dense ``(k·o, k·i)`` matrix ``blockdiag(blocks[0], ..., blocks[k-1])``."""
+    return torch.block_diag(*blocks.unbind(0)) if blocks.shape[0] else blocks.new_zeros(0, 0)
+
+
+# ---------------------------------------------------------------------------- Monarch / BTT
+# Layout of the fast path. Batched matmuls want the batch-of-blocks index outermost and a
+# unit-stride last dimension; the reshape--transpose between the two factors is done as two
+# cheap copies -- swap (block, batch) (whole rows move) and swap two index groups inside each
+# row (an m×m tile per row, in cache) -- instead of one cache-hostile 3-D transpose. Backward
+# passes reuse the opposite direction's kernel for the input gradient (SPEC.md §2.3).
+
+
+def _relayout(t: torch.Tensor, outer: int, inner: int, rank: int) -> torch.Tensor:
+    """``(outer, B, inner·rank)`` block-major products -> ``(B, inner, outer, rank)`` row-major.
+
+    Entry ``t[o, b, (n, a)]`` moves to ``[b, n, o, a]``: the reshape--transpose of SPEC.md §4.17.
+    """
+    batch = t.shape[1]
+    rows = t.transpose(0, 1).contiguous().reshape(batch, outer, inner, rank)
+    return rows.transpose(1, 2).contiguous()
+
+
+def _monarch_forward_fast(x, left, right):
+    J, P, Q, r = left.shape
+    I = right.shape[-1]
+    batch = x.shape[0]
+    xq = x.reshape(batch, Q, I).transpose(0, 1)
+    z = torch.bmm(xq, right.reshape(Q, J * r, I).transpose(1, 2))  # (Q, B, J r)
+    z = _relayout(z, Q, J, r).reshape(batch, J, Q * r)  # (B, J, Q r)
+    out = torch.bmm(z.transpose(0, 1), left.reshape(J, P, Q * r).transpose(1, 2))  # (J, B, P)
+    return _relayout(out, J, P, 1).reshape(batch, P * J), xq, z
+
+
+def _monarch_transpose_fast(y, left, right):
+    J, P, Q, r = left.shape
+    I = right.shape[-1]
+    batch = y.shape[0]
+    yj = y.reshape(batch, P, J).transpose(1, 2).contiguous().transpose(0, 1)  # (J, B, P) view
+    w = torch.bmm(yj, left.reshape(J, P, Q * r))  # (J, B, Q r)
+    w = _relayout(w, J, Q, r).reshape(batch, Q, J * r)  # (B, Q, J r)
+    out = torch.bmm(w.transpose(0, 1), right.reshape(Q, J * r, I))  # (Q, B, I)
+    return out.transpose(0, 1).reshape(batch, Q * I), yj, w
+
+
+class _MonarchMultiply(torch.autograd.Function):
+    """``x -> x Mᵀ`` on the fast layout, with a hand-written backward (four batched matmuls)."""
+
+    @staticmethod
+    def forward(x, left, right):
+        y, _, z = _monarch_forward_fast(x, left, right)
+        return y, z
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, left, right = inputs
+        ctx.save_for_backward(x, left, right, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, _grad_z):
+        x, left, right, z = ctx.saved_tensors
+        J, P, Q, r = left.shape
+        I = right.shape[-1]
+        batch = x.shape[0]
+        # grad_x = grad_y · conj(M): the transpose-mode kernel with conjugated factors
+        grad_x, gy, gz = _monarch_transpose_fast(grad_y, left.conj(), right.conj())
+        grad_left = torch.bmm(gy.transpose(1, 2), z.transpose(0, 1).conj())  # (J, P, Q r)
+        xq = x.reshape(batch, Q, I).transpose(0, 1)
+        grad_right = torch.bmm(gz.transpose(0, 1).transpose(1, 2), xq.conj())  # (Q, J r, I)
+        return grad_x, grad_left.reshape(left.shape), grad_right.reshape(right.shape)
+
+
+class _MonarchMultiplyTranspose(torch.autograd.Function):
+    """``y -> y M`` on the fast layout, with a hand-written backward."""
+
+    @staticmethod
+    def forward(y, left, right):
+        x, _, w = _monarch_transpose_fast(y, left, right)
+        return x, w
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        y, left, right = inputs
+        ctx.save_for_backward(y, left, right, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_x, _grad_w):
+        y, left, right, w = ctx.saved_tensors
+        J, P, Q, r = left.shape
+        batch = y.shape[0]
+        grad_y, gxq, gz = _monarch_forward_fast(grad_x, left.conj(), right.conj())
+        grad_right = torch.bmm(w.transpose(0, 1).transpose(1, 2).conj(), gxq)  # (Q, J r, I)
+        yj = y.reshape(batch, P, J).permute(2, 0, 1)  # (J, B, P)
+        grad_left = torch.bmm(yj.transpose(1, 2).conj(), gz.transpose(0, 1))  # (J, P, Q r)
+        return grad_y, grad_left.reshape(left.shape), grad_right.reshape(right.shape)
+
+def monarch_multiply(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``y = x Mᵀ`` for the canonical form ``M[(p,j),(q,i)] = Σ_a L[j,p,q,a] R[q,j,a,i]``.
+
+    Args:
+        x: ``(B, Q·I)``.
+        left: ``L`` of shape ``(J, P, Q, r)``.
+        right: ``R`` of shape ``(Q, J, r, I)``.
+
+    Returns ``(B, P·J)``. Cost ``r (QJI + JPQ)`` multiply-adds per row (SPEC.md §4.17); the
+    backward costs two more products of the same size (``grad_x`` by the transpose kernel) plus
+    the two weight gradients.
+    """
+    J, P, Q, r = left.shape
+    I = right.shape[-1]
+    batch = x.shape[0]
+    if choose(x, left, right) == "reference":
+        z = torch.einsum("bqi,qjai->bqja", x.reshape(batch, Q, I), right)
+        return torch.einsum("jpqa,bqja->bpj", left, z).reshape(batch, P * J)
+    return _MonarchMultiply.apply(x, left, right)[0]
+
+
+def monarch_multiply_transpose(y: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``x = y M`` (transpose mode) for the canonical form; ``y`` of shape ``(B, P·J)`` -> ``(B, Q·I)``.
+
+    ``Mᵀ`` is applied as ``Lᵀ`` (``J`` blocks ``(Q r) × P``), the reshape--transpose, then ``Rᵀ``
+    (``Q`` blocks ``I × (J r)``): the same cost as the forward (transposition principle, §2.3).
+    """
+    J, P, Q, r = left.shape
+    I = right.shape[-1]
+    batch = y.shape[0]
+    if choose(y, left, right) == "reference":
+        w = torch.einsum("bpj,jpqa->bqja", y.reshape(batch, P, J), left)
+        return torch.einsum("bqja,qjai->bqi", w, right).reshape(batch, Q * I)
+    return _MonarchMultiplyTranspose.apply(y, left, right)[0]
+
+
+def monarch_to_dense(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """The dense ``(P·J, Q·I)`` matrix of the canonical form (tests, projections, reports)."""
+    J, P, Q, r = left.shape
+    I = right.shape[-1]
+    return torch.einsum("jpqa,qjai->pjqi", left, right).reshape(P * J, Q * I)
+
+
+def monarch_from_dense(dense: torch.Tensor, shape: tuple[int, int, int, int], rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm 1 in its general form (SPEC.md §5.6): the closest canonical-form matrix.
+
+    ``dense`` of shape ``(P·J, Q·I)`` is reshaped to ``Ã[p, j, q, i]``; every ``P × I`` slice
+    ``Ã[:, j, q, :]`` gets its rank-``rank`` truncated SVD ``U_r Σ_r V_r*``, and
+    ``L[j, :, q, :] = U_r Σ_r``, ``R[q, j, :, :] = V_r*``. The slices involve disjoint parameters,
+    so this is the exact Frobenius-norm projection. Cost ``O(J Q · P I · min(P, I))``.
+
+    Returns ``(left, right, discarded)`` with ``left`` of shape ``(J, P, Q, rank)``, ``right`` of
+    shape ``(Q, J, rank, I)`` and ``discarded`` = the squared singular values beyond ``rank`` of
+    every slice, shape ``(J, Q, max(0, min(P, I) - rank))`` (their sum is the squared error).
+    """
+    P, J, Q, I = shape
+    slices = dense.reshape(P, J, Q, I).permute(1, 2, 0, 3)  # (J, Q, P, I)
+    u, s, vh = torch.linalg.svd(slices, full_matrices=False)
+    keep = min(rank, s.shape[-1])
+    left = dense.new_zeros(J, Q, P, rank)
+    right = dense.new_zeros(J, Q, rank, I)
+    left[..., :keep] = u[..., :keep] * s[..., None, :keep].to(dense.dtype)
+    right[..., :keep, :] = vh[..., :keep, :]
+    discarded = s[..., keep:] ** 2
+    return left.permute(0, 2, 1, 3).contiguous(), right.permute(1, 0, 2, 3).contiguous(), discarded
