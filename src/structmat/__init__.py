@@ -10,6 +10,7 @@ from ._version import __version__
 from . import core
 from .core import StructuredLinear, StructuredMatrix
 from . import ops
+from . import circuits
 from . import families as _families_package  # registers every family
 from .fit import ProjectionResult, fit, project  # the function sm.fit shadows the subpackage name
 from . import nn
@@ -21,4 +22,4 @@ def families() -> list[str]:
     return core.registry.names()
 
 
-__all__ = ["__version__", "families", "StructuredLinear", "StructuredMatrix", "nn", "structurize", "param_groups", "save", "load", "ProjectionResult", "fit", "project"]
+__all__ = ["__version__", "families", "circuits", "StructuredLinear", "StructuredMatrix", "nn", "structurize", "param_groups", "save", "load", "ProjectionResult", "fit", "project"]

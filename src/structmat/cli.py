@@ -85,6 +85,55 @@ def bench(
         output.write_text(json.dumps(rows, indent=2, default=str))
 
 
+circuit_app = typer.Typer(no_args_is_help=True, help="Linear arithmetic circuits: build, measure, validate.")
+app.add_typer(circuit_app, name="circuit")
+
+
+@circuit_app.command("info")
+def circuit_info(
+    builder: str = typer.Argument(..., help="fft, hadamard, dct, polymul, toeplitz or random."),
+    n: int = typer.Option(64, "--n", help="Number of inputs."),
+    size: Optional[int] = typer.Option(None, "--size", help="random: gates including inputs (default 4n)."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="random: depth (default ceil(log2 n))."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random constants."),
+) -> None:
+    """Size, depth and operation counts of a built-in circuit and of its transpose."""
+    from .circuits import describe_circuit, example_circuit
+
+    try:
+        circuit = example_circuit(builder, n=n, size=size, depth=depth, seed=seed)
+    except (ValueError, TypeError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2)
+    table = Table(title=f"circuit {builder} (n={n})")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, value in describe_circuit(circuit):
+        table.add_row(key, value)
+    console.print(table)
+
+
+@circuit_app.command("check")
+def circuit_check(
+    path: Path = typer.Argument(..., help="Circuit JSON file (LinearCircuit/ArithmeticCircuit.to_json())."),
+    max_size: int = typer.Option(1_000_000, "--max-size", help="Refuse circuits with more gates."),
+) -> None:
+    """Validate a circuit JSON file and print its summary; exit code 1 if it is invalid."""
+    from .circuits import describe_circuit, load_circuit
+
+    try:
+        circuit = load_circuit(path, max_size=max_size)
+    except (ValueError, TypeError, OSError) as exc:
+        console.print(f"[red]invalid circuit:[/] {exc}")
+        raise typer.Exit(1)
+    table = Table(title=f"{path} (valid)")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, value in describe_circuit(circuit, check=circuit.n_inputs <= 4096):
+        table.add_row(key, value)
+    console.print(table)
+
+
 def main() -> None:
     app()
 
