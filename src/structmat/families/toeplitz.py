@@ -13,7 +13,6 @@ the (wrapped) diagonals or anti-diagonals, SPEC.md §7.5), and are rectangular:
 
 from __future__ import annotations
 
-import scipy.fft
 import torch
 from torch import nn
 
@@ -26,6 +25,7 @@ from ..ops.circulant import (
     f_circulant_matrix,
     f_circulant_multiply,
     f_circulant_transpose_multiply,
+    fast_fft_length,
     fft_flops,
     toeplitz_matrix,
     toeplitz_multiply,
@@ -121,7 +121,7 @@ class Toeplitz(StructuredMatrix):
     ``diagonals[d + n - 1] = t_d`` for ``d ∈ [-(n-1), m-1]``.
 
     Shapes: ``x (B, n) -> (B, m)``; cost: circulant embedding of length
-    ``L = next_fast_len(m + n - 1)``, two FFTs per row, ``O((m+n) log(m+n))``; ``m + n - 1``
+    ``L = fast_fft_length(m + n - 1)``, two FFTs per row, ``O((m+n) log(m+n))``; ``m + n - 1``
     parameters. ``from_dense`` averages each diagonal (Frobenius-optimal). The transpose is the
     Toeplitz matrix of the reversed diagonals.
 
@@ -149,7 +149,7 @@ class Toeplitz(StructuredMatrix):
         return toeplitz_matrix(self.diagonals, self.out_features, self.in_features)
 
     def _matvec_flops(self) -> int:
-        length = scipy.fft.next_fast_len(self.in_features + self.out_features - 1, real=True)
+        length = fast_fft_length(self.in_features + self.out_features - 1)
         return fft_product_flops(length, self.dtype)
 
     @classmethod
@@ -206,7 +206,7 @@ class Hankel(StructuredMatrix):
         return self.h[i + j]
 
     def _matvec_flops(self) -> int:
-        length = scipy.fft.next_fast_len(self.in_features + self.out_features - 1, real=True)
+        length = fast_fft_length(self.in_features + self.out_features - 1)
         return fft_product_flops(length, self.dtype)
 
     @classmethod

@@ -25,7 +25,6 @@ from __future__ import annotations
 import cmath
 import math
 
-import scipy.fft
 import torch
 
 from .backend import choose
@@ -40,9 +39,28 @@ def fft_flops(length: int, real: bool) -> int:
     return math.ceil(count / 2 if real else count)
 
 
+def fast_fft_length(n: int) -> int:
+    """The smallest 5-smooth integer ``>= n`` (``2^a 3^b 5^c``: lengths pocketFFT/MKL handle
+    fastest); pure Python so that ``torch.compile`` folds it to a constant."""
+    best = 1
+    while best < n:
+        best *= 2
+    five = 1
+    while five < 2 * n:
+        three = five
+        while three < 2 * n:
+            length = three
+            while length < n:
+                length *= 2
+            best = min(best, length)
+            three *= 3
+        five *= 5
+    return best
+
+
 def convolution_length(n: int) -> int:
     """A fast FFT length ``>= 2n - 1`` (linear convolution of two length-``n`` sequences)."""
-    return scipy.fft.next_fast_len(max(1, 2 * n - 1), real=True)
+    return fast_fft_length(max(1, 2 * n - 1))
 
 
 # --------------------------------------------------------------------------- dense forms
@@ -162,7 +180,7 @@ def toeplitz_multiply(diagonals: torch.Tensor, x: torch.Tensor, out_features: in
         return empty
     n = x.shape[-1]
     m = out_features
-    length = scipy.fft.next_fast_len(m + n - 1, real=True)
+    length = fast_fft_length(m + n - 1)
     if diagonals.is_complex() or x.is_complex():
         z = torch.fft.ifft(torch.fft.fft(diagonals, n=length) * torch.fft.fft(x, n=length))
     else:
