@@ -79,18 +79,21 @@ def test_fit_deterministic_for_a_seed():
 
 def test_restarts_keep_the_best_and_early_stop():
     T = torch.randn(12, 10, dtype=torch.float64)
-    result = sm.fit(T, "low_rank", steps=30, lbfgs_steps=0, restarts=3, rank=2)
-    assert len(result.restart_rmse) == 3
+    result = sm.fit(T, "low_rank", steps=30, lbfgs_steps=0, restarts=4, lr=(1e-3, 1e-1), rank=2)
+    assert len(result.restart_rmse) == 4 and len(set(result.restart_lr)) == 4
+    assert all(1e-3 <= lr <= 1e-1 for lr in result.restart_lr)
     assert result.rmse == pytest.approx(min(result.restart_rmse), rel=1e-12)
     assert result.restart_rmse[result.best_restart] == min(result.restart_rmse)
+    # successive halving: the survivor (the best) ran every step
+    assert len(result.history) == 30
     easy = sm.fit(T, "low_rank", steps=500, restarts=3, tol=10.0, rank=2)
-    assert easy.converged and len(easy.history) == 1 and len(easy.restart_rmse) == 1
+    assert easy.converged and len(easy.history) == 1
 
 
 def test_warm_start_and_budget():
     T = _rank2(20, 16)
     warm = sm.project(T, "low_rank", rank=2).layer
-    result = sm.fit(T, "low_rank", steps=0, lbfgs_steps=0, init=warm, rank=2)
+    result = sm.fit(T, "low_rank", steps=0, lbfgs_steps=0, warm_start=warm, rank=2)
     assert result.rmse < 1e-12
     budgeted = sm.fit(T, "low_rank", steps=5, lbfgs_steps=0, params=0.25)
     assert budgeted.layer.num_parameters <= 0.25 * 20 * 16
@@ -111,11 +114,12 @@ def test_progress_bar_renders(capsys):
         (torch.randn(2, 2, 2), {}, ValueError, "target: expected a 2-D"),
         (torch.randn(4, 4), {"steps": -1}, ValueError, "steps"),
         (torch.randn(4, 4), {"lr": 0.0}, ValueError, "lr"),
+        (torch.randn(4, 4), {"lr": (1e-2, 1e-3)}, ValueError, "lr"),
         (torch.randn(4, 4), {"restarts": 0}, ValueError, "restarts"),
         (torch.randn(4, 4), {"tol": -1.0}, ValueError, "tol"),
         (torch.randn(4, 4, dtype=torch.complex128), {"dtype": torch.float64}, ValueError, "dtype"),
         (torch.randn(4, 4, dtype=torch.complex128), {"real_part": True}, ValueError, "real_part"),
-        (torch.randn(4, 4), {"init": "zeros"}, TypeError, "init"),
+        (torch.randn(4, 4), {"warm_start": "zeros"}, TypeError, "warm_start"),
         (torch.randn(4, 4), {"structure": "nope"}, ValueError, "structure"),
     ],
 )
@@ -128,5 +132,5 @@ def test_bad_input(target, kwargs, error, match):
 def test_init_of_another_family_rejected():
     T = torch.randn(6, 6, dtype=torch.float64)
     other = sm.StructuredLinear(6, 6, "dense", bias=False, dtype=torch.float64)
-    with pytest.raises(ValueError, match="init"):
-        sm.fit(T, "low_rank", init=other)
+    with pytest.raises(ValueError, match="warm_start"):
+        sm.fit(T, "low_rank", warm_start=other)

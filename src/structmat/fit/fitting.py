@@ -4,8 +4,9 @@
 the target (``out·in`` for a real target; ``2·out·in`` for a complex one: the mean runs over the real
 and imaginary parts) and reports ``RMSE = ℓ^{1/2}``. The optimiser is Adam with a cosine learning
 rate schedule, followed by an optional L-BFGS "polish" (strong-Wolfe line search); several
-restarts with different seeds are run and the best is kept; the run stops early once the RMSE is
-below ``tol``. On CPU the result is a deterministic function of ``seed``.
+restarts with different seeds (and optionally log-uniform learning rates) compete by successive
+halving, as the Butterfly paper's Hyperband search does (SPEC.md §7.4), and the best is kept; the
+run stops early once the RMSE is below ``tol``. On CPU the result is a deterministic function of ``seed``.
 
 Example::
 
@@ -45,7 +46,8 @@ class FitResult:
         rmse: its RMSE (SPEC.md §7.1), evaluated after training.
         history: RMSE after every optimiser step of the best restart (Adam steps, then L-BFGS
             iterations).
-        restart_rmse: final RMSE of every restart, in order.
+        restart_rmse: best RMSE reached by every restart, in order.
+        restart_lr: learning rate of every restart.
         best_restart: index of the restart that gave ``layer``.
         seconds: wall-clock time of the whole fit.
         converged: ``rmse < tol``.
@@ -55,6 +57,7 @@ class FitResult:
     rmse: float
     history: list[float]
     restart_rmse: list[float] = field(default_factory=list)
+    restart_lr: list[float] = field(default_factory=list)
     best_restart: int = 0
     seconds: float = 0.0
     converged: bool = False
@@ -107,47 +110,58 @@ def _trainable(layer: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in layer.parameters() if p.requires_grad]
 
 
-class _Run:
-    """One restart: Adam with a cosine schedule, then an L-BFGS polish; tracks the best state."""
+class _Trial:
+    """One restart: Adam with a cosine schedule over ``steps`` (run in chunks, for successive
+    halving), then an optional L-BFGS polish; tracks the best state seen."""
 
-    def __init__(self, layer: StructuredLinear, target: torch.Tensor) -> None:
-        self.layer, self.target = layer, target
+    def __init__(self, layer: StructuredLinear, target: torch.Tensor, lr: float, steps: int) -> None:
+        self.layer, self.target, self.lr = layer, target, lr
         self.params = _trainable(layer)
         self.history: list[float] = []
         self.best_rmse = self.evaluate()
         self.best_state = copy.deepcopy(layer.state_dict())
+        self.step = 0
+        self.stopped = not self.params or steps == 0
+        self.record, self.record_step = math.inf, 0
+        if self.params:
+            self.optimizer = torch.optim.Adam(self.params, lr=lr)
+            self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, steps), eta_min=lr * 1e-2)
 
     def loss(self) -> torch.Tensor:
         return _mean_squared_error(self.layer.matrix.to_dense(), self.target)
 
     def evaluate(self) -> float:
         with torch.no_grad():
-            return math.sqrt(max(0.0, float(self.loss())))
+            value = math.sqrt(max(0.0, float(self.loss())))
+        return value if math.isfinite(value) else math.inf
 
     def remember(self) -> None:
         value = self.evaluate()
-        if math.isfinite(value) and value < self.best_rmse:
+        if value < self.best_rmse:
             self.best_rmse = value
             self.best_state = copy.deepcopy(self.layer.state_dict())
 
-    def adam(self, steps: int, lr: float, tol: float, advance) -> None:
-        if not self.params or steps == 0:
-            return
-        optimizer = torch.optim.Adam(self.params, lr=lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * 1e-2)
-        for step in range(steps):
-            optimizer.zero_grad(set_to_none=True)
+    def adam_until(self, end: int, tol: float, patience: int | None, advance) -> None:
+        """Adam steps up to global step ``end``; stops early below ``tol``, on a plateau of
+        ``patience`` steps, or on a non-finite loss."""
+        while not self.stopped and self.step < end:
+            self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss()
             value = math.sqrt(max(0.0, float(loss.detach())))
             if not math.isfinite(value):
+                self.stopped = True
                 break
             self.history.append(value)
-            if value < tol:
+            if value < self.record * (1 - 1e-3):
+                self.record, self.record_step = value, self.step
+            if value < tol or (patience is not None and self.step - self.record_step >= patience):
+                self.stopped = True
                 break
             loss.backward()
-            optimizer.step()
-            schedule.step()
-            if step % 50 == 49:
+            self.optimizer.step()
+            self.schedule.step()
+            self.step += 1
+            if self.step % 50 == 0:
                 self.remember()
             advance(value)
         self.remember()
@@ -179,20 +193,36 @@ class _Run:
         self.layer.load_state_dict(self.best_state)
 
 
+def trial_learning_rates(lr: float | tuple[float, float], restarts: int, seed: int) -> list[float]:
+    """One learning rate per restart: ``lr`` itself, or log-uniform samples in ``(low, high)``
+    drawn from ``seed`` (the Butterfly paper's search, SPEC.md §7.4)."""
+    if isinstance(lr, (tuple, list)):
+        if len(lr) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in lr) or lr[0] > lr[1]:
+            raise ValueError(f"lr: expected a positive float or a (low, high) range with 0 < low <= high, got {describe(lr)}")
+        g = torch.Generator().manual_seed(seed)
+        u = torch.rand(restarts, generator=g, dtype=torch.float64)
+        low, high = math.log(lr[0]), math.log(lr[1])
+        return [math.exp(low + float(t) * (high - low)) for t in u]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr: expected a positive finite float or a (low, high) range, got {describe(lr)}")
+    return [float(lr)] * restarts
+
+
 def fit(
     target: Any,
     structure: str = "butterfly",
     steps: int = 2000,
-    lr: float = 1e-2,
+    lr: float | tuple[float, float] = 1e-2,
     seed: int = 0,
     tol: float = 1e-6,
     restarts: int = 1,
     *,
     lbfgs_steps: int = 100,
+    patience: int | None = None,
     params: Any = None,
     dtype: torch.dtype | None = None,
     real_part: bool = False,
-    init: StructuredMatrix | StructuredLinear | None = None,
+    warm_start: StructuredMatrix | StructuredLinear | None = None,
     progress: bool | None = None,
     console: Console | None = None,
     family_options: dict | None = None,
@@ -205,18 +235,22 @@ def fit(
             finite entries.
         structure: registered family name.
         steps: Adam steps per restart (cosine schedule from ``lr`` down to ``lr/100``).
-        lr: Adam learning rate.
+        lr: Adam learning rate, or a ``(low, high)`` range from which every restart draws a
+            log-uniform rate.
         seed: base seed; restart ``r`` initialises with ``seed + r``.
         tol: stop as soon as the RMSE is below ``tol``.
-        restarts: number of independent initialisations; the best is kept.
-        lbfgs_steps: L-BFGS iterations polishing each restart after Adam (0 disables).
+        restarts: number of independent initialisations, run by successive halving (each round
+            keeps the better half; the survivor completes ``steps``); the best is kept.
+        lbfgs_steps: L-BFGS iterations polishing the final survivor (0 disables).
+        patience: end the Adam phase of a restart once the RMSE has not improved by 0.1 % for
+            this many steps (``None``: run all ``steps``).
         params: parameter budget (int count, or float fraction of ``out·in``) choosing the
             family's size options, as in :class:`StructuredLinear`.
         dtype: layer dtype; default: the target's (complex when ``real_part``).
         real_part: fit ``Re(M)`` of a complex model to a real target (the Butterfly paper's
             final real part); the returned layer wraps :class:`RealPart`.
-        init: warm start for restart 0: a member of ``structure`` (same shape and options) whose
-            parameters are copied.
+        warm_start: a member of ``structure`` (same shape and options) whose parameters
+            initialise restart 0.
         progress: show a Rich progress bar (default: when the console is a terminal).
         console: Rich console for the progress bar.
         family_options: family options as a dict -- for options whose names clash with the
@@ -237,9 +271,10 @@ def fit(
     steps = check_int("steps", steps, minimum=0)
     restarts = check_int("restarts", restarts, minimum=1)
     lbfgs_steps = check_int("lbfgs_steps", lbfgs_steps, minimum=0)
+    if patience is not None:
+        patience = check_int("patience", patience, minimum=1)
     seed = check_int("seed", seed)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr: expected a positive finite float, got {describe(lr)}")
+    learning_rates = trial_learning_rates(lr, restarts, seed)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol: expected a float >= 0, got {describe(tol)}")
     dtype = fit_dtype(T, dtype, real_part)
@@ -247,50 +282,60 @@ def fit(
     out_features, in_features = T.shape
     if "fixed" in info.tags or not info.trainable:
         raise ValueError(f"structure: {info.name!r} is a fixed family (no trainable parameters); there is nothing to fit")
-    warm = init.matrix if isinstance(init, StructuredLinear) else init
+    warm = warm_start.matrix if isinstance(warm_start, StructuredLinear) else warm_start
     if warm is not None and not isinstance(warm, StructuredMatrix):
-        raise TypeError(f"init: expected a StructuredMatrix or StructuredLinear of structure {info.name!r}, got {describe(init)}")
+        raise TypeError(f"warm_start: expected a StructuredMatrix or StructuredLinear of structure {info.name!r}, got {describe(warm_start)}")
     if warm is not None and (warm.family != info.name or warm.shape != (out_features, in_features)):
         raise ValueError(
-            f"init: expected a {info.name!r} member of shape {(out_features, in_features)}, got a {warm.family!r} member of shape {warm.shape}"
+            f"warm_start: expected a {info.name!r} member of shape {(out_features, in_features)}, got a {warm.family!r} member of shape {warm.shape}"
         )
 
     show = console is not None and console.is_terminal if progress is None else bool(progress)
     start = time.perf_counter()
-    runs: list[_Run] = []
+    trials: list[_Trial] = []
+    for restart, trial_lr in enumerate(learning_rates):
+        layer = build_layer(info.name, in_features, out_features, dtype, seed + restart, params, **options)
+        if warm is not None and restart == 0:
+            layer.matrix.load_state_dict(warm.state_dict())
+        if real_part:
+            layer = StructuredLinear.from_matrix(RealPart(layer.matrix))
+        trials.append(_Trial(layer, T, trial_lr, steps))
+    # successive halving: every round runs the surviving trials to the next boundary, then keeps
+    # the better half; the last survivor completes all `steps`
+    rounds = 1 + math.ceil(math.log2(restarts))
+    boundaries = [round(steps * (k + 1) / rounds) for k in range(rounds)]
+    alive = list(range(restarts))
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("rmse {task.fields[rmse]:.2e}"), TimeElapsedColumn(),
         console=console, transient=True, disable=not show,
     ) as bar:
-        task = bar.add_task(f"fitting {info.name} {out_features}x{in_features}", total=restarts * steps, rmse=float("nan"))
+        planned = sum(math.ceil(restarts / 2**k) * (boundaries[k] - (boundaries[k - 1] if k else 0)) for k in range(rounds))
+        task = bar.add_task(f"fitting {info.name} {out_features}x{in_features}", total=planned, rmse=float("nan"))
 
         def advance(value: float) -> None:
             bar.update(task, advance=1, rmse=value)
 
-        for restart in range(restarts):
-            layer = build_layer(info.name, in_features, out_features, dtype, seed + restart, params, **options)
-            if warm is not None and restart == 0:
-                layer.matrix.load_state_dict(warm.state_dict())
-            if real_part:
-                layer = StructuredLinear.from_matrix(RealPart(layer.matrix))
-            run = _Run(layer, T)
-            run.adam(steps, float(lr), float(tol), advance)
-            run.lbfgs(lbfgs_steps, float(tol))
-            runs.append(run)
-            bar.update(task, completed=(restart + 1) * steps)
-            if run.best_rmse < tol:
+        for k, end in enumerate(boundaries):
+            for r in alive:
+                trials[r].adam_until(end, float(tol), patience, advance)
+            alive.sort(key=lambda r: trials[r].best_rmse)
+            if trials[alive[0]].best_rmse < tol:
                 break
-    best = min(range(len(runs)), key=lambda r: runs[r].best_rmse)
-    run = runs[best]
-    run.layer.load_state_dict(run.best_state)
-    for p in run.layer.parameters():
+            alive = alive[: max(1, math.ceil(len(alive) / 2))]
+        trials[alive[0]].lbfgs(lbfgs_steps, float(tol))
+        bar.update(task, completed=planned)
+    best = min(range(len(trials)), key=lambda r: trials[r].best_rmse)
+    trial = trials[best]
+    trial.layer.load_state_dict(trial.best_state)
+    for p in trial.layer.parameters():
         p.grad = None
-    final = run.evaluate()
+    final = trial.evaluate()
     return FitResult(
-        layer=run.layer,
+        layer=trial.layer,
         rmse=final,
-        history=run.history,
-        restart_rmse=[r.best_rmse for r in runs],
+        history=trial.history,
+        restart_rmse=[t.best_rmse for t in trials],
+        restart_lr=[t.lr for t in trials],
         best_restart=best,
         seconds=time.perf_counter() - start,
         converged=final < tol,

@@ -14,9 +14,10 @@
 ``params=`` is a parameter budget (an int, or a float fraction of ``out·in``) that picks the
 family's size options (rank, blocks, width, nonzeros) through
 :func:`structmat.core.registry.options_for_budget`; the result never exceeds it. The result is
-never worse than the zero matrix: if the member found has relative error above the best multiple
-``αM`` of itself, it is rescaled when one parameter tensor scales the matrix linearly, and replaced
-by the zero member when nothing better exists.
+never worse than the zero matrix: if the best multiple ``αM`` of the member found is closer, it is
+rescaled when one parameter tensor scales the matrix linearly; a member worse than zero is
+replaced by the zero member (all parameters zero) -- except in families without a zero member
+(e.g. Cauchy), which ``method`` then reports.
 
 Example::
 
@@ -60,7 +61,9 @@ class ProjectionResult:
         layer: bias-free :class:`StructuredLinear` whose ``to_dense()`` approximates ``W``.
         rel_error: ``‖W − layer.to_dense()‖_F / ‖W‖_F`` (0 for ``W = 0``).
         method: ``"closed_form"``, ``"closed_form+fit"``, ``"fit"``, with ``"+rescaled"`` or
-            replaced by ``"zero"`` when the never-worse-than-zero guard acted.
+            replaced by ``"zero"`` when the never-worse-than-zero guard acted;
+            ``"+no_zero_member"`` when the result is worse than zero but the family can neither
+            rescale nor reach the zero matrix (e.g. Cauchy), so the guard could not act.
         seconds: wall-clock time.
         options: the family options of ``layer``.
         budget: the absolute parameter budget (``None`` without ``params``).
@@ -149,11 +152,13 @@ def _rescale_or_zero(matrix: StructuredMatrix, W: torch.Tensor, error: float) ->
         saved = {k: v.clone() for k, v in matrix.state_dict().items()}
         for p in matrix.parameters():
             p.zero_()
-        zero_error = relative_error(matrix.to_dense(), W)
-        if zero_error > error:
-            # zeroing the parameters does not give the zero matrix (e.g. a fixed factor): keep M
+        zero = matrix.to_dense()
+        zero_error = relative_error(zero, W)
+        if not bool(torch.isfinite(zero).all()) or bool(zero.abs().sum() > 0):
+            # the family has no zero member (e.g. Cauchy 1/(s_i - t_j)) and M is not linear in
+            # any single parameter tensor: keep M and say so
             matrix.load_state_dict(saved)
-            return error, ""
+            return error, "+no_zero_member"
         return zero_error, "zero"
 
 
@@ -226,7 +231,7 @@ def project(
     if want_fit:
         if candidates:
             warm = candidates[0][2]
-            fitted = fit(W, info.name, init=warm, dtype=W.dtype, family_options=dict(warm.options), **fit_args)
+            fitted = fit(W, info.name, warm_start=warm, dtype=W.dtype, family_options=dict(warm.options), **fit_args)
             label = "closed_form+fit"
         else:
             fit_options = _ortho_init(info, in_features, out_features, W.dtype, constructor)
