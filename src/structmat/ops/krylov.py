@@ -161,6 +161,8 @@ def subdiagonal_krylov_multiply(a: torch.Tensor, G: torch.Tensor, V: torch.Tenso
     """``Σ_i K(A, g_i) v_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)``, ``V``: ``(B, r, n)`` ->
     ``(B, n)``; ``O(r n log² n)`` per row (module docstring)."""
     n = a.shape[-1]
+    if V.shape[0] == 0:  # FFT libraries reject empty transforms
+        return V.new_zeros(0, n)
     z = lower_weighted_convolution(
         a.repeat(2), torch.nn.functional.pad(G, (0, n)), torch.nn.functional.pad(V, (0, n))
     )
@@ -171,6 +173,8 @@ def subdiagonal_krylov_transpose_multiply(a: torch.Tensor, G: torch.Tensor, Y: t
     """``[K(A, g_i)ᵀ y]_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)``, ``Y``: ``(B, n)`` ->
     ``(B, r, n)``; ``O(r n log² n)`` per row (module docstring)."""
     n = a.shape[-1]
+    if Y.shape[0] == 0:
+        return Y.new_zeros(0, G.shape[0], n)
     return lower_weighted_correlation(a.repeat(2), torch.nn.functional.pad(G, (0, n)), Y.repeat(1, 2), n)
 
 
