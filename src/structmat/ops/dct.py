@@ -13,8 +13,9 @@ Cost ``O(n log n)`` per row (:func:`dct_flops` gives the count used by the famil
 input is transformed as its real and imaginary parts.
 
 Backends: ``reference`` -- the formulas above in plain PyTorch, differentiated by autograd
-through the FFT; ``cpu`` -- the same FFT with the permutation and twiddle stages fused into two
-Numba kernels (parallel over rows, cached compilation), wrapped as the custom ops
+through the FFT; ``cpu`` -- the same algorithm on NumPy buffers: scipy's real FFT (one thread
+for small inputs, all cores for large ones) between permutation and twiddle stages fused into
+Numba kernels (parallel over rows for large inputs, cached compilation), wrapped as the custom ops
 ``structmat::dct2`` / ``structmat::dct3`` with fake implementations and autograd formulas: the
 two transforms are orthogonal and transposes of each other, so each one's backward is the other.
 """
@@ -25,11 +26,13 @@ import math
 
 import numba
 import numpy as np
+import scipy.fft
 import torch
 
 from ..core.dtypes import complex_dtype
 from ..core.errors import describe
 from .backend import choose
+from .numba_rows import PARALLEL_MIN_ELEMENTS, row_kernel
 
 __all__ = ["dct2", "dct3", "dct2_reference", "dct3_reference", "dct_flops"]
 
@@ -96,7 +99,7 @@ def dct3_reference(y: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- fused CPU stages
-@numba.njit(parallel=True, cache=True)
+@row_kernel
 def _permute_even_reversed_odd(x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     rows, n = x.shape
     half = (n + 1) // 2
@@ -107,7 +110,7 @@ def _permute_even_reversed_odd(x: np.ndarray, out: np.ndarray) -> None:  # pragm
             out[r, n - 1 - j] = x[r, 2 * j + 1]
 
 
-@numba.njit(parallel=True, cache=True)
+@row_kernel
 def _dct2_twiddle(spectrum: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     # out_k = 2 f_k Re(e^{-iπk/2n} V_k), V_k = conj(V_{n-k}) for k > n/2 (real input)
     rows, n = out.shape
@@ -124,7 +127,7 @@ def _dct2_twiddle(spectrum: np.ndarray, out: np.ndarray) -> None:  # pragma: no 
             out[r, k] = value * (s0 if k == 0 else s)
 
 
-@numba.njit(parallel=True, cache=True)
+@row_kernel
 def _dct3_twiddle(y: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     # V_k = e^{iπk/2n} (Y_k - i Y_{n-k}) / 2 for k <= n/2, with Y = y / f and Y_n = 0
     rows, n = y.shape
@@ -140,7 +143,7 @@ def _dct3_twiddle(y: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover -
             out[r, k] = complex((c * a + d * b) / 2, (d * a - c * b) / 2)
 
 
-@numba.njit(parallel=True, cache=True)
+@row_kernel
 def _unpermute_even_reversed_odd(v: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     rows, n = v.shape
     half = (n + 1) // 2
@@ -166,15 +169,20 @@ def _from_real_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return rows.reshape(like.shape)
 
 
+def _fft_workers(array: np.ndarray) -> int:
+    """Threads for scipy's FFT: one for small inputs (no thread-pool wake-up), all for large."""
+    return -1 if array.size >= PARALLEL_MIN_ELEMENTS else 1
+
+
 def _dct2_fused(x: torch.Tensor) -> torch.Tensor:
     rows = _as_real_rows(x)
     if rows.numel() == 0:
         return torch.empty_like(x)
-    permuted = torch.empty_like(rows)
-    _permute_even_reversed_odd(rows.numpy(), permuted.numpy())
-    spectrum = torch.fft.rfft(permuted, dim=-1).contiguous()
+    permuted = np.empty_like(rows.numpy())
+    _permute_even_reversed_odd(rows.numpy(), permuted)
+    spectrum = scipy.fft.rfft(permuted, axis=-1, workers=_fft_workers(permuted))
     out = torch.empty_like(rows)
-    _dct2_twiddle(spectrum.numpy(), out.numpy())
+    _dct2_twiddle(spectrum, out.numpy())
     return _from_real_rows(out, x)
 
 
@@ -183,11 +191,11 @@ def _dct3_fused(y: torch.Tensor) -> torch.Tensor:
     if rows.numel() == 0:
         return torch.empty_like(y)
     n = rows.shape[-1]
-    spectrum = torch.empty(rows.shape[0], n // 2 + 1, dtype=complex_dtype(rows.dtype))
-    _dct3_twiddle(rows.numpy(), spectrum.numpy())
-    v = torch.fft.irfft(spectrum, n=n, dim=-1).contiguous()
+    spectrum = torch.empty(rows.shape[0], n // 2 + 1, dtype=complex_dtype(rows.dtype)).numpy()
+    _dct3_twiddle(rows.numpy(), spectrum)
+    v = scipy.fft.irfft(spectrum, n=n, axis=-1, workers=_fft_workers(spectrum))
     out = torch.empty_like(rows)
-    _unpermute_even_reversed_odd(v.numpy(), out.numpy())
+    _unpermute_even_reversed_odd(v, out.numpy())
     return _from_real_rows(out, y)
 
 

@@ -9,7 +9,7 @@ Backends:
 
 * ``reference`` -- pure PyTorch: ``log2 n`` butterfly stages, each a reshape to
   ``(rows, n / 2h, 2, h)`` and one sum/difference (SPEC.md §1.4 stride-``h`` pairing);
-* ``cpu`` -- a fused Numba kernel (parallel over rows, cached compilation) that runs all stages
+* ``cpu`` -- a fused Numba kernel (parallel over rows for large inputs, cached compilation) that runs all stages
   in place on one row while it sits in cache; complex input is transformed as its real and
   imaginary parts.
 
@@ -28,6 +28,7 @@ import torch
 from ..core.errors import describe
 from ..core.sizes import is_power_of_two
 from .backend import choose
+from .numba_rows import row_kernel
 
 __all__ = ["hadamard_transform", "hadamard_reference", "hadamard_flops"]
 
@@ -56,7 +57,7 @@ def hadamard_reference(x: torch.Tensor) -> torch.Tensor:
     return y.reshape(*lead, n)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@row_kernel
 def _hadamard_rows_inplace(rows: np.ndarray) -> None:  # pragma: no cover - compiled
     count, n = rows.shape
     for r in numba.prange(count):
