@@ -63,12 +63,11 @@ def _blocks(total: int) -> int:
 
 def _within_block_weights(a_blocks: torch.Tensor) -> torch.Tensor:
     """``W[blk, k, j] = Π_{l=j}^{k-1} a[blk, l]`` for ``j <= k``, zero above the diagonal."""
-    nb, size = a_blocks.shape
-    eye = torch.eye(size, dtype=a_blocks.dtype, device=a_blocks.device)
-    rows = [eye[0].expand(nb, size)]
-    for k in range(1, size):
-        rows.append(rows[-1] * a_blocks[:, k - 1 : k] + eye[k])
-    return torch.stack(rows, dim=1)
+    size = a_blocks.shape[-1]
+    index = torch.arange(size, device=a_blocks.device)
+    k, j, l = index[:, None, None], index[None, :, None], index[None, None, :]
+    factors = torch.where((j <= l) & (l < k), a_blocks[:, None, None, :], torch.ones_like(a_blocks[:1, None, None, :]))
+    return factors.prod(-1) * (index[None, :] <= index[:, None])
 
 
 def _half_products(a: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
