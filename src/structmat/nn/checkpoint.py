@@ -58,17 +58,23 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def structured_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """``{qualified name: module}`` of the outermost structured modules of ``model``
-    (``StructuredLinear`` layers, and ``StructuredMatrix`` modules not inside one)."""
+def outermost_modules(model: nn.Module, types: tuple[type, ...]) -> dict[str, nn.Module]:
+    """``{qualified name: module}`` of the modules of ``model`` (itself included) that are
+    instances of ``types`` and do not lie inside another such module."""
     found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
-        if not isinstance(module, (StructuredLinear, StructuredMatrix)):
+        if not isinstance(module, types):
             continue
-        if any(name == outer or name.startswith(outer + ".") for outer in found if outer) or "" in found:
+        if "" in found or any(name.startswith(outer + ".") for outer in found):
             continue
         found[name] = module
     return found
+
+
+def structured_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The outermost structured modules of ``model``: ``StructuredLinear`` layers, and
+    ``StructuredMatrix`` modules not inside one."""
+    return outermost_modules(model, (StructuredLinear, StructuredMatrix))
 
 
 def _as_json(value: Any) -> Any:
@@ -80,10 +86,21 @@ def _storage_key(tensor: torch.Tensor) -> tuple:
     return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
 
 
+def _is_writer() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``model``'s state and the configs of its structured layers to ``path``
     (``safetensors``). Tensors are copied to the CPU; the round trip through :func:`load` is
-    bit-exact."""
+    bit-exact.
+
+    Distributed training: ``DistributedDataParallel`` and ``torch.compile`` wrappers are
+    unwrapped. In an initialised process group only rank 0 writes the file; with FSDP-sharded
+    parameters every rank must call ``save`` (the shards are all-gathered, a collective).
+    """
     from safetensors.torch import save_file
 
     if not isinstance(model, nn.Module):
@@ -98,14 +115,19 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
     aliases: dict[str, str] = {}
     complex_names: list[str] = []
     first_name: dict[tuple, str] = {}
-    for name, tensor in model.state_dict().items():
+    state = model.state_dict()  # keeps every tensor alive, so storage addresses identify aliases
+    for name, tensor in state.items():
         if tensor.device.type == "meta":
             raise ValueError(f"model: cannot save tensor {name!r} on the meta device (it holds no data)")
-        key = _storage_key(tensor)
-        if key in first_name:
-            aliases[name] = first_name[key]
-            continue
-        first_name[key] = name
+        gather = getattr(tensor, "full_tensor", None)
+        if callable(gather):  # an FSDP2-sharded DTensor: all-gather the whole tensor (collective)
+            tensor = gather()
+        else:
+            key = _storage_key(tensor)
+            if key in first_name:
+                aliases[name] = first_name[key]
+                continue
+            first_name[key] = name
         tensor = tensor.detach().to("cpu")
         if tensor.is_complex():
             complex_names.append(name)
@@ -119,7 +141,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
         "aliases": json.dumps(aliases),
         "complex": json.dumps(complex_names),
     }
-    save_file(tensors, os.fspath(path), metadata=metadata)
+    if _is_writer():
+        save_file(tensors, os.fspath(path), metadata=metadata)
 
 
 def _fail(path, message: str) -> ValueError:
