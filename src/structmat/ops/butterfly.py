@@ -55,7 +55,7 @@ import torch
 
 from ..core.errors import describe
 from ..core.sizes import is_power_of_two
-from .backend import choose
+from .backend import choose, numba_available
 
 #: Fused backends by device type: ``(forward, backward)`` with
 #: ``forward(twiddle, x, increasing_stride, transpose) -> out`` and
@@ -176,11 +176,25 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     twiddle, x = ctx.saved_tensors
-    grad_twiddle, grad_x = _butterfly_fused_backward(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
+    with torch.no_grad():  # first-order gradients (the backward op has no derivative of its own)
+        grad_twiddle, grad_x = _butterfly_fused_backward(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
     return grad_twiddle, grad_x, None, None
 
 
 _butterfly_fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _FusedButterfly(torch.autograd.Function):
+    """The custom ops as an ``autograd.Function`` with ``setup_context``: the form that
+    ``torch.func`` transforms (``grad``, ``vjp``) accept; eager autograd and ``torch.compile``
+    see the same two ops."""
+
+    @staticmethod
+    def forward(twiddle, x, increasing_stride, transpose):
+        return _butterfly_fused(twiddle, x, increasing_stride, transpose)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +215,7 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
     backend = choose(twiddle, x)
     if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0:
         return butterfly_multiply_reference(twiddle, x, increasing_stride, transpose)
-    return _butterfly_fused(twiddle, x, bool(increasing_stride), bool(transpose))
+    return _FusedButterfly.apply(twiddle, x, bool(increasing_stride), bool(transpose))
 
 
 def butterfly_multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> torch.Tensor:
@@ -238,3 +252,7 @@ def butterfly_to_dense(twiddle: torch.Tensor, increasing_stride: bool = True) ->
     eye = torch.eye(n, dtype=twiddle.dtype, device=twiddle.device)
     columns = butterfly_multiply_reference(twiddle, eye[:, None, :], increasing_stride)  # (N_in, S, N_out)
     return columns.reshape(n, -1).transpose(0, 1)
+
+
+if numba_available():
+    from . import butterfly_cpu  # noqa: E402,F401 - registers the fused CPU backend in FUSED_BACKENDS
