@@ -403,3 +403,12 @@ def test_parameter_budgets_use_the_ladders():
     for structure in ["monarch", "monarch2", "btt", "kronecker", "block_diagonal"]:
         layer = sm.StructuredLinear(64, 48, structure, params=0.6)
         assert 0 < layer.num_parameters <= 0.6 * 64 * 48
+
+
+def test_bench_monarch_rows():
+    from structmat.experiments.bench_monarch import run
+
+    rows = run(sizes=[64])
+    assert rows[0]["n"] == 64 and rows[0]["nblocks"] == 8
+    assert rows[0]["monarch_params"] == 2 * 64 * 8
+    assert rows[0]["monarch_forward_ms"] > 0 and rows[0]["forward_speedup"] > 0
