@@ -1,0 +1,244 @@
+"""Butterflies, BP, K-matrices, permutations (SPEC.md §1.3, §1.4, §4.14--4.16, §7.2, checks B2, B3,
+B5, F2) and the parity of the fused CPU kernels with the pure-PyTorch reference."""
+
+import math
+
+import pytest
+import scipy.linalg
+import torch
+
+from structmat.families.bp import BP
+from structmat.families.butterfly import Butterfly
+from structmat.families.kaleidoscope import Kaleidoscope
+from structmat.families.permutation import Permutation
+from structmat.ops import use_reference
+from structmat.ops.butterfly import (
+    FUSED_BACKENDS,
+    butterfly_multiply,
+    butterfly_multiply_adjoint,
+    butterfly_multiply_transpose,
+    butterfly_to_dense,
+)
+from structmat.ops.permutation import bit_reversal_permutation, relaxed_permutation_multiply
+from structmat.ops.twiddle import hadamard_twiddle
+
+from helpers import rel_error
+
+DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
+
+
+def random_twiddle(stacks, blocks, n, dtype=torch.float64):
+    levels = n.bit_length() - 1
+    return torch.randn(stacks, blocks, levels, n // 2, 2, 2, dtype=dtype) / math.sqrt(2)
+
+
+# ------------------------------------------------------------------------------------ kernels
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("increasing_stride", [True, False])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
+    tol = 1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5
+    op = butterfly_multiply_transpose if transpose else butterfly_multiply
+    for stacks, blocks, stacks_in, n, batch in [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1)]:
+        tw = random_twiddle(stacks, blocks, n, dtype).requires_grad_(True)
+        x = torch.randn(batch, stacks_in, n, dtype=dtype).requires_grad_(True)
+        g = torch.randn(batch, stacks, n, dtype=dtype)
+        fused = op(tw, x, increasing_stride)
+        grads = torch.autograd.grad(fused, (tw, x), g)
+        with use_reference():
+            ref = op(tw, x, increasing_stride)
+            ref_grads = torch.autograd.grad(ref, (tw, x), g)
+        assert rel_error(fused, ref) <= tol
+        for a, b in zip(grads, ref_grads):
+            assert rel_error(a, b) <= tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_gradcheck_both_backends(dtype):
+    tw = random_twiddle(2, 2, 8, dtype).requires_grad_(True)
+    x = torch.randn(3, 1, 8, dtype=dtype).requires_grad_(True)
+    for reference in (False, True):
+        with use_reference(reference):
+            assert torch.autograd.gradcheck(lambda t, v: butterfly_multiply(t, v, False), (tw, x))
+            assert torch.autograd.gradcheck(lambda t, v: butterfly_multiply_adjoint(t, v, True), (tw, x))
+
+
+def test_torch_func_grad_and_compile():
+    tw = random_twiddle(1, 1, 16)
+    x = torch.randn(4, 16, dtype=torch.float64)
+    grad = torch.func.grad(lambda t: butterfly_multiply(t, x).square().sum())(tw)
+    with use_reference():
+        expected = torch.func.grad(lambda t: butterfly_multiply(t, x).square().sum())(tw)
+    assert rel_error(grad, expected) <= 1e-12
+    compiled = torch.compile(lambda t, v: butterfly_multiply(t, v), backend="aot_eager", fullgraph=True)
+    assert rel_error(compiled(tw, x), butterfly_multiply(tw, x)) <= 1e-12
+
+
+@pytest.mark.parametrize("increasing_stride", [True, False])
+def test_transpose_is_reversed_transposed_blocks(increasing_stride):
+    """SPEC.md §1.4 / B11: E^T is the opposite-stride butterfly with transposed blocks, levels reversed."""
+    tw = random_twiddle(1, 1, 16)
+    dense = butterfly_to_dense(tw, increasing_stride)
+    flipped = tw.flip(2).transpose(-1, -2)
+    assert rel_error(butterfly_to_dense(flipped, not increasing_stride), dense.T) <= 1e-12
+    y = torch.randn(3, 16, dtype=torch.float64)
+    assert rel_error(butterfly_multiply_transpose(tw, y, increasing_stride)[:, 0], y @ dense) <= 1e-12
+
+
+def test_bit_reversal_conjugation_lemma():
+    """Check B3: P_br B_inc P_br = decreasing-stride butterfly with pair indices bit-reversed."""
+    for n in (4, 16, 256):
+        tw = random_twiddle(1, 1, n)
+        br = bit_reversal_permutation(n)
+        B = butterfly_to_dense(tw, True)
+        conjugated = B[br][:, br]
+        pairs = bit_reversal_permutation(n // 2) if n > 2 else torch.zeros(1, dtype=torch.long)
+        dec = tw[:, :, :, pairs]
+        assert rel_error(butterfly_to_dense(dec, False), conjugated) <= 1e-10
+
+
+def test_hadamard_twiddles_give_scipy_hadamard():
+    """Check B2 (exact, both stride orders)."""
+    for n in (2, 8, 64):
+        expected = torch.tensor(scipy.linalg.hadamard(n), dtype=torch.float64)
+        for inc in (True, False):
+            layer = Butterfly.from_twiddle(hadamard_twiddle(n)[None, None], increasing_stride=inc)
+            assert torch.equal(layer.to_dense().detach(), expected)
+
+
+def test_dft_init_and_bp():
+    n = 16
+    F = torch.fft.fft(torch.eye(n, dtype=torch.complex128), dim=0)
+    br = bit_reversal_permutation(n)
+    layer = Butterfly(n, n, init="fft", dtype=torch.complex128)
+    assert rel_error(layer.to_dense()[:, br], F) <= 1e-12
+    bp = BP(n, n, init="fft", permutation="bit_reversal", dtype=torch.complex128)
+    assert rel_error(bp.to_dense(), F) <= 1e-12
+    unitary = Butterfly(n, n, init="fft", orthogonal=True, dtype=torch.complex128)
+    assert rel_error(unitary.to_dense()[:, br], F / math.sqrt(n)) <= 1e-12
+
+
+# ------------------------------------------------------------------------------------ counts (B5)
+def test_parameter_and_flop_counts():
+    for n in (4, 64, 1024):
+        k = n.bit_length() - 1
+        assert Butterfly(n, n, device="meta").num_parameters == 2 * n * k
+        assert Butterfly(n, n, device="meta").flops() == 3 * n * k
+        assert BP(n, n, permutation="identity", device="meta").num_parameters == 4 * (n - 1)
+        for w, e in [(1, 1), (2, 2), (3, 4)]:
+            K = Kaleidoscope(n, n, width=w, expansion=e, device="meta")
+            assert (K.width, K.expansion) == (w, e)
+            assert K.num_parameters == 4 * w * e * n * int(math.log2(e * n))
+            assert K.flops() == 6 * w * e * n * int(math.log2(e * n))
+    assert BP(16, 16, n_modules=2, device="meta").num_parameters == 2 * (4 * 15 + 3 * 3)
+
+
+# ------------------------------------------------------------------------------------ orthogonal
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_orthogonal_parametrisation_stays_orthogonal(dtype):
+    layer = Butterfly(16, 16, orthogonal=True, dtype=dtype)
+    target = torch.randn(16, 16, dtype=dtype)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    for _ in range(5):
+        opt.zero_grad()
+        loss = (layer.to_dense() - target).abs().square().sum()
+        loss.backward()
+        opt.step()
+    W = layer.to_dense().detach()
+    assert float((W @ W.conj().T - torch.eye(16, dtype=dtype)).abs().max()) <= 1e-12
+    assert layer.num_parameters == (16 // 2) * 4 * (4 if dtype.is_complex else 1)
+
+
+def test_from_dense_recovers_butterflies():
+    for inc in (True, False):
+        for dtype in (torch.float64, torch.complex128):
+            W = Butterfly(16, 16, increasing_stride=inc, dtype=dtype).to_dense().detach()
+            assert rel_error(Butterfly.from_dense(W, increasing_stride=inc).to_dense(), W) <= 1e-10
+
+
+def test_kaleidoscope_from_twiddle_and_bbstar():
+    tw = random_twiddle(1, 2, 8)
+    K = Kaleidoscope.from_twiddle(tw, 8, 8)
+    dec = Butterfly.from_twiddle(tw[:, :1], increasing_stride=False).to_dense()
+    inc = Butterfly.from_twiddle(tw[:, 1:], increasing_stride=True).to_dense()
+    assert rel_error(K.to_dense(), inc @ dec) <= 1e-12  # BB*: decreasing first, then increasing
+    corner = Kaleidoscope.from_twiddle(random_twiddle(1, 4, 16), 5, 7)
+    assert (corner.width, corner.expansion, corner.size) == (2, 2, 16)
+
+
+# ------------------------------------------------------------------------------------ permutations
+def test_permutation_layer():
+    perm = torch.randperm(11)
+    P = Permutation.from_perm(perm, dtype=torch.float64)
+    x = torch.randn(3, 11, dtype=torch.float64)
+    assert torch.equal(P(x), x[:, perm])
+    assert torch.equal(P.transpose()(P(x)), x)
+    assert torch.equal(P.to_dense(), torch.eye(11, dtype=torch.float64)[perm])
+    assert P.num_parameters == 0
+
+
+def test_relaxed_permutation_limits():
+    """Check F2: all-a logits at +inf give P_br; {a, c} at level 0 give P' (SPEC.md §6.4)."""
+    n = 16
+    levels = n.bit_length() - 2
+    index = torch.arange(n, dtype=torch.float64)[None]
+    all_a = torch.tensor([[1.0, 0.0, 0.0]] * levels, dtype=torch.float64)
+    assert torch.equal(relaxed_permutation_multiply(all_a, index)[0].long(), bit_reversal_permutation(n))
+    ac = torch.zeros(levels, 3, dtype=torch.float64)
+    ac[0, 0] = ac[0, 2] = 1.0
+    p_prime = torch.cat([torch.arange(0, n, 2), torch.arange(n - 1, 0, -2)])
+    assert torch.equal(relaxed_permutation_multiply(ac, index)[0].long(), p_prime)
+    bp = BP(n, n, dtype=torch.float64)
+    with torch.no_grad():
+        bp.logits.fill_(-60.0)
+        bp.logits[..., 0] = 60.0
+    assert torch.equal(bp.hard_permutations()[0], bit_reversal_permutation(n))
+    relaxed = relaxed_permutation_multiply(torch.rand(levels, 3, dtype=torch.float64), torch.eye(n, dtype=torch.float64))
+    assert rel_error(relaxed.sum(0), torch.ones(n, dtype=torch.float64)) <= 1e-12  # doubly stochastic
+    assert rel_error(relaxed.sum(1), torch.ones(n, dtype=torch.float64)) <= 1e-12
+
+
+def test_relaxed_permutation_concentrates_when_trained():
+    n = 16
+    bp = BP(n, n, init="identity", dtype=torch.float64)
+    bp.twiddle.requires_grad_(False)
+    target = torch.eye(n, dtype=torch.float64)[bit_reversal_permutation(n)]
+    opt = torch.optim.Adam([bp.logits], lr=0.2)
+    for _ in range(150):
+        opt.zero_grad()
+        (bp.to_dense() - target).square().sum().backward()
+        opt.step()
+    probs = torch.sigmoid(bp.logits.detach())
+    assert float(torch.minimum(probs, 1 - probs).max()) <= 0.01  # >= 0.99 mass on one choice per gate
+    assert rel_error(bp.to_dense(), target) <= 0.05
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_bad_input():
+    with pytest.raises(ValueError, match="width"):
+        Kaleidoscope(8, 8, width=0)
+    with pytest.raises(ValueError, match="expansion"):
+        Kaleidoscope(8, 8, expansion=0)
+    with pytest.raises(ValueError, match="init"):
+        Butterfly(8, 8, init="xavier")
+    with pytest.raises(ValueError, match="init"):
+        Butterfly(8, 8, init="fft", dtype=torch.float32)
+    with pytest.raises(ValueError, match="init"):
+        Butterfly(8, 8, init="hadamard", orthogonal=True)
+    with pytest.raises(ValueError, match="twiddle"):
+        Butterfly.from_twiddle(torch.randn(1, 1, 3, 5, 2, 2))
+    with pytest.raises(ValueError, match="twiddle"):
+        Kaleidoscope.from_twiddle(torch.randn(1, 3, 3, 4, 2, 2), 8, 8)
+    with pytest.raises(ValueError, match="twiddle"):
+        butterfly_multiply(torch.randn(3, 4, 2, 2), torch.randn(2, 8))
+    with pytest.raises(ValueError, match="x"):
+        butterfly_multiply(random_twiddle(1, 1, 8), torch.randn(2, 7))
+    with pytest.raises(ValueError, match="perm"):
+        Permutation.from_perm([0, 0, 1])
+    with pytest.raises(ValueError, match="perm"):
+        Permutation.from_perm([0, 3, 1])
+    with pytest.raises(ValueError, match="permutation"):
+        BP(8, 8, permutation="random")
+    with pytest.raises(ValueError, match="padded_size"):
+        Butterfly(8, 8, padded_size=12)
