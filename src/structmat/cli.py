@@ -134,6 +134,46 @@ def circuit_check(
     console.print(table)
 
 
+@app.command("compile")
+def compile_command(
+    target: str = typer.Argument(..., help="fft, hadamard, dct, polymul, toeplitz, random, or a circuit JSON file."),
+    n: int = typer.Option(64, "--n", help="Number of inputs of a built-in circuit."),
+    size: Optional[int] = typer.Option(None, "--size", help="random: gates including inputs (default 4n)."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="random: depth (default ceil(log2 n))."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random constants."),
+) -> None:
+    """Compile a linear circuit into an exact K-matrix and report s, d, w, e and the error."""
+    from rich.progress import Progress
+
+    from .circuits import EXAMPLE_BUILDERS, LinearCircuit, example_circuit, load_circuit
+    from .compile import compile_report, max_error, to_kmatrix
+
+    try:
+        if target in EXAMPLE_BUILDERS:
+            circuit = example_circuit(target, n=n, size=size, depth=depth, seed=seed)
+        elif Path(target).is_file():
+            circuit = load_circuit(Path(target))
+            if not isinstance(circuit, LinearCircuit):
+                raise ValueError(f"target: expected a linear circuit, got {type(circuit).__name__}")
+        else:
+            raise ValueError(f"target: expected one of {list(EXAMPLE_BUILDERS)} or a circuit JSON file, got {target!r}")
+    except (ValueError, TypeError, OSError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("compiling layers", total=circuit.depth + 1)
+        kmatrix = to_kmatrix(circuit, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        progress.add_task("checking", total=None)
+        error = max_error(circuit, kmatrix, batch=None if circuit.n_inputs <= 1024 else 8)
+    table = Table(title=f"{target}: circuit -> K-matrix (𝓑𝓑*)^w_e")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, value in compile_report(circuit, kmatrix).items():
+        table.add_row(key, f"{value:.3g}" if isinstance(value, float) else str(value))
+    table.add_row("max error vs to_matrix()", f"{error:.2e}")
+    console.print(table)
+
+
 def main() -> None:
     app()
 
