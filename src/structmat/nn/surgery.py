@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..core import StructuredLinear, StructuredMatrix, registry
+from ..core.dtypes import flop_scale, mult_add_flops
 from ..core.errors import describe
 from ..fit import project
 
@@ -180,11 +181,11 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 def linear_flops(linear: nn.Linear) -> int:
-    """Flops of one ``nn.Linear`` forward on one row: ``2 m n`` (+ ``m`` for the bias),
-    complex arithmetic counted as in SPEC.md §1.7."""
-    mul, add = (6, 2) if linear.weight.is_complex() else (1, 1)
-    bias = add * linear.out_features if linear.bias is not None else 0
-    return (mul + add) * linear.in_features * linear.out_features + bias
+    """Flops of one ``nn.Linear`` forward on one row: ``m n`` multiply-adds plus ``m`` bias
+    additions, complex arithmetic counted as in SPEC.md §1.7."""
+    dtype = linear.weight.dtype
+    bias = flop_scale(dtype)[1] * linear.out_features if linear.bias is not None else 0
+    return mult_add_flops(linear.in_features * linear.out_features, dtype) + bias
 
 
 def _as_patterns(name: str, selector: Selector) -> list[str] | Callable | None:
