@@ -405,6 +405,15 @@ def test_parameter_budgets_use_the_ladders():
         assert 0 < layer.num_parameters <= 0.6 * 64 * 48
 
 
+@pytest.mark.parametrize("structure", ["monarch", "monarch2", "btt", "kronecker", "block_diagonal"])
+def test_size_ladders_ordered_by_parameter_count(structure):
+    info = sm.core.registry.get(structure)
+    for n_in, n_out in [(20, 37), (64, 48)]:
+        ladder = info.size_ladder(n_in, n_out)
+        counts = [sm.core.registry.count_parameters(info, n_in, n_out, ladder[k]) for k in range(len(ladder))]
+        assert counts == sorted(counts)
+
+
 def test_bench_monarch_rows():
     from structmat.experiments.bench_monarch import run
 

@@ -84,7 +84,7 @@ class BlockTensorTrain(CanonicalMonarch):
 # ---------------------------------------------------------------------------- Kronecker
 def default_factor(n: int) -> int:
     """``⌈√n⌉``: the outer factor's size along a dimension of length ``n``."""
-    return max(1, math.isqrt(n - 1) + 1) if n > 1 else 1
+    return math.isqrt(n - 1) + 1
 
 
 def _check_outer_shape(outer_shape, in_features: int, out_features: int) -> tuple[int, int]:

@@ -198,7 +198,12 @@ def _monarch2_samples():
 
 def _monarch2_ladder(in_features: int, out_features: int) -> list[dict]:
     width = max(in_features, out_features)
-    return nblocks_ladder(width, width)
+    counts = []
+    for k in range(1, width + 1):
+        hidden = k * ceil_div(width, k)
+        count = canonical_parameter_count(hidden, out_features, k) + canonical_parameter_count(hidden, in_features, k)
+        counts.append((count, k))
+    return [{"nblocks": k} for _, k in sorted(counts)]
 
 
 @register(

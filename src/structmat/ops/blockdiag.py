@@ -61,7 +61,7 @@ def block_diagonal_multiply_transpose(y: torch.Tensor, blocks: torch.Tensor) -> 
 
 def block_diagonal_to_dense(blocks: torch.Tensor) -> torch.Tensor:
     """The dense ``(k·o, k·i)`` matrix ``blockdiag(blocks[0], ..., blocks[k-1])``."""
-    return torch.block_diag(*blocks.unbind(0)) if blocks.shape[0] else blocks.new_zeros(0, 0)
+    return torch.block_diag(*blocks.unbind(0))
 
 
 # ---------------------------------------------------------------------------- Monarch / BTT
