@@ -296,6 +296,21 @@ def test_gradient_circuit_matches_autograd_and_bounds(n, gates, seed):
     assert g_counts["total"] <= 5 * max(f_counts["total"], 1)
 
 
+def test_gradient_forms_no_adjoint_for_constant_factors():
+    """Products with a constant gate are scalar multiplications: their constant operand gets no
+    adjoint, so a chain of them keeps Baur–Strassen's bound (regression: the dead non-scalar
+    products ``adj·g`` made L(f, ∇f) = 7 > 3 = 3·L(f) here)."""
+    c = ArithmeticCircuit(2)
+    two = c.const(2.0)
+    h = 0
+    for _ in range(6):
+        h = c.mul(two, h)
+    c.set_outputs([c.mul(1, h)])  # f = 64 x0 x1
+    g = c.gradient()
+    assert c.count()["nonscalar_mul"] == 1 and g.count()["nonscalar_mul"] <= 3
+    assert torch.equal(g.evaluate(torch.tensor([3.0, 5.0], dtype=torch.float64)), torch.tensor([960.0, 320.0, 192.0], dtype=torch.float64))
+
+
 def test_total_operation_constant_on_random_programs():
     """Measure the cheap-gradient constant L_tot(f, ∇f) / L_tot(f) (SPEC.md §2.5: expect <= 5)."""
     ratios = []

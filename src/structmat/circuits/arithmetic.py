@@ -245,8 +245,8 @@ class ArithmeticCircuit:
         Returns a new circuit on the same inputs whose outputs are ``f, ∂f/∂x_0, …,
         ∂f/∂x_{n−1}``: the forward gates are copied, then gates are visited in reverse order and
         each pushes its adjoint to its operands (``a ± b``: ``±adj``; ``λ·a``: ``λ·adj``;
-        ``a × b``: ``adj·b`` and ``adj·a``, two multiplications). Adjoints of constant gates are
-        never formed; the adjoint of ``f`` is the literal 1, and products with it are free. A gate
+        ``a × b``: ``adj·b`` and ``adj·a``, two multiplications, only for non-constant operands).
+        Adjoints of constant gates are never formed; the adjoint of ``f`` is the literal 1, and products with it are free. A gate
         with ``t`` pushed terms gets ``t − 1`` additions/subtractions. Hence
         ``count()["nonscalar_mul"] <= 3·L(f)`` and ``count()["total"] <= 5·L_tot(f)``.
         """
@@ -273,8 +273,12 @@ class ArithmeticCircuit:
             elif kind == "scale":
                 adjoint_terms[a].append((self._value[g], adj))
             elif kind == "mul":
-                adjoint_terms[a].append((1.0, summer.product(adj, b)))
-                adjoint_terms[b].append((1.0, summer.product(adj, a)))
+                # a constant operand needs no adjoint: forming ``adj·g_other`` for it would add a
+                # dead (and possibly non-scalar) product, breaking the 3·L(f) bound
+                if not self._constant[a]:
+                    adjoint_terms[a].append((1.0, summer.product(adj, b)))
+                if not self._constant[b]:
+                    adjoint_terms[b].append((1.0, summer.product(adj, a)))
         outputs = [self._outputs[0]]
         for adj in input_adjoints:
             outputs.append(adj if adj is not None else summer.constant(0.0))
