@@ -69,6 +69,19 @@ def test_kernel_gradcheck_both_directions():
     assert torch.autograd.gradcheck(monarch_multiply_transpose, (torch.randn(3, 6, dtype=F64, requires_grad=True), left, right))
 
 
+def test_weight_gradients_when_input_needs_none():
+    """The backward skips the input-gradient product when x needs no gradient; weights still match."""
+    left = torch.randn(3, 2, 4, 2, dtype=F64, requires_grad=True)
+    right = torch.randn(4, 3, 2, 5, dtype=F64, requires_grad=True)
+    for op, features in [(monarch_multiply, 20), (monarch_multiply_transpose, 6)]:
+        x = torch.randn(3, features, dtype=F64)
+        fast = torch.autograd.grad(op(x, left, right).square().sum(), (left, right))
+        with use_reference():
+            ref = torch.autograd.grad(op(x, left, right).square().sum(), (left, right))
+        for a, b in zip(fast, ref):
+            assert rel_error(a, b) <= 1e-12
+
+
 # ---------------------------------------------------------------------------- D1, D2
 @pytest.mark.parametrize("m", [2, 3, 4, 8])
 def test_square_monarch_is_PLPR_and_four_index_identity(m):

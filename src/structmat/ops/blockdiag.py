@@ -82,30 +82,39 @@ def _relayout(t: torch.Tensor, outer: int, inner: int, rank: int) -> torch.Tenso
     return rows.transpose(1, 2).contiguous()
 
 
-def _monarch_forward_fast(x, left, right):
+def _monarch_forward_fast(x, left, right, finish: bool = True):
+    """``(x Mᵀ, x in block layout (Q, B, I), intermediate (B, J, Q r))``; ``finish=False``
+    skips the second factor (returns ``None`` for the product: backward passes that only need
+    the intermediate)."""
     J, P, Q, r = left.shape
     I = right.shape[-1]
     batch = x.shape[0]
     xq = x.reshape(batch, Q, I).transpose(0, 1)
     z = torch.bmm(xq, right.reshape(Q, J * r, I).transpose(1, 2))  # (Q, B, J r)
     z = _relayout(z, Q, J, r).reshape(batch, J, Q * r)  # (B, J, Q r)
+    if not finish:
+        return None, xq, z
     out = torch.bmm(z.transpose(0, 1), left.reshape(J, P, Q * r).transpose(1, 2))  # (J, B, P)
     return _relayout(out, J, P, 1).reshape(batch, P * J), xq, z
 
 
-def _monarch_transpose_fast(y, left, right):
+def _monarch_transpose_fast(y, left, right, finish: bool = True):
+    """``(y M, y in block layout (J, B, P), intermediate (B, Q, J r))``; ``finish`` as above."""
     J, P, Q, r = left.shape
     I = right.shape[-1]
     batch = y.shape[0]
     yj = y.reshape(batch, P, J).transpose(1, 2).contiguous().transpose(0, 1)  # (J, B, P) view
     w = torch.bmm(yj, left.reshape(J, P, Q * r))  # (J, B, Q r)
     w = _relayout(w, J, Q, r).reshape(batch, Q, J * r)  # (B, Q, J r)
+    if not finish:
+        return None, yj, w
     out = torch.bmm(w.transpose(0, 1), right.reshape(Q, J * r, I))  # (Q, B, I)
     return out.transpose(0, 1).reshape(batch, Q * I), yj, w
 
 
 class _MonarchMultiply(torch.autograd.Function):
-    """``x -> x Mᵀ`` on the fast layout, with a hand-written backward (four batched matmuls)."""
+    """``x -> x Mᵀ`` on the fast layout, with a hand-written backward (four batched matmuls, three
+    when ``x`` needs no gradient)."""
 
     @staticmethod
     def forward(x, left, right):
@@ -126,7 +135,7 @@ class _MonarchMultiply(torch.autograd.Function):
         I = right.shape[-1]
         batch = x.shape[0]
         # grad_x = grad_y · conj(M): the transpose-mode kernel with conjugated factors
-        grad_x, gy, gz = _monarch_transpose_fast(grad_y, left.conj(), right.conj())
+        grad_x, gy, gz = _monarch_transpose_fast(grad_y, left.conj(), right.conj(), finish=ctx.needs_input_grad[0])
         grad_left = torch.bmm(gy.transpose(1, 2), z.transpose(0, 1).conj())  # (J, P, Q r)
         xq = x.reshape(batch, Q, I).transpose(0, 1)
         grad_right = torch.bmm(gz.transpose(0, 1).transpose(1, 2), xq.conj())  # (Q, J r, I)
@@ -153,11 +162,12 @@ class _MonarchMultiplyTranspose(torch.autograd.Function):
         y, left, right, w = ctx.saved_tensors
         J, P, Q, r = left.shape
         batch = y.shape[0]
-        grad_y, gxq, gz = _monarch_forward_fast(grad_x, left.conj(), right.conj())
+        grad_y, gxq, gz = _monarch_forward_fast(grad_x, left.conj(), right.conj(), finish=ctx.needs_input_grad[0])
         grad_right = torch.bmm(w.transpose(0, 1).transpose(1, 2).conj(), gxq)  # (Q, J r, I)
         yj = y.reshape(batch, P, J).permute(2, 0, 1)  # (J, B, P)
         grad_left = torch.bmm(yj.transpose(1, 2).conj(), gz.transpose(0, 1))  # (J, P, Q r)
         return grad_y, grad_left.reshape(left.shape), grad_right.reshape(right.shape)
+
 
 def monarch_multiply(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``y = x Mᵀ`` for the canonical form ``M[(p,j),(q,i)] = Σ_a L[j,p,q,a] R[q,j,a,i]``.
