@@ -56,12 +56,12 @@ def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 def test_gradcheck_both_backends(dtype):
-    tw = random_twiddle(2, 2, 8, dtype).requires_grad_(True)
-    x = torch.randn(3, 1, 8, dtype=dtype).requires_grad_(True)
+    tw = random_twiddle(2, 2, 4, dtype).requires_grad_(True)
+    x = torch.randn(2, 1, 4, dtype=dtype).requires_grad_(True)
     for reference in (False, True):
         with use_reference(reference):
-            assert torch.autograd.gradcheck(lambda t, v: butterfly_multiply(t, v, False), (tw, x))
-            assert torch.autograd.gradcheck(lambda t, v: butterfly_multiply_adjoint(t, v, True), (tw, x))
+            assert torch.autograd.gradcheck(lambda t, v: butterfly_multiply(t, v, False), (tw, x), fast_mode=True)
+            assert torch.autograd.gradcheck(lambda t, v: butterfly_multiply_adjoint(t, v, True), (tw, x), fast_mode=True)
 
 
 def test_torch_func_grad_and_compile():

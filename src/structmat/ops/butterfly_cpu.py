@@ -34,8 +34,9 @@ _FASTMATH = {"reassoc", "contract", "nsz"}
 CHUNK_BYTES = 1 << 20
 #: fewest rows per chunk: shorter inner loops lose more to loop overhead than large buffers to cache misses
 MIN_CHUNK = 32
-#: target size of the backward scratch (all intermediates of a chunk)
-BACKWARD_CHUNK_BYTES = 1 << 22
+#: target size of one thread's backward scratch (all intermediates of a chunk); keeps the
+#: backward's extra memory near 2x the input at batch 256
+BACKWARD_CHUNK_BYTES = 1 << 19
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
@@ -148,8 +149,7 @@ def _run(buf, tw, blocks, levels, strides, cols, transposed):
         step += 1
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def _forward_kernel(tw, x, out, blocks, levels, strides, transposed, chunk):
+def _forward_chunks(tw, x, out, blocks, levels, strides, transposed, chunk):
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     n_chunks = (batch + chunk - 1) // chunk
@@ -196,8 +196,7 @@ def _radix2_backward(act, g, t, gt, h, cols, transposed):
             gt[p, 1, 0] += gc
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def _backward_kernel(tw, x, grad, grad_tw_parts, grad_x, blocks, levels, strides, transposed, chunk):
+def _backward_chunks(tw, x, grad, grad_tw_parts, grad_x, blocks, levels, strides, transposed, chunk):
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     steps = blocks.shape[0]
@@ -221,6 +220,14 @@ def _backward_kernel(tw, x, grad, grad_tw_parts, grad_x, blocks, levels, strides
                         strides[step], cols, transposed,
                     )
                 _store(grad_x, g, row0, cols, s if stacks_in > 1 else 0, stacks_in == 1)
+
+
+# Each kernel is compiled twice: parallel over chunks, and serial for a single chunk (small
+# batches), where waking the thread pool would cost more than the work.
+_forward_parallel = njit(cache=True, parallel=True, fastmath=_FASTMATH)(_forward_chunks)
+_forward_serial = njit(cache=True, fastmath=_FASTMATH)(_forward_chunks)
+_backward_parallel = njit(cache=True, parallel=True, fastmath=_FASTMATH)(_backward_chunks)
+_backward_serial = njit(cache=True, fastmath=_FASTMATH)(_backward_chunks)
 
 
 @functools.lru_cache(maxsize=256)
@@ -258,26 +265,41 @@ def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_str
         return out
     blocks, levels, strides = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
     chunk = _chunk_size(batch, n * x.element_size(), CHUNK_BYTES, MIN_CHUNK)
-    _forward_kernel(_numpy(twiddle), _numpy(x), out.numpy(), blocks, levels, strides, bool(transpose), chunk)
+    kernel = _forward_parallel if batch > chunk else _forward_serial
+    kernel(_numpy(twiddle), _numpy(x), out.numpy(), blocks, levels, strides, bool(transpose), chunk)
     return out
+
+
+def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool):
+    stacks, n_blocks, _, half = twiddle.shape[:4]
+    n, batch = 2 * half, x.shape[0]
+    blocks, levels, strides = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
+    chunk = _chunk_size(batch, (len(blocks) + 2) * n * x.element_size(), BACKWARD_CHUNK_BYTES, 8)
+    n_chunks = -(-batch // chunk) if batch else 0
+    workers = max(1, min(numba.get_num_threads(), n_chunks))
+    return (blocks, levels, strides), chunk, workers
+
+
+def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> int:
+    """Bytes the fused backward allocates beyond its inputs: the input gradient, per-thread
+    scratch ``(K log N + 2) · N · chunk`` and per-thread twiddle-gradient partials."""
+    (blocks, _, _), chunk, workers = _backward_plan(twiddle, x, increasing_stride, False)
+    n = 2 * twiddle.shape[3]
+    scratch = workers * (len(blocks) + 2) * n * chunk
+    return (x.numel() + scratch + (workers + 1) * twiddle.numel()) * x.element_size()
 
 
 def butterfly_backward_cpu(
     twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring)."""
-    stacks, n_blocks, _, half = twiddle.shape[:4]
-    n = 2 * half
+    (blocks, levels, strides), chunk, workers = _backward_plan(twiddle, x, increasing_stride, transpose)
     batch = x.shape[0]
-    blocks, levels, strides = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
-    steps = len(blocks)
-    chunk = _chunk_size(batch, (steps + 2) * n * x.element_size(), BACKWARD_CHUNK_BYTES, MIN_CHUNK)
-    n_chunks = -(-batch // chunk) if batch else 0
-    workers = max(1, min(numba.get_num_threads(), n_chunks))
     parts = np.zeros((workers,) + tuple(twiddle.shape), dtype=_numpy(twiddle).dtype)
     grad_x = torch.zeros(x.shape, dtype=x.dtype)
     if batch:
-        _backward_kernel(
+        kernel = _backward_parallel if workers > 1 else _backward_serial
+        kernel(
             _numpy(twiddle), _numpy(x), _numpy(grad.to(x.dtype)), parts, grad_x.numpy(),
             blocks, levels, strides, bool(transpose), chunk,
         )

@@ -1,0 +1,81 @@
+"""``structmat bench butterfly``: the fused butterfly kernels against ``nn.Linear``, ``torch.fft.fft``
+and the pure-PyTorch reference (float32; issue 3's speed table).
+
+For every batch ``B`` and size ``n``: butterfly forward (fused backend), forward + backward (input
+and twiddles), the reference forward, ``torch.fft.fft`` of the same input, ``nn.Linear(n, n)``
+forward (skipped above ``n = 4096``: its weight alone is 1 GiB at 16384), and the backward's extra
+peak memory as a multiple of the input's size (input gradient + per-thread recomputation scratch +
+per-thread twiddle-gradient partials, from the kernel's allocation sizes). Ratios are measured
+side by side in one run.
+"""
+
+from __future__ import annotations
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ..ops import use_reference
+from ..ops.butterfly import butterfly_multiply
+from ..ops.butterfly_cpu import backward_extra_bytes
+from .timing import time_call, time_forward
+
+LINEAR_MAX = 4096
+
+
+def _butterfly_timings(n: int, batch: int, quick: bool) -> dict:
+    levels = n.bit_length() - 1
+    twiddle = torch.randn(1, 1, levels, n // 2, 2, 2) / 2**0.5
+    x = torch.randn(batch, n)
+    repeat = 3 if quick else 5
+    with torch.inference_mode():
+        forward = time_call(lambda: butterfly_multiply(twiddle, x), repeat=repeat)
+        fft = time_call(lambda: torch.fft.fft(x), repeat=repeat)
+        with use_reference():
+            reference = time_call(lambda: butterfly_multiply(twiddle, x), repeat=1, min_time=0.0)
+    tw, xg = twiddle.clone().requires_grad_(True), x.clone().requires_grad_(True)
+
+    def forward_backward():
+        tw.grad = xg.grad = None
+        butterfly_multiply(tw, xg).sum().backward()
+
+    both = time_call(forward_backward, repeat=repeat)
+    linear = None
+    if n <= LINEAR_MAX:
+        linear = time_forward(torch.nn.Linear(n, n), x, repeat=repeat)
+    return {
+        "n": n, "batch": batch, "forward_ms": 1e3 * forward, "fwd_bwd_ms": 1e3 * both,
+        "reference_ms": 1e3 * reference, "fft_ms": 1e3 * fft,
+        "linear_ms": None if linear is None else 1e3 * linear,
+        "gflops": 3 * n * levels * batch / forward / 1e9,
+        "speedup_vs_reference": reference / forward, "ratio_vs_fft": forward / fft,
+        "speedup_vs_linear": None if linear is None else linear / forward,
+        "fwd_bwd_over_fwd": both / forward,
+        "backward_extra_memory_x_input": backward_extra_bytes(twiddle, x[:, None]) / (x.numel() * x.element_size()),
+    }
+
+
+def run(console: Console | None = None, quick: bool = False) -> list[dict]:
+    """Measure the table and print it; returns the rows."""
+    console = console or Console()
+    sizes = [256, 1024] if quick else [256, 1024, 4096, 16384]
+    batches = [1, 256] if quick else [1, 64, 256]
+    rows = []
+    with console.status("butterfly benchmark"):
+        for batch in batches:
+            for n in sizes:
+                rows.append(_butterfly_timings(n, batch, quick))
+    table = Table(title="butterfly forward (float32, fused CPU kernel) vs reference, torch.fft.fft, nn.Linear")
+    for column in ["B", "n", "fwd ms", "GFLOP/s", "fwd+bwd ms", "(f+b)/f", "ref ms", "× ref", "fft ms", "/fft", "Linear ms", "× Linear", "bwd mem ×x"]:
+        table.add_column(column, justify="right")
+    fmt = lambda v, spec=".3g": "—" if v is None else format(v, spec)  # noqa: E731
+    for r in rows:
+        table.add_row(
+            str(r["batch"]), str(r["n"]), fmt(r["forward_ms"]), fmt(r["gflops"], ".1f"), fmt(r["fwd_bwd_ms"]),
+            fmt(r["fwd_bwd_over_fwd"], ".2f"), fmt(r["reference_ms"]), fmt(r["speedup_vs_reference"], ".1f"),
+            fmt(r["fft_ms"]), fmt(r["ratio_vs_fft"], ".2f"), fmt(r["linear_ms"]), fmt(r["speedup_vs_linear"], ".1f"),
+            fmt(r["backward_extra_memory_x_input"], ".2f"),
+        )
+    console.print(table)
+    console.print("torch-structured: not installed in this environment (optional comparison omitted).")
+    return rows
