@@ -4,7 +4,10 @@ Families and exact constructions compose existing operators instead of special-c
 
 * :class:`Product` ``(F_L, ..., F_1)`` is ``M = F_L ⋯ F_1`` (matrix-multiplication order, so the
   rightmost factor is applied first, SPEC.md §1.2); cost = sum of the factors' costs;
-* :class:`Sum` ``(A, B, ...)`` is ``M = A + B + ...``; cost = sum of costs plus the additions.
+* :class:`Sum` ``(A, B, ...)`` is ``M = A + B + ...``; cost = sum of costs plus the additions;
+* :class:`RealPart` ``(M)`` is the real layer ``x -> Re(M x)`` of a complex operator ``M`` (real
+  input, real output): real transforms built from complex factors (DCT/DST/Hartley via the FFT,
+  SPEC.md §6.4--6.5; BPBP "with a final real part", §4.15).
 
 Both are :class:`StructuredMatrix` objects (transpose, adjoint, to_dense, counts, ``config()``),
 so they can be wrapped by ``StructuredLinear.from_matrix``. :func:`build_from_config` rebuilds any
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from .base import StructuredMatrix
-from .dtypes import flop_scale
+from .dtypes import complex_dtype, flop_scale, real_dtype
 from .errors import describe
 
 
@@ -139,9 +142,64 @@ class Sum(StructuredMatrix):
         return f"in_features={self.in_features}, out_features={self.out_features}, terms={len(self.terms)}"
 
 
+class RealPart(StructuredMatrix):
+    """``x -> Re(M x)`` for real ``x``: the real matrix ``Re(M)`` of a complex operator ``M``.
+
+    The layer is real (dtype = the real counterpart of ``M``'s); its input is promoted to ``M``'s
+    complex dtype, ``M`` is applied with its fast algorithm and the imaginary part is dropped
+    (SPEC.md §4.15, §6.4). For real ``x``, ``Re(M x) = Re(M) x``, so the layer is linear over the
+    reals with matrix ``Re(M)``; its transpose is ``Re(M)^T = Re(M^T)``, computed as
+    ``Re(M^T y)`` with ``M``'s own transpose mode (SPEC.md §2.3).
+
+    Shapes: ``(B, M.in_features) -> (B, M.out_features)``. Cost: that of ``M`` on a complex row
+    (the real part is free). Parameters: ``M``'s (complex ones count once, SPEC.md §1.7), shared.
+
+    Example (the real part of the 4-point DFT is the cosine matrix ``cos(2π jk / 4)``)::
+
+        >>> F = structmat.transforms.dft(4, dtype=torch.complex128).matrix
+        >>> RealPart(F).to_dense()
+        tensor([[ 1.,  1.,  1.,  1.],
+                [ 1.,  0., -1.,  0.],
+                [ 1., -1.,  1., -1.],
+                [ 1.,  0., -1.,  0.]], dtype=torch.float64)
+    """
+
+    family = "real_part"
+
+    def __init__(self, inner: StructuredMatrix) -> None:
+        if not isinstance(inner, StructuredMatrix):
+            raise TypeError(f"inner: expected a StructuredMatrix, got {describe(inner)}")
+        if not inner.is_complex:
+            raise TypeError(f"inner: expected a complex StructuredMatrix, got one of dtype {inner.dtype}")
+        super().__init__(inner.in_features, inner.out_features, device=inner.device, dtype=real_dtype(inner.dtype))
+        self.inner = inner
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner._forward(x.to(complex_dtype(x.dtype))).real
+
+    def _forward_transpose(self, y: torch.Tensor) -> torch.Tensor:
+        return self.inner._forward_transpose(y.to(complex_dtype(y.dtype))).real
+
+    def to_dense(self) -> torch.Tensor:
+        return self.inner.to_dense().real
+
+    def _matvec_flops(self) -> int:
+        return self.inner._matvec_flops()
+
+    def reset_parameters(self) -> None:
+        """Resets the complex operator."""
+        self.inner.reset_parameters()
+
+    def config(self) -> dict[str, Any]:
+        return {"real_part_of": self.inner.config()}
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, real part of {self.inner.family}"
+
+
 def build_from_config(config: dict[str, Any], device=None, dtype: torch.dtype | None = None) -> StructuredMatrix:
-    """Rebuild a module (registered family, :class:`Product`, :class:`Sum`, transpose/adjoint
-    views) with the shapes described by ``config`` (its ``config()``); load the state afterwards.
+    """Rebuild a module (registered family, :class:`Product`, :class:`Sum`, :class:`RealPart`,
+    transpose/adjoint views) with the shapes described by ``config`` (its ``config()``); load the state afterwards.
     """
     from . import registry
 
@@ -151,6 +209,9 @@ def build_from_config(config: dict[str, Any], device=None, dtype: torch.dtype | 
         return Product(*[build_from_config(c, device, dtype) for c in config["factors"]])
     if "terms" in config:
         return Sum(*[build_from_config(c, device, dtype) for c in config["terms"]])
+    if "real_part_of" in config:
+        inner_dtype = None if dtype is None else complex_dtype(dtype)
+        return RealPart(build_from_config(config["real_part_of"], device, inner_dtype))
     if "transpose_of" in config:
         base = build_from_config(config["transpose_of"], device, dtype)
         return base.adjoint() if config.get("conjugate") else base.transpose()
