@@ -12,6 +12,7 @@ from .core import StructuredLinear, StructuredMatrix
 from . import ops
 from . import circuits
 from . import families as _families_package  # registers every family
+from .families import transforms
 from . import compile  # noqa: A004 - sm.compile (DESIGN.md §2) shadows the builtin only inside this namespace
 from .fit import ProjectionResult, fit, project  # the function sm.fit shadows the subpackage name
 from . import nn
@@ -23,4 +24,4 @@ def families() -> list[str]:
     return core.registry.names()
 
 
-__all__ = ["__version__", "families", "circuits", "compile", "StructuredLinear", "StructuredMatrix", "nn", "structurize", "param_groups", "save", "load", "ProjectionResult", "fit", "project"]
+__all__ = ["__version__", "families", "circuits", "compile", "transforms", "StructuredLinear", "StructuredMatrix", "nn", "structurize", "param_groups", "save", "load", "ProjectionResult", "fit", "project"]
