@@ -479,7 +479,7 @@ class LDRSubdiagonal(DisplacementRankMatrix):
 def displacement_rank(M: torch.Tensor, A: torch.Tensor, B: torch.Tensor, *, stein: bool = False, rtol: float = 1e-10) -> int:
     """Numerical rank (relative threshold ``rtol`` on the singular values) of the Sylvester
     displacement ``A M - M B`` or, with ``stein=True``, the Stein displacement ``M - A M B``."""
-    D = M - A @ M @ B if stein else A @ M - M @ B
+    D = (M - A @ M @ B if stein else A @ M - M @ B).detach()
     s = torch.linalg.svdvals(D)
     if s.numel() == 0 or float(s[0]) == 0.0:
         return 0
