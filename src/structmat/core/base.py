@@ -40,6 +40,12 @@ class StructuredMatrix(nn.Module):
 
     #: registry name of the family; set by :func:`structmat.core.registry.register`.
     family: str = ""
+    #: optimiser hints read by ``structmat.param_groups``: glob patterns (on parameter names
+    #: inside the family module) of parameters that get weight decay -- none by default, since
+    #: decaying each factor of a product shrinks the matrix geometrically -- and per-parameter
+    #: learning-rate multipliers (e.g. relaxed-permutation logits learn faster).
+    weight_decay_patterns: tuple[str, ...] = ()
+    lr_multipliers: dict[str, float] = {}
 
     def __init__(
         self,

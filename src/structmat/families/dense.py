@@ -38,6 +38,9 @@ class Dense(StructuredMatrix):
         torch.Size([2, 3])
     """
 
+    #: like ``nn.Linear``, a dense weight gets weight decay in ``structmat.param_groups``
+    weight_decay_patterns = ("weight",)
+
     def __init__(self, in_features: int, out_features: int, *, device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=self.dtype))
