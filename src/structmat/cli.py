@@ -174,6 +174,46 @@ def compile_command(
     console.print(table)
 
 
+@app.command()
+def recover(
+    out: Path = typer.Option(Path("recovery-results"), "--out", help="Output directory (results.json, table.md, rmse_heatmap.png)."),
+    full: bool = typer.Option(False, "--full", help="Sizes 8..1024 (default 8..256)."),
+    quick: bool = typer.Option(False, "--quick", help="Sizes 8..32 and a small budget (smoke run)."),
+    target: Optional[list[str]] = typer.Option(None, "--target", help="Targets to run (repeatable); default: all."),
+    structure: Optional[list[str]] = typer.Option(None, "--structure", help="Structures to run (repeatable); default: all."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: CPU cores)."),
+) -> None:
+    """Transform recovery (SPEC.md §7.4): learn DFT, DCT, ... as BP/butterfly/K-matrices; RMSE table."""
+    from .experiments import recovery
+
+    recovery.run(
+        console=console, quick=quick, full=full, out=out, workers=workers,
+        targets=tuple(target) if target else recovery.TARGETS,
+        structures=tuple(structure) if structure else recovery.STRUCTURES,
+    )
+
+
+@app.command("project-model")
+def project_model(
+    model: Optional[Path] = typer.Argument(None, help="A .safetensors or state_dict file (default: the bundled all-MiniLM-L6-v2)."),
+    out: Path = typer.Option(Path("wild-results"), "--out", help="Output directory (results.json, table.md, rel_error.png)."),
+    include: Optional[str] = typer.Option(None, "--include", help="Regular expression selecting weight names."),
+    limit: int = typer.Option(6, "--limit", help="Project only the first N selected weights (0 = all)."),
+    full: bool = typer.Option(False, "--full", help="All weights (same as --limit 0)."),
+    structure: Optional[list[str]] = typer.Option(None, "--structure", help="Families (repeatable); default: every trainable family."),
+    fit_steps: int = typer.Option(150, "--fit-steps", help="Adam steps for families fitted by gradient."),
+) -> None:
+    """Project the linear weights of a real network onto every family at 5/10/25/50 % budgets."""
+    from .experiments import wild
+
+    try:
+        wild.run(console=console, model=model, out=out, include=include, limit=0 if full else limit,
+                 structures=structure, fit_steps=fit_steps)
+    except (ValueError, TypeError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2)
+
+
 def main() -> None:
     app()
 
