@@ -155,7 +155,7 @@ def check_compiled(circuit, dense=True):
     s_prime = max(2, 1 << (max(s, circuit.n_outputs) - 1).bit_length())
     assert k.width <= 8 * d + 1
     assert k.matrix.size == 4 * s_prime and k.expansion == 4 * s_prime // max(circuit.n_inputs, circuit.n_outputs)
-    assert k.expansion <= 8 * s / circuit.n_inputs + 8
+    assert k.expansion <= 8 * s / circuit.n_inputs  # C2 = 8 (docstring of structmat.compile.kmatrix)
     N = k.matrix.size
     assert k.num_parameters == 4 * k.width * N * int(math.log2(N))
     assert k.num_parameters == sm.StructuredLinear(k.in_features, k.out_features, "kaleidoscope", width=k.width, padded_size=N, device="meta").num_parameters

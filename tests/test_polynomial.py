@@ -128,6 +128,8 @@ def test_bad_options():
         OrthogonalPolynomial(4, 4, preset="custom", coefficients={"a": [1.0], "b": [0.0], "gamma": []})
     with pytest.raises(ValueError, match="coefficients"):
         OrthogonalPolynomial(4, 4, coefficients={"a": [1.0] * 3, "b": [0.0] * 3, "gamma": [0.0] * 2})
+    with pytest.raises(ValueError, match="coefficients.*finite"):
+        OrthogonalPolynomial(4, 4, preset="custom", coefficients={"a": [1.0, float("nan"), 1.0], "b": [0.0] * 3, "gamma": [0.0] * 2})
     with pytest.raises(ValueError, match="nodes"):
         OrthogonalPolynomial(4, 3, nodes=[0.0, 1.0])
     with pytest.raises(ValueError, match="nodes"):

@@ -20,7 +20,7 @@ import torch
 from ..core.errors import check_int, check_matrix, describe
 from ..core.sizes import log2_exact, next_power_of_two
 from ..ops.permutation import bit_reversal_permutation
-from .linear import LinearCircuit
+from .linear import LinearCircuit, _sum_terms
 
 
 def _root_of_unity(k: int, n: int, inverse: bool) -> complex:
@@ -232,21 +232,8 @@ def from_matrix(W: Any) -> LinearCircuit:
     rows = W.tolist()
     outputs = []
     for i in range(m):
-        terms = [(j, value) for j, value in enumerate(rows[i]) if value != 0]
-        if not terms:
-            outputs.append(circuit.add(0, 0, 0.0, 0.0))
-            continue
-        current = terms
-        while len(current) > 1:
-            paired = [
-                (circuit.add(current[k][0], current[k + 1][0], current[k][1], current[k + 1][1]), 1.0)
-                for k in range(0, len(current) - 1, 2)
-            ]
-            if len(current) % 2:
-                paired.append(current[-1])
-            current = paired
-        g, value = current[0]
-        outputs.append(g if value == 1 else circuit.add(g, g, value, 0.0))
+        gate = _sum_terms(circuit, [(j, value) for j, value in enumerate(rows[i]) if value != 0])
+        outputs.append(circuit.add(0, 0, 0.0, 0.0) if gate is None else gate)
     return circuit.set_outputs(outputs)
 
 

@@ -457,6 +457,8 @@ def _check_custom(coefficients: Any, n: int) -> dict:
         values = [float(v) for v in np.asarray(coefficients[key], dtype=np.float64).reshape(-1)]
         if len(values) != length:
             raise ValueError(f"coefficients: expected {length} values for {key!r} (n = {n} degrees), got {len(values)}")
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"coefficients: expected finite values for {key!r}, got {values}")
         checked[key] = values
     return checked
 
