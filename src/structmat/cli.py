@@ -182,12 +182,16 @@ def recover(
     target: Optional[list[str]] = typer.Option(None, "--target", help="Targets to run (repeatable); default: all."),
     structure: Optional[list[str]] = typer.Option(None, "--structure", help="Structures to run (repeatable); default: all."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: CPU cores)."),
+    bp_permutation: str = typer.Option("learned", "--bp-permutation", help="BP permutations: learned, bit_reversal or identity."),
 ) -> None:
     """Transform recovery (SPEC.md §7.4): learn DFT, DCT, ... as BP/butterfly/K-matrices; RMSE table."""
     from .experiments import recovery
 
+    settings = recovery.FitSettings(bp_permutation=bp_permutation)
+    if quick:
+        settings = recovery.FitSettings(steps=600, trials=2, bp_permutation=bp_permutation)
     recovery.run(
-        console=console, quick=quick, full=full, out=out, workers=workers,
+        console=console, quick=quick, full=full, out=out, workers=workers, settings=settings,
         targets=tuple(target) if target else recovery.TARGETS,
         structures=tuple(structure) if structure else recovery.STRUCTURES,
     )

@@ -123,6 +123,7 @@ class FitSettings:
     patience: int = 250
     tol: float = 1e-5
     seed: int = 0
+    bp_permutation: str = "learned"
 
 
 @dataclass
@@ -145,12 +146,12 @@ class RecoveryRow:
         return asdict(self)
 
 
-def learned_model(structure: str, target: str) -> tuple[str, dict, bool]:
+def learned_model(structure: str, target: str, bp_permutation: str = "learned") -> tuple[str, dict, bool]:
     """``(model label, family options, complex model)`` of a learned structure for ``target``."""
     complex_model = target in COMPLEX_MODEL
     if structure == "bp":
         modules = BP_MODULES.get(target, 1)
-        return ("BPBP" if modules == 2 else "BP"), {"n_modules": modules, "permutation": "learned", "init": "ortho"}, complex_model
+        return ("BPBP" if modules == 2 else "BP"), {"n_modules": modules, "permutation": bp_permutation, "init": "ortho"}, complex_model
     if structure == "butterfly":
         return "B", {"init": "ortho"}, complex_model
     if structure == "kaleidoscope":
@@ -189,7 +190,7 @@ def fit_one(target_name: str, n: int, structure: str, settings: FitSettings) -> 
     """Fit one learned structure to one target (runs in a worker process)."""
     torch.set_num_threads(1)
     T = target_matrix(target_name, n, seed=settings.seed)
-    model, options, complex_model = learned_model(structure, target_name)
+    model, options, complex_model = learned_model(structure, target_name, settings.bp_permutation)
     real_part = complex_model and not T.is_complex()
     dtype = torch.complex128 if complex_model else torch.float64
     start = time.perf_counter()
@@ -280,7 +281,7 @@ def run_recovery(
                     bar.update(task, advance=1, description=f"{job[0]} n={job[1]} {job[2]}")
         for t in targets:
             for n in sizes:
-                model, options, complex_model = learned_model("bp", t)
+                model, options, complex_model = learned_model("bp", t, settings.bp_permutation)
                 reference = registry.count_parameters(registry.get("bp"), n, n, options, dtype=torch.complex128 if complex_model else torch.float64)
                 for s in structures:
                     if s in BASELINES:
