@@ -66,20 +66,26 @@ def block_diagonal_to_dense(blocks: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- Monarch / BTT
 # Layout of the fast path. Batched matmuls want the batch-of-blocks index outermost and a
-# unit-stride last dimension; the reshape--transpose between the two factors is done as two
-# cheap copies -- swap (block, batch) (whole rows move) and swap two index groups inside each
-# row (an m×m tile per row, in cache) -- instead of one cache-hostile 3-D transpose. Backward
-# passes reuse the opposite direction's kernel for the input gradient (SPEC.md §2.3).
+# unit-stride last dimension; their results are written straight into batch-major buffers
+# (``out=`` a transposed view), and the reshape--transpose between the two factors is one cheap
+# copy that swaps two index groups inside each row (an m×m tile per row, in cache) instead of a
+# cache-hostile 3-D transpose. Backward passes reuse the opposite direction's kernel for the
+# input gradient (SPEC.md §2.3).
 
 
-def _relayout(t: torch.Tensor, outer: int, inner: int, rank: int) -> torch.Tensor:
-    """``(outer, B, inner·rank)`` block-major products -> ``(B, inner, outer, rank)`` row-major.
+def _bmm_batch_major(blocks_first: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(blocks_first, weights)`` for ``blocks_first`` of shape ``(k, B, s)``, returned as a
+    contiguous ``(B, k, t)`` tensor (the matmul writes into it directly)."""
+    k, batch = blocks_first.shape[:2]
+    out = torch.empty(batch, k, weights.shape[-1], dtype=weights.dtype, device=weights.device)
+    torch.bmm(blocks_first, weights, out=out.transpose(0, 1))
+    return out
 
-    Entry ``t[o, b, (n, a)]`` moves to ``[b, n, o, a]``: the reshape--transpose of SPEC.md §4.17.
-    """
-    batch = t.shape[1]
-    rows = t.transpose(0, 1).contiguous().reshape(batch, outer, inner, rank)
-    return rows.transpose(1, 2).contiguous()
+
+def _swap_groups(rows: torch.Tensor, first: int, second: int, rank: int) -> torch.Tensor:
+    """``(B, first·second·rank)`` rows -> ``(B, second, first, rank)``: entry ``[b, f, s, a]`` moves to
+    ``[b, s, f, a]`` -- the reshape--transpose ``(q, j) -> (j, q)`` of SPEC.md §4.17."""
+    return rows.reshape(rows.shape[0], first, second, rank).transpose(1, 2).contiguous()
 
 
 def _monarch_forward_fast(x, left, right, finish: bool = True):
@@ -90,12 +96,12 @@ def _monarch_forward_fast(x, left, right, finish: bool = True):
     I = right.shape[-1]
     batch = x.shape[0]
     xq = x.reshape(batch, Q, I).transpose(0, 1)
-    z = torch.bmm(xq, right.reshape(Q, J * r, I).transpose(1, 2))  # (Q, B, J r)
-    z = _relayout(z, Q, J, r).reshape(batch, J, Q * r)  # (B, J, Q r)
+    z = _bmm_batch_major(xq, right.reshape(Q, J * r, I).transpose(1, 2))  # (B, Q, J r)
+    z = _swap_groups(z, Q, J, r).reshape(batch, J, Q * r)
     if not finish:
         return None, xq, z
-    out = torch.bmm(z.transpose(0, 1), left.reshape(J, P, Q * r).transpose(1, 2))  # (J, B, P)
-    return _relayout(out, J, P, 1).reshape(batch, P * J), xq, z
+    out = _bmm_batch_major(z.transpose(0, 1), left.reshape(J, P, Q * r).transpose(1, 2))  # (B, J, P)
+    return _swap_groups(out, J, P, 1).reshape(batch, P * J), xq, z
 
 
 def _monarch_transpose_fast(y, left, right, finish: bool = True):
@@ -103,13 +109,13 @@ def _monarch_transpose_fast(y, left, right, finish: bool = True):
     J, P, Q, r = left.shape
     I = right.shape[-1]
     batch = y.shape[0]
-    yj = y.reshape(batch, P, J).transpose(1, 2).contiguous().transpose(0, 1)  # (J, B, P) view
-    w = torch.bmm(yj, left.reshape(J, P, Q * r))  # (J, B, Q r)
-    w = _relayout(w, J, Q, r).reshape(batch, Q, J * r)  # (B, Q, J r)
+    yj = _swap_groups(y, P, J, 1).reshape(batch, J, P).transpose(0, 1)  # (J, B, P) view
+    w = _bmm_batch_major(yj, left.reshape(J, P, Q * r))  # (B, J, Q r)
+    w = _swap_groups(w, J, Q, r).reshape(batch, Q, J * r)
     if not finish:
         return None, yj, w
-    out = torch.bmm(w.transpose(0, 1), right.reshape(Q, J * r, I))  # (Q, B, I)
-    return out.transpose(0, 1).reshape(batch, Q * I), yj, w
+    out = _bmm_batch_major(w.transpose(0, 1), right.reshape(Q, J * r, I))  # (B, Q, I)
+    return out.reshape(batch, Q * I), yj, w
 
 
 class _MonarchMultiply(torch.autograd.Function):
