@@ -136,12 +136,10 @@ def lower_weighted_correlation(a: torch.Tensor, G: torch.Tensor, Y: torch.Tensor
     weights = _within_block_weights(a.reshape(-1, BASE))
     offsets = torch.arange(BASE, device=a.device)
     diff = offsets[:, None] - offsets[None, :]
-    lower = (diff >= 0).reshape(-1)
     products = torch.einsum("nkj,rnj,bnk->brkj", weights, G.reshape(rank, -1, BASE), Y.reshape(batch, -1, BASE))
-    out = torch.zeros(batch, rank, length, dtype=products.dtype, device=a.device)
-    out[..., :BASE] = torch.zeros(batch, rank, BASE, dtype=products.dtype, device=a.device).index_add(
-        -1, diff.reshape(-1)[lower], products.reshape(batch, rank, -1)[..., lower]
-    )
+    # sum along the diagonals k - j = t of each (k, j) block (upper entries of weights are zero)
+    lag = (diff.reshape(-1, 1) == offsets[None, :]).to(products.dtype)  # (k·j, t)
+    out = torch.nn.functional.pad(products.reshape(batch, rank, -1) @ lag, (0, length - BASE))
     size = 2 * BASE
     while size <= length:
         half = size // 2
