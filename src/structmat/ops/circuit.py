@@ -15,10 +15,11 @@ Backends (:func:`structmat.ops.backend.choose`):
 * ``reference`` -- :func:`evaluate_levels_reference`, plain ``index_select`` / ``mul`` / ``cat``:
   differentiable, ``torch.compile``-able and ``vmap``-able; used for product gates, for
   coefficients that need gradients and when the reference is forced.
-* ``cpu`` -- for linear levels: the custom op ``structmat::circuit_levels``, a Numba kernel that
-  computes each level in one pass (every new row is ``α·state[a] + β·state[b]``, every kept row a
-  copy, parallel over rows), so a level reads and writes each row once instead of the reference's
-  gather/scale/add/concatenate round trips. Its autograd formula is the transposed evaluation
+* ``cpu`` -- for linear levels: the custom op ``structmat::circuit_levels``, a Numba kernel
+  blocked over the batch: each thread takes 16 batch columns and runs *all* levels on them in two
+  scratch slabs of ``(max live values, 16)`` that stay in cache (every new row
+  ``α·state[a] + β·state[b]``, every kept row a copy), so the state crosses main memory once
+  instead of the reference's gather/scale/add/concatenate round trips at every level. Its autograd formula is the transposed evaluation
   (``structmat::circuit_levels_transpose``: scatter-adds with conjugated constants, parallel over
   batch columns so that no two threads add into the same entry), itself differentiable through
   the forward op -- the transposition principle (SPEC.md §2.3) in kernel form.
@@ -32,7 +33,7 @@ import numba
 import numpy as np
 import torch
 
-from .backend import choose
+from .backend import choose, numpy_view
 from .numba_rows import row_kernel
 
 
@@ -126,24 +127,6 @@ def _flatten(levels: list[Level]) -> tuple[torch.Tensor, ...]:
 
 
 @row_kernel
-def _level_forward(state, keep, left, right, left_coef, right_coef, out):  # pragma: no cover - compiled
-    kept = keep.shape[0]
-    rows = out.shape[0]
-    columns = state.shape[1]
-    for r in numba.prange(rows):
-        if r < kept:
-            source = state[keep[r]]
-            for j in range(columns):
-                out[r, j] = source[j]
-        else:
-            g = r - kept
-            a, b = state[left[g]], state[right[g]]
-            alpha, beta = left_coef[g], right_coef[g]
-            for j in range(columns):
-                out[r, j] = alpha * a[j] + beta * b[j]
-
-
-@row_kernel
 def _level_transpose(grad, keep, left, right, left_coef, right_coef, out):  # pragma: no cover - compiled
     # out[keep[r]] += grad[r]; out[left[g]] += conj(α_g) grad[k+g]; out[right[g]] += conj(β_g) grad[k+g].
     # Threads own disjoint column blocks, so the scatter-adds never collide.
@@ -170,28 +153,63 @@ def _level_transpose(grad, keep, left, right, left_coef, right_coef, out):  # pr
                 out[b, j] += beta * value
 
 
+@row_kernel
+def _all_levels_forward(state, keep, left, right, left_coef, right_coef, offsets, max_rows, output_index, out):  # pragma: no cover - compiled
+    # Cache blocking: each thread takes a block of batch columns and runs *all* levels on it in
+    # two scratch slabs of (max_rows, block) that stay in cache, so the state crosses memory once.
+    columns = state.shape[1]
+    block = 16
+    levels = offsets.shape[0] - 1
+    for c in numba.prange((columns + block - 1) // block):
+        lo = c * block
+        width = min(block, columns - lo)
+        slabs = np.empty((2, max(max_rows, state.shape[0]), block), dtype=out.dtype)
+        for r in range(state.shape[0]):
+            for j in range(width):
+                slabs[0, r, j] = state[r, lo + j]
+        current = 0
+        for level in range(levels):
+            k0, g0 = offsets[level, 0], offsets[level, 1]
+            kept = offsets[level + 1, 0] - k0
+            gates = offsets[level + 1, 1] - g0
+            src = slabs[current]
+            dst = slabs[1 - current]
+            for r in range(kept):
+                row = keep[k0 + r]
+                for j in range(width):
+                    dst[r, j] = src[row, j]
+            for g in range(gates):
+                a, b = left[g0 + g], right[g0 + g]
+                alpha, beta = left_coef[g0 + g], right_coef[g0 + g]
+                for j in range(width):
+                    dst[kept + g, j] = alpha * src[a, j] + beta * src[b, j]
+            current = 1 - current
+        final = slabs[current]
+        for r in range(output_index.shape[0]):
+            row = output_index[r]
+            for j in range(width):
+                out[r, lo + j] = final[row, j]
+
+
 def _run_forward(state, keep, left, right, left_coef, right_coef, offsets, output_index):
-    current = state.numpy()
-    bounds = offsets.tolist()
-    arrays = [t.numpy() for t in (keep, left, right, left_coef, right_coef)]
-    for (k0, g0), (k1, g1) in zip(bounds[:-1], bounds[1:]):
-        out = np.empty(((k1 - k0) + (g1 - g0), current.shape[1]), dtype=current.dtype)
-        _level_forward(
-            current, arrays[0][k0:k1], arrays[1][g0:g1], arrays[2][g0:g1], arrays[3][g0:g1], arrays[4][g0:g1], out
-        )
-        current = out
-    return torch.from_numpy(current).index_select(0, output_index)
+    bounds = offsets.numpy()
+    max_rows = int((bounds[1:] - bounds[:-1]).sum(axis=1).max()) if bounds.shape[0] > 1 else 0
+    out = torch.empty(output_index.shape[0], state.shape[1], dtype=state.dtype)
+    if out.numel():
+        arrays = [t.numpy() for t in (state, keep, left, right, left_coef, right_coef)]
+        _all_levels_forward(*arrays, bounds, max_rows, output_index.numpy(), out.numpy())
+    return out
 
 
 def _run_transpose(grad, keep, left, right, left_coef, right_coef, offsets, output_index, sources):
     bounds = offsets.tolist()
-    arrays = [t.numpy() for t in (keep, left, right, left_coef, right_coef)]
-    final = (bounds[-1][0] - bounds[-2][0]) + (bounds[-1][1] - bounds[-2][1]) if len(bounds) > 1 else sources
-    current = torch.zeros(final, grad.shape[1], dtype=grad.dtype).index_add_(0, output_index, grad).numpy()
+    arrays = [numpy_view(t) for t in (keep, left, right, left_coef, right_coef)]
+    sizes = [sources] + [(k1 - k0) + (g1 - g0) for (k0, g0), (k1, g1) in zip(bounds[:-1], bounds[1:])]
+    current = torch.zeros(sizes[-1], grad.shape[1], dtype=grad.dtype).index_add_(0, output_index, grad).numpy()
+    buffers = [np.empty((max(sizes[:-1]), current.shape[1]), dtype=current.dtype) for _ in range(min(len(sizes) - 1, 2))]
     for level in range(len(bounds) - 2, -1, -1):
         (k0, g0), (k1, g1) = bounds[level], bounds[level + 1]
-        previous = sources if level == 0 else (k0 - bounds[level - 1][0]) + (g0 - bounds[level - 1][1])
-        out = np.empty((previous, current.shape[1]), dtype=current.dtype)
+        out = buffers[level % 2][: sizes[level]]
         _level_transpose(
             current, arrays[0][k0:k1], arrays[1][g0:g1], arrays[2][g0:g1], arrays[3][g0:g1], arrays[4][g0:g1], out
         )
