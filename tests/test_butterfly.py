@@ -54,6 +54,19 @@ def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
             assert rel_error(a, b) <= tol
 
 
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+def test_fused_kernels_leave_storage_resizable():
+    """FSDP2 frees unsharded parameters by resizing their storage to zero: the kernels must not pin
+    it (``Tensor.numpy()`` would)."""
+    tw = random_twiddle(1, 1, 16, torch.float32).requires_grad_(True)
+    x = torch.randn(5, 16).requires_grad_(True)
+    butterfly_multiply(tw, x).sum().backward()
+    butterfly_multiply_transpose(tw, x).sum().backward()
+    for tensor in (tw, x):
+        tensor.untyped_storage().resize_(0)
+        assert tensor.untyped_storage().nbytes() == 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 def test_gradcheck_both_backends(dtype):
     tw = random_twiddle(2, 2, 4, dtype).requires_grad_(True)

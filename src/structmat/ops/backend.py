@@ -7,13 +7,17 @@ forced for debugging and parity tests:
 * environment variable ``STRUCTMAT_REFERENCE=1`` (read at import time and by :func:`reference_forced`);
 * :func:`set_reference` / the :func:`use_reference` context manager.
 
-Ops call :func:`choose` with the tensors involved to pick a backend name.
+Ops call :func:`choose` with the tensors involved to pick a backend name. CPU kernels reach the
+data of their tensor arguments through :func:`numpy_view`.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+
+import numpy as np
+import torch
 
 _FORCED: bool | None = None
 
@@ -41,6 +45,18 @@ def use_reference(enabled: bool = True):
         yield
     finally:
         _FORCED = previous
+
+
+def numpy_view(t: torch.Tensor) -> np.ndarray:
+    """A NumPy array sharing the memory of ``t`` (detached, conjugation resolved, contiguous),
+    for handing tensor arguments to compiled kernels.
+
+    Goes through DLPack rather than ``Tensor.numpy()``: the latter marks the tensor's storage as
+    non-resizable for good, which breaks FSDP2 (it frees an unsharded parameter by resizing its
+    storage to zero: "Trying to resize storage that is not resizable"). The array keeps ``t``'s
+    memory alive while it exists.
+    """
+    return np.from_dlpack(t.detach().resolve_conj().contiguous())
 
 
 def numba_available() -> bool:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from .backend import numpy_view
 from .butterfly import FUSED_BACKENDS, butterfly_schedule
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
@@ -260,10 +261,6 @@ def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int) -> int:
     return max(1, min(chunk, batch))
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().resolve_conj().contiguous().numpy()
-
-
 def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
     """Fused forward: ``x`` ``(B, S_in, N)`` -> ``(B, S, N)`` (see :mod:`structmat.ops.butterfly`)."""
     stacks, n_blocks, _, half = twiddle.shape[:4]
@@ -275,7 +272,7 @@ def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_str
     blocks, levels, strides = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
     chunk = _chunk_size(batch, n * x.element_size(), CHUNK_BYTES, MIN_CHUNK)
     kernel = _forward_parallel if batch > chunk else _forward_serial
-    kernel(_numpy(twiddle), _numpy(x), out.numpy(), blocks, levels, strides, bool(transpose), chunk)
+    kernel(numpy_view(twiddle), numpy_view(x), out.numpy(), blocks, levels, strides, bool(transpose), chunk)
     return out
 
 
@@ -304,12 +301,12 @@ def butterfly_backward_cpu(
     """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring)."""
     (blocks, levels, strides), chunk, workers = _backward_plan(twiddle, x, increasing_stride, transpose)
     batch = x.shape[0]
-    parts = np.zeros((workers,) + tuple(twiddle.shape), dtype=_numpy(twiddle).dtype)
+    parts = np.zeros((workers,) + tuple(twiddle.shape), dtype=torch.empty(0, dtype=twiddle.dtype).numpy().dtype)
     grad_x = torch.zeros(x.shape, dtype=x.dtype)
     if batch:
         kernel = _backward_parallel if workers > 1 else _backward_serial
         kernel(
-            _numpy(twiddle), _numpy(x), _numpy(grad.to(x.dtype)), parts, grad_x.numpy(),
+            numpy_view(twiddle), numpy_view(x), numpy_view(grad.to(x.dtype)), parts, grad_x.numpy(),
             blocks, levels, strides, bool(transpose), chunk,
         )
     return torch.from_numpy(parts.sum(0)), grad_x

@@ -31,7 +31,7 @@ import torch
 
 from ..core.dtypes import complex_dtype
 from ..core.errors import describe
-from .backend import choose
+from .backend import choose, numpy_view
 from .numba_rows import PARALLEL_MIN_ELEMENTS, row_kernel
 
 __all__ = ["dct2", "dct3", "dct2_reference", "dct3_reference", "dct_flops"]
@@ -178,8 +178,9 @@ def _dct2_fused(x: torch.Tensor) -> torch.Tensor:
     rows = _as_real_rows(x)
     if rows.numel() == 0:
         return torch.empty_like(x)
-    permuted = np.empty_like(rows.numpy())
-    _permute_even_reversed_odd(rows.numpy(), permuted)
+    source = numpy_view(rows)
+    permuted = np.empty_like(source)
+    _permute_even_reversed_odd(source, permuted)
     spectrum = scipy.fft.rfft(permuted, axis=-1, workers=_fft_workers(permuted))
     out = torch.empty_like(rows)
     _dct2_twiddle(spectrum, out.numpy())
@@ -192,7 +193,7 @@ def _dct3_fused(y: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(y)
     n = rows.shape[-1]
     spectrum = torch.empty(rows.shape[0], n // 2 + 1, dtype=complex_dtype(rows.dtype)).numpy()
-    _dct3_twiddle(rows.numpy(), spectrum)
+    _dct3_twiddle(numpy_view(rows), spectrum)
     v = scipy.fft.irfft(spectrum, n=n, axis=-1, workers=_fft_workers(spectrum))
     out = torch.empty_like(rows)
     _unpermute_even_reversed_odd(v, out.numpy())
