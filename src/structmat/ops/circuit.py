@@ -196,7 +196,7 @@ def _run_forward(state, keep, left, right, left_coef, right_coef, offsets, outpu
     max_rows = int((bounds[1:] - bounds[:-1]).sum(axis=1).max()) if bounds.shape[0] > 1 else 0
     out = torch.empty(output_index.shape[0], state.shape[1], dtype=state.dtype)
     if out.numel():
-        arrays = [t.numpy() for t in (state, keep, left, right, left_coef, right_coef)]
+        arrays = [numpy_view(t) for t in (state, keep, left, right, left_coef, right_coef)]
         _all_levels_forward(*arrays, bounds, max_rows, output_index.numpy(), out.numpy())
     return out
 
