@@ -255,3 +255,11 @@ def test_bad_input():
         BP(8, 8, permutation="random")
     with pytest.raises(ValueError, match="padded_size"):
         Butterfly(8, 8, padded_size=12)
+
+
+def test_bp_logits_get_a_larger_learning_rate():
+    import structmat as sm
+
+    bp = BP(16, 16)
+    rates = {p.shape: group["lr"] for group in sm.param_groups(torch.nn.Sequential(bp), lr=0.1) for p in group["params"]}
+    assert rates == {bp.logits.shape: 1.0, bp.twiddle.shape: 0.1}

@@ -82,6 +82,10 @@ class BP(StructuredMatrix):
     ``2^ℓ - 1 .. 2^{ℓ+1} - 2``), ``logits`` (``(k, log N - 1, 3)``, learned permutations only).
     """
 
+    #: the gate logits must travel to ``|λ| ≈ 5`` to settle on a permutation (SPEC.md §7.2), far
+    #: beyond what a learning rate tuned for the twiddles moves them (``structmat.param_groups``)
+    lr_multipliers = {"logits": 10.0}
+
     def __init__(
         self,
         in_features: int,
