@@ -157,8 +157,9 @@ def _monarch_samples():
     size_ladder=nblocks_ladder,
 )
 class Monarch(CanonicalMonarch):
-    """Monarch matrix ``M = P L Pᵀ R`` ([MO22]; SPEC.md §4.17): two block-diagonal factors and
-    the reshape--transpose permutation, applied as two batched matmuls.
+    """Monarch matrix ``M = P L Pᵀ R`` ([MO22], SPEC.md §4.17), multiplied as two batched matmuls.
+
+    ``L`` and ``R`` are block-diagonal and ``P`` is the reshape--transpose permutation.
 
     Args:
         nblocks: number of blocks of ``R`` (and size of ``L``'s blocks), in
