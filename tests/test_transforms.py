@@ -1,0 +1,304 @@
+"""Exact transforms (SPEC.md §6; checks B1, B2, C1--C6) against NumPy / SciPy references (E64)."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.fft
+import scipy.linalg
+import scipy.signal
+import torch
+
+import structmat as sm
+from structmat.core.compose import RealPart, build_from_config
+
+from helpers import rel_error
+
+T = sm.transforms
+SIZES = [1, 2, 3, 5, 8, 16, 100, 128, 1000, 1024]
+SMALL = [1, 2, 3, 5, 8, 16, 100, 128]
+E64 = 1e-10
+
+
+def matrix_of(layer) -> torch.Tensor:
+    """The layer's matrix through its fast forward: ``forward(I) = Mᵀ``."""
+    eye = torch.eye(layer.in_features, dtype=layer.dtype)
+    with torch.no_grad():
+        return layer(eye).T
+
+
+PROBES = 12  # random probe vectors for n > 128 (a full identity would cost O(n²) rows of work)
+
+
+def check(layer, reference, tol=E64):
+    """``reference`` maps an ``(n, k)`` array of column vectors to the transform's ``(m, k)`` outputs.
+
+    Small ``n``: the whole matrix (identity probes); large ``n``: ``PROBES`` random columns.
+    """
+    n = layer.in_features
+    rng = np.random.default_rng(n)
+    probes = np.eye(n) if n <= 128 else rng.standard_normal((n, PROBES))
+    if layer.dtype.is_complex and n > 128:
+        probes = probes + 1j * rng.standard_normal((n, PROBES))
+    expected = torch.as_tensor(np.asarray(reference(probes)))
+    with torch.no_grad():
+        fast = layer(torch.as_tensor(probes.T).to(layer.dtype)).T
+    assert tuple(fast.shape) == tuple(expected.shape)
+    assert rel_error(fast, expected) <= tol
+
+
+def matrix(A):
+    """Reference given as a matrix."""
+    return lambda probes: np.asarray(A) @ probes
+
+
+def columns(x, fn):
+    """``fn`` applied to every column of ``x``."""
+    return np.stack([fn(v) for v in x.T], axis=1)
+
+
+# ----------------------------------------------------------------------------- Fourier family
+@pytest.mark.parametrize("n", SIZES)
+def test_dft_any_size(n):
+    check(T.dft(n, dtype=torch.complex128), lambda x: np.fft.fft(x, axis=0))
+    check(T.dft(n, inverse=True, dtype=torch.complex128), lambda x: np.fft.ifft(x, axis=0))
+    check(T.dft(n, normalized=True, dtype=torch.complex128), lambda x: np.fft.fft(x, axis=0) / math.sqrt(n))
+    check(T.dft(n, inverse=True, normalized=True, dtype=torch.complex128), lambda x: np.fft.ifft(x, axis=0, norm="ortho"))
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("kind", ["dct", "dst"])
+def test_dct_dst_match_scipy(n, kind):
+    reference = scipy.fft.dct if kind == "dct" else scipy.fft.dst
+    for type in (2, 3, 4):
+        for norm in (None, "ortho"):
+            layer = getattr(T, kind)(n, type=type, norm=norm, dtype=torch.float64)
+            check(layer, lambda x: reference(x, type=type, norm=norm, axis=0))
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_hartley_and_chebyshev(n):
+    check(T.hartley(n, dtype=torch.float64), lambda x: np.real((1 + 1j) * np.fft.fft(x, axis=0)))  # cas = cos + sin
+    nodes = np.cos(np.pi * (np.arange(n) + 0.5) / n)
+    check(T.chebyshev(n, dtype=torch.float64), lambda c: np.polynomial.chebyshev.chebval(nodes, c).T)
+
+
+@pytest.mark.parametrize("n", SMALL)
+def test_legendre(n):
+    layer = T.legendre(n, dtype=torch.float64)
+    nodes = layer.matrix.nodes.numpy()
+    assert np.allclose(nodes, np.cos(np.pi * (np.arange(n) + 0.5) / n), atol=1e-15)
+    check(layer, matrix(np.polynomial.legendre.legvander(nodes, n - 1)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [1000, 1024])
+def test_legendre_large(n):
+    # the O(n log² n) divide and conquer: measured ~1.0e-10 at these sizes (docstring)
+    layer = T.legendre(n, dtype=torch.float64)
+    check(layer, matrix(np.polynomial.legendre.legvander(layer.matrix.nodes.numpy(), n - 1)), tol=3e-10)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 64, 1024])
+def test_hadamard_is_one_exact_butterfly(n):
+    layer = T.hadamard(n, dtype=torch.float64)
+    assert layer.structure == "butterfly"
+    assert torch.equal(matrix_of(layer), torch.as_tensor(scipy.linalg.hadamard(n), dtype=torch.float64))
+    assert torch.equal(layer.to_dense(), torch.as_tensor(scipy.linalg.hadamard(n), dtype=torch.float64))
+
+
+def haar_reference(n):
+    if n == 1:
+        return np.ones((1, 1))
+    W = haar_reference(n // 2)
+    return np.vstack([np.kron(W, [1, 1]), np.kron(np.eye(n // 2), [1, -1])]) / math.sqrt(2)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 128, 1024])
+def test_haar(n):
+    layer = T.haar(n, dtype=torch.float64)
+    check(layer, matrix(haar_reference(n)))
+    W = matrix_of(layer)
+    assert rel_error(W @ W.T, torch.eye(n, dtype=torch.float64)) <= E64
+
+
+@pytest.mark.parametrize("n1, n2", [(1, 1), (1, 8), (4, 1), (2, 16), (32, 32)])
+def test_dft2_is_kronecker_butterfly(n1, n2):
+    layer = T.dft2(n1, n2, dtype=torch.complex128)
+    basis = np.eye(n1 * n2).reshape(n1 * n2, n1, n2)
+    check(layer, lambda x: np.fft.fft2(x.T.reshape(-1, n1, n2)).reshape(x.shape[1], n1 * n2).T)
+    assert layer.structure == "product(butterfly, permutation)"
+
+
+# ----------------------------------------------------------------------------- circulant, Toeplitz, convolution
+@pytest.mark.parametrize("n", SIZES)
+def test_circulant_and_toeplitz(n):
+    rng = np.random.default_rng(n)
+    c = rng.standard_normal(n)
+    check(T.circulant(c, dtype=torch.float64), matrix(scipy.linalg.circulant(c)))
+    cz = c + 1j * rng.standard_normal(n)
+    check(T.circulant(cz, dtype=torch.complex128), matrix(scipy.linalg.circulant(cz)))
+    r = rng.standard_normal(n // 2 + 3)  # rectangular: (n//2 + 3) x n and n x (n//2 + 3)
+    check(T.toeplitz(r, c, dtype=torch.float64), matrix(scipy.linalg.toeplitz(r, c)))
+    check(T.toeplitz(c, r, dtype=torch.float64), matrix(scipy.linalg.toeplitz(c, r)))
+    check(T.toeplitz(cz, dtype=torch.complex128), matrix(scipy.linalg.toeplitz(cz)))
+
+
+def test_power_of_two_circulant_is_one_bbstar_unit():
+    layer = T.circulant(torch.randn(16, dtype=torch.complex128))
+    assert layer.structure == "kaleidoscope"
+    assert (layer.width, layer.expansion) == (1, 1)
+    assert layer.num_parameters == 4 * 16 * 4
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (1, 3), (5, 4), (16, 3), (100, 1), (100, 4), (1000, 3), (1024, 4)])
+def test_convolution_modes(n, k):
+    kernel = np.random.default_rng(k).standard_normal(k)
+    for mode in ("full", "same"):
+        if k > n and mode == "same":
+            continue
+        layer = T.convolution(kernel, n, mode, dtype=torch.float64)
+        check(layer, lambda x: columns(x, lambda v: np.convolve(v, kernel, mode)))
+        check(layer, lambda x: columns(x, lambda v: scipy.signal.convolve(v, kernel, mode, method="direct")))
+    if k <= n:
+        padded = np.concatenate([kernel, np.zeros(n - k)])
+        check(T.convolution(kernel, n, "circular", dtype=torch.float64), matrix(scipy.linalg.circulant(padded)))
+
+
+def test_circular_convolution_matches_conv1d():
+    kernel, n = torch.randn(3, dtype=torch.float64), 12
+    layer = T.convolution(kernel, n, "circular", dtype=torch.float64)
+    x = torch.randn(4, n, dtype=torch.float64)
+    # y_i = Σ_j k_j x_{i-j}: conv1d computes correlation, so flip the kernel and pad circularly on the left
+    padded = torch.cat([x[:, n - 2 :], x], dim=1)[:, None]
+    expected = torch.nn.functional.conv1d(padded, kernel.flip(0)[None, None])[:, 0]
+    assert rel_error(layer(x), expected) <= E64
+
+
+# ----------------------------------------------------------------------------- Fastfood, ACDC, permutation
+@pytest.mark.parametrize("n", [1, 3, 8, 100])
+def test_fastfood_and_acdc(n):
+    p = {k: v.numpy() for k, v in T.fastfood_parameters(n, seed=4).items()}
+    H = scipy.linalg.hadamard(p["S"].size)
+    V = np.diag(p["S"]) @ H @ np.diag(p["G"]) @ np.eye(p["S"].size)[p["perm"]] @ H @ np.diag(p["B"])
+    check(T.fastfood(n, seed=4, dtype=torch.float64), matrix(V[:n, :n]))
+    q = {k: v.numpy() for k, v in T.acdc_parameters(n, seed=2).items()}
+    C = scipy.fft.dct(np.eye(n), type=2, norm="ortho", axis=0)
+    check(T.acdc(n, seed=2, dtype=torch.float64), matrix(np.diag(q["A"]) @ C @ np.diag(q["D"]) @ C.T))
+
+
+def test_permutation():
+    perm = [3, 0, 2, 1]
+    layer = T.permutation(perm, dtype=torch.float64)
+    assert torch.equal(layer.to_dense(), torch.eye(4, dtype=torch.float64)[perm])
+    assert layer.num_parameters == 0 and layer.flops() == 0
+
+
+# ----------------------------------------------------------------------------- structure
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: T.dft(6, dtype=torch.complex128),
+        lambda: T.dft(8, dtype=torch.complex128),
+        lambda: T.dct(12, type=4, norm="ortho", dtype=torch.float64),
+        lambda: T.dst(8, type=3, dtype=torch.float64),
+        lambda: T.toeplitz(torch.randn(5, dtype=torch.float64), torch.randn(7, dtype=torch.float64), dtype=torch.float64),
+        lambda: T.fastfood(6, dtype=torch.float64),
+        lambda: T.acdc(5, dtype=torch.float64),
+        lambda: T.haar(8, dtype=torch.float64),
+    ],
+)
+def test_layers_are_structured_trainable_and_transposable(make):
+    layer = make()
+    dense = layer.to_dense()
+    assert rel_error(matrix_of(layer), dense) <= E64
+    y = torch.randn(3, layer.out_features, dtype=layer.dtype)
+    assert rel_error(layer.transpose()(y), y @ dense) <= E64
+    assert layer.num_parameters > 0 and layer.flops() > 0
+    assert "dense" not in layer.structure
+    x = torch.randn(2, layer.in_features, dtype=layer.dtype)
+    layer(x).abs().pow(2).sum().backward()
+    grads = [p.grad for p in layer.parameters()]
+    assert grads and all(g is not None for g in grads) and any(bool(g.abs().sum() > 0) for g in grads)
+    rebuilt = build_from_config(layer.matrix.config())
+    rebuilt.load_state_dict(layer.matrix.state_dict())
+    assert rel_error(rebuilt.to_dense(), dense) <= E64
+
+
+def test_default_dtypes_and_float32_accuracy():
+    assert T.dft(8).dtype == torch.complex64 and T.dct(8).dtype == torch.float32
+    assert T.circulant([1.0, 2.0, 3.0]).dtype == torch.float32
+    assert T.circulant([1.0, 2j]).dtype == torch.complex64
+    layer = T.dct(100, type=2, norm="ortho")
+    assert rel_error(matrix_of(layer).double(), torch.as_tensor(scipy.fft.dct(np.eye(100), norm="ortho", axis=0))) <= 1e-4
+
+
+def test_real_part_adapter():
+    inner = T.dft(6, dtype=torch.complex128).matrix
+    real = RealPart(inner)
+    assert real.dtype == torch.float64 and real.num_parameters == inner.num_parameters
+    F = np.fft.fft(np.eye(6), axis=0)
+    assert rel_error(real.to_dense(), torch.as_tensor(F.real)) <= E64
+    y = torch.randn(2, 6, dtype=torch.float64)
+    assert rel_error(real.transpose()(y), y @ torch.as_tensor(F.real)) <= E64
+    with pytest.raises(TypeError, match="inner: expected a complex"):
+        RealPart(T.dct(4, dtype=torch.float64).matrix)
+
+
+# ----------------------------------------------------------------------------- costs
+CONSTRUCTIONS = {
+    "dft": lambda n: T.dft(n),
+    "dct": lambda n: T.dct(n, type=4),
+    "dst": lambda n: T.dst(n, type=2),
+    "hartley": lambda n: T.hartley(n),
+    "chebyshev": lambda n: T.chebyshev(n),
+    "circulant": lambda n: T.circulant(torch.ones(n)),
+    "convolution": lambda n: T.convolution(torch.ones(5), n, "same"),
+    "acdc": lambda n: T.acdc(n),
+    "fastfood": lambda n: T.fastfood(n),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONSTRUCTIONS))
+def test_flops_are_n_log_n(name):
+    sizes = [2**k for k in (4, 6, 8, 10, 12, 14)] + [2**k - 1 for k in (4, 6, 8, 10, 12, 14)] + [3 * 2**k for k in (3, 7, 12)]
+    ratios = {n: CONSTRUCTIONS[name](n).flops() / (n * math.log2(n)) for n in sizes}
+    assert max(ratios.values()) <= 300
+    small = max(r for n, r in ratios.items() if n <= 64)
+    assert max(r for n, r in ratios.items() if n >= 2**12) <= small
+
+
+def test_power_of_two_counts():
+    n = 1024
+    assert T.dft(n).flops() == 14 * n * 10 and T.dft(n).num_parameters == 2 * n * 10
+    assert T.hadamard(n).flops() == 3 * n * 10
+    assert T.haar(n).to_dense().shape == (n, n)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: T.dft(0), ValueError, "n: expected an integer >= 1, got 0"),
+        (lambda: T.dct(-3), ValueError, "n: expected an integer >= 1"),
+        (lambda: T.dct(8, type=1), ValueError, "type: expected 2, 3 or 4"),
+        (lambda: T.dst(8, type="II"), ValueError, "type: expected 2, 3 or 4"),
+        (lambda: T.dct(8, norm="forward"), ValueError, "norm: expected one of"),
+        (lambda: T.dct(8, dtype=torch.complex64), TypeError, "dtype: expected a real dtype"),
+        (lambda: T.dft(8, dtype=torch.float32), TypeError, "dtype: expected a complex dtype"),
+        (lambda: T.hadamard(12), ValueError, "n: expected a power of two"),
+        (lambda: T.haar(6), ValueError, "n: expected a power of two"),
+        (lambda: T.dft2(3, 4), ValueError, "n1: expected a power of two"),
+        (lambda: T.convolution([1.0, 2.0, 3.0], 2, "same"), ValueError, "kernel: expected length <= n = 2"),
+        (lambda: T.convolution([1.0, 2.0, 3.0], 2, "circular"), ValueError, "kernel: expected length <= n = 2"),
+        (lambda: T.convolution([1.0], 4, "valid"), ValueError, "mode: expected one of"),
+        (lambda: T.convolution([], 4), ValueError, "kernel: expected a 1-D vector of length >= 1"),
+        (lambda: T.permutation([0, 0, 1]), ValueError, "perm: expected each of 0..2 exactly once"),
+        (lambda: T.permutation([0, 3, 1]), ValueError, "perm: expected entries in"),
+        (lambda: T.circulant([1j, 2.0], dtype=torch.float64), TypeError, "dtype: c is complex"),
+        (lambda: T.toeplitz([[1.0]]), ValueError, "c: expected a 1-D vector"),
+    ],
+)
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
