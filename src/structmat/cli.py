@@ -85,6 +85,24 @@ def bench(
         output.write_text(json.dumps(rows, indent=2, default=str))
 
 
+@app.command()
+def transforms(
+    sizes: str = typer.Option("8,100,1024", "--sizes", help="Comma-separated sizes n."),
+) -> None:
+    """Exact fast transforms as structured layers: family, parameters, flops, error vs NumPy/SciPy."""
+    from .experiments.transforms_table import transforms_table
+
+    try:
+        values = [int(v) for v in sizes.split(",") if v.strip()]
+    except ValueError:
+        console.print(f"[red]sizes: expected comma-separated integers, got {sizes!r}[/]")
+        raise typer.Exit(2)
+    if not values or min(values) < 1:
+        console.print(f"[red]sizes: expected integers >= 1, got {sizes!r}[/]")
+        raise typer.Exit(2)
+    transforms_table(values, console=console)
+
+
 circuit_app = typer.Typer(no_args_is_help=True, help="Linear arithmetic circuits: build, measure, validate.")
 app.add_typer(circuit_app, name="circuit")
 
