@@ -121,6 +121,23 @@ def test_projection_report_on_generic_matrix():
     assert low["displacement_rel_error"] > high["displacement_rel_error"]
 
 
+@pytest.mark.parametrize("cls", [ToeplitzLike, HankelLike], ids=lambda c: c.family)
+@pytest.mark.parametrize("in_features,out_features,rank", [(7, 5, 2), (4, 9, 1), (13, 3, 3), (1, 6, 1)])
+def test_rectangular_members_recovered(cls, in_features, out_features, rank):
+    """The corner of a rank-r N × N member is completed to a rank-r displacement (not zero-padded)."""
+    for dtype in (F64, torch.complex128):
+        W = cls(in_features, out_features, rank=rank, dtype=dtype).to_dense().detach()
+        layer = cls.from_dense(W, rank=rank)
+        assert rel_error(layer.to_dense(), W) <= 1e-10
+        assert layer.projection_report["displacement_rel_error"] <= 1e-10
+
+
+def test_rectangular_toeplitz_recovered_at_rank_two():
+    T = C.toeplitz_matrix(torch.randn(18, dtype=F64), 7, 12)
+    assert rel_error(ToeplitzLike.from_dense(T, rank=2).to_dense(), T) <= 1e-10
+    assert ToeplitzLike.from_dense(T, rank=1).projection_report["rel_error"] > 1e-3
+
+
 # ------------------------------------------------------------------ fast multiply vs dense
 FAMILIES = [ToeplitzLike, HankelLike, VandermondeLike, CauchyLike, LDRSubdiagonal]
 

@@ -138,6 +138,68 @@ def _generators(displacement: torch.Tensor, rank: int) -> tuple[torch.Tensor, to
     return G, H, kept
 
 
+def _signed_permutation(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(π, a)`` with ``P[i, π(i)] = a_i`` for a matrix with one nonzero per row."""
+    index = P.abs().argmax(dim=1)
+    return index, P.gather(1, index[:, None])[:, 0]
+
+
+def _low_displacement_completion(W: torch.Tensor, size: int, A: torch.Tensor, B: torch.Tensor, rank: int) -> torch.Tensor:
+    """An ``N × N`` completion ``M = [W; X]`` of ``W`` (``m × N``, ``m <= N = size``) whose Stein
+    displacement ``S = M - A M B`` has rank ``<= rank`` whenever ``W`` is the top of such a matrix;
+    ``A``, ``B`` are signed cyclic permutations (``Z_f``, ``Z_fᵀ`` with ``|f| = 1``).
+
+    Row ``i`` of ``S`` is ``M_i - a_i M_{π(i)} B``. The free rows ``X`` lie on one arc
+    ``u_1, …, u_L`` of the cycle ``π`` (``π(u_1)`` known, ``π(u_{j+1}) = u_j``), so the rows
+    ``d_j = S_{u_j}`` can be chosen freely (``X_{u_j} = d_j + a_{u_j} M_{π(u_j)} B``); the rows of
+    ``S`` between known rows form ``K``, and the single known row ``i₀`` with ``π(i₀) = u_L`` is an
+    affine function of the ``d_j``. With ``V`` = the top row space of ``K`` (dimension
+    ``k = min(rank, numerical rank of K)``) we take ``d_j ∈ V`` and solve, by least squares, for
+    ``S_{i₀} ∈ V``; then ``rank S <= k + 1`` (``<= rank`` if ``k < rank``) and ``rank S = rank``
+    with zero residual for members whose ``K`` has rank ``rank``. Otherwise this is the completion
+    that displacement truncation then truncates. Cost ``O(r N³)`` (the least squares)."""
+    m = W.shape[0]
+    perm, signs = _signed_permutation(A)
+    columns, column_signs = _signed_permutation(B.transpose(0, 1))  # (v B)_j = v_{columns[j]} b_j
+
+    def right(v):
+        return v[..., columns] * column_signs
+
+    known = [i for i in range(m) if int(perm[i]) < m]
+    (start,) = [i for i in range(m) if int(perm[i]) >= m]  # i₀
+    arc = [int(perm[start])]
+    while int(perm[arc[-1]]) >= m:
+        arc.append(int(perm[arc[-1]]))
+    arc.reverse()  # u_1, …, u_L
+    M = torch.cat([W, W.new_zeros(size - m, size)])
+    K = torch.stack([M[i] - signs[i] * right(M[int(perm[i])]) for i in known]) if known else W.new_zeros(0, size)
+    _, singular, basis = torch.linalg.svd(K, full_matrices=False)
+    tolerance = 100 * size * torch.finfo(singular.dtype).eps * (float(singular[0]) if singular.numel() else 0.0)
+    basis = basis[: min(rank, int((singular > tolerance).sum()))]  # rows span V
+
+    def fill(d):
+        for j, u in enumerate(arc):
+            M[u] = d[j] + signs[u] * right(M[int(perm[u])])
+
+    fill(W.new_zeros(len(arc), size))
+    target = M[start] - signs[start] * right(M[arc[-1]])  # S_{i₀} with d = 0
+    if basis.shape[0]:
+        # S_{i₀} = target + Σ_j α_j Φ_j,  Φ_j = -a_{i₀} (Π_{l>j} a_{u_l}) (basis B^{L-j+1})
+        pushed, coefficient, blocks = basis, -signs[start], []
+        for u in reversed(arc):
+            pushed = right(pushed)
+            blocks.append(coefficient * pushed)
+            coefficient = coefficient * signs[u]
+        phi = torch.cat(blocks[::-1])  # (L·k, N)
+
+        def outside(v):  # component orthogonal to V
+            return v - (v @ basis.conj().transpose(0, 1)) @ basis
+
+        alpha = torch.linalg.lstsq(outside(phi).transpose(0, 1), -outside(target)[:, None]).solution[:, 0]
+        fill(alpha.reshape(len(arc), -1) @ basis)
+    return M
+
+
 class _CirculantKrylov(DisplacementRankMatrix):
     """``M = Σ_i Z_1(g_i) K(Bᵀ, h_i)ᵀ`` with ``Bᵀ ∈ {Z₋₁, Z₋₁ᵀ}`` on ``N = max(m, n)``,
     corner-embedded; the subclasses fix ``Bᵀ``."""
@@ -196,16 +258,24 @@ class _CirculantKrylov(DisplacementRankMatrix):
 
     @classmethod
     def from_dense(cls, W: torch.Tensor, rank: int | None = None):
-        """Displacement truncation: ``W`` (zero-embedded in ``N × N``) -> Stein displacement
-        ``S = W - A W B`` -> best rank-r ``G Hᵀ`` -> ``M = ½ Σ K(A, g_i) K(Bᵀ, h_i)ᵀ``
-        (``1 - fg = 2``). Exact for matrices of displacement rank ``<= r``; errors in
+        """Displacement truncation: ``W`` completed to ``N × N`` -> Stein displacement
+        ``S = M - A M B`` -> best rank-r ``G Hᵀ`` -> ``M = ½ Σ K(A, g_i) K(Bᵀ, h_i)ᵀ``
+        (``1 - fg = 2``). A rectangular ``W`` is completed by
+        :func:`_low_displacement_completion` (rows, or columns through ``Mᵀ`` and the operators
+        ``(Bᵀ, Aᵀ)``), so every member of the family — the corner of a rank-r ``N × N`` matrix —
+        is recovered exactly; a square ``W`` of displacement rank ``<= r`` likewise. Errors in
         ``layer.projection_report``."""
         W = check_matrix("W", W)
         m, n = W.shape
         layer = cls(n, m, rank=rank, device=W.device, dtype=W.dtype)
-        square = torch.zeros(layer.size, layer.size, dtype=W.dtype, device=W.device)
-        square[:m, :n] = W
         A, B = layer.stein_operators()
+        if m < layer.size:
+            square = _low_displacement_completion(W, layer.size, A, B, layer.rank)
+        elif n < layer.size:
+            square = _low_displacement_completion(W.transpose(0, 1), layer.size, B.transpose(0, 1), A.transpose(0, 1), layer.rank)
+            square = square.transpose(0, 1)
+        else:
+            square = W
         displacement = square - A @ square @ B
         G, H, kept = _generators(displacement, layer.rank)
         with torch.no_grad():
