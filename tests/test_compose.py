@@ -51,3 +51,22 @@ def test_diagonal_from_vector():
     assert torch.equal(D.to_dense(), torch.cat([torch.diag(d), torch.zeros(3, 2, dtype=torch.float64)], 1))
     with pytest.raises(ValueError, match="d"):
         Diagonal.from_vector(d, in_features=5, out_features=4)
+
+
+def test_real_part_dtype_moves_keep_the_imaginary_parts():
+    import scipy.fft
+
+    layer = sm.transforms.dct(16, type=2, norm="ortho")  # float32 layer over complex64 factors
+    reference = scipy.fft.dct(torch.eye(16, dtype=torch.float64).numpy(), type=2, norm="ortho", axis=0)
+    for move in (lambda m: m.to(torch.float64), lambda m: m.double()):
+        moved = move(sm.transforms.dct(16, type=2, norm="ortho"))
+        assert moved.dtype == torch.float64
+        assert all(p.is_complex() for p in moved.matrix.inner.parameters())
+        dense = moved.to_dense()
+        assert dense.dtype == torch.float64
+        assert float((dense - torch.as_tensor(reference)).abs().max()) <= 1e-5
+        x = torch.randn(3, 16, dtype=torch.float64)
+        bias = 0 if moved.bias is None else moved.bias
+        assert float((moved(x) - x @ dense.T - bias).abs().max()) <= 1e-10
+    back = layer.double().float()
+    assert back.dtype == torch.float32 and float((back.to_dense().double() - torch.as_tensor(reference)).abs().max()) <= 1e-5

@@ -174,6 +174,25 @@ class RealPart(StructuredMatrix):
         super().__init__(inner.in_features, inner.out_features, device=inner.device, dtype=real_dtype(inner.dtype))
         self.inner = inner
 
+    def _apply(self, fn, recurse=True):
+        # ``layer.to(torch.float64)`` / ``.double()`` on the real layer must move the complex
+        # operator to the matching *complex* dtype; nn.Module's default would cast the complex
+        # parameters to a real dtype and silently drop their imaginary parts.
+        probe = fn(self._anchor)
+        if not isinstance(probe, torch.Tensor) or probe.dtype == self._anchor.dtype or probe.dtype.is_complex:
+            return super()._apply(fn, recurse)
+        real, device = probe.dtype, probe.device
+        complex_ = complex_dtype(real)
+
+        def convert(t: torch.Tensor) -> torch.Tensor:
+            if t.is_complex():
+                return t.to(device=device, dtype=complex_)
+            if t.is_floating_point():
+                return t.to(device=device, dtype=real)
+            return t.to(device=device)
+
+        return super()._apply(convert, recurse)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner._forward(x.to(complex_dtype(x.dtype))).real
 
