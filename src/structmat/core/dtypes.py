@@ -6,8 +6,6 @@ import torch
 
 from .errors import describe
 
-FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-COMPLEX = (torch.complex64, torch.complex128)
 SUPPORTED = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 _TO_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -20,7 +18,9 @@ def resolve_dtype(dtype: torch.dtype | None, name: str = "dtype") -> torch.dtype
         dtype = torch.get_default_dtype()
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"{name}: expected a torch.dtype, got {describe(dtype)}")
-    if dtype not in SUPPORTED and dtype not in FLOATING:
+    if dtype not in SUPPORTED:
+        # float16/bfloat16 are rejected here rather than deep inside a kernel: the FFT-, Numba-
+        # and Krylov-based families have no half-precision path.
         raise TypeError(
             f"{name}: expected one of float32, float64, complex64, complex128, got {dtype}"
         )
