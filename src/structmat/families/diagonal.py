@@ -12,7 +12,7 @@ from torch import nn
 
 from ..core import StructuredMatrix, register
 from ..core.dtypes import flop_scale
-from ..core.errors import check_matrix
+from ..core.errors import check_matrix, describe
 from ..core.init import uniform_
 from ..core.registry import Sample
 from ..core.sizes import pad_last, truncate_last
@@ -46,8 +46,10 @@ class Diagonal(StructuredMatrix):
     @classmethod
     def from_vector(cls, d: torch.Tensor, in_features: int | None = None, out_features: int | None = None) -> "Diagonal":
         """A diagonal matrix with the given diagonal ``d`` (square ``len(d)`` by default)."""
-        if not isinstance(d, torch.Tensor) or d.dim() != 1:
-            raise ValueError(f"d: expected a 1-D tensor, got {d!r:.60}")
+        if not isinstance(d, torch.Tensor):
+            raise TypeError(f"d: expected a 1-D tensor, got {describe(d)}")
+        if d.dim() != 1:
+            raise ValueError(f"d: expected a 1-D tensor, got {describe(d)}")
         n = d.shape[0]
         in_features = n if in_features is None else in_features
         out_features = n if out_features is None else out_features

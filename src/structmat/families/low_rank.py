@@ -6,13 +6,12 @@ truncated SVD, optimal in Frobenius norm (Eckart--Young--Mirsky), error² ``= Σ
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
 from ..core import StructuredMatrix, register
 from ..core.dtypes import mult_add_flops
-from ..core.errors import check_int, check_matrix
+from ..core.errors import check_finite, check_int, check_matrix
 from ..core.init import normal_
 from ..core.registry import OptionRange, Sample
 
@@ -48,9 +47,11 @@ class LowRank(StructuredMatrix):
     """
 
     def __init__(self, in_features: int, out_features: int, *, rank: int | None = None, device=None, dtype=None) -> None:
+        in_features = check_int("in_features", in_features, minimum=1)
+        out_features = check_int("out_features", out_features, minimum=1)
         if rank is None:
-            rank = default_rank(check_int("in_features", in_features, 1), check_int("out_features", out_features, 1))
-        rank = check_int("rank", rank, minimum=1, maximum=max(1, min(in_features, out_features)))
+            rank = default_rank(in_features, out_features)
+        rank = check_int("rank", rank, minimum=1, maximum=min(in_features, out_features))
         super().__init__(in_features, out_features, device=device, dtype=dtype, rank=rank)
         self.rank = rank
         self.U = nn.Parameter(torch.empty(out_features, rank, device=device, dtype=self.dtype))
@@ -78,7 +79,7 @@ class LowRank(StructuredMatrix):
     @classmethod
     def from_dense(cls, W: torch.Tensor, rank: int | None = None) -> "LowRank":
         """Best rank-``r`` approximation of ``W`` (truncated SVD, SPEC.md §4.2)."""
-        W = check_matrix("W", W)
+        W = check_finite("W", check_matrix("W", W))
         m, n = W.shape
         layer = cls(n, m, rank=rank, device=W.device, dtype=W.dtype)
         U, V = truncated_svd_factors(W, layer.rank)
@@ -100,5 +101,3 @@ def svd_truncate(W: torch.Tensor, rank: int) -> torch.Tensor:
     """The best rank-``rank`` approximation of ``W`` as a dense matrix."""
     U, V = truncated_svd_factors(W, rank)
     return U @ V.transpose(0, 1)
-
-

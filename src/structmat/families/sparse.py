@@ -78,7 +78,9 @@ class Sparse(StructuredMatrix):
         out_features = check_int("out_features", out_features, minimum=1)
         seed = check_int("seed", seed)
         if mask is not None:
-            if not isinstance(mask, torch.Tensor) or mask.shape != (out_features, in_features):
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(f"mask: expected a boolean tensor of shape ({out_features}, {in_features}), got {describe(mask)}")
+            if mask.shape != (out_features, in_features):
                 raise ValueError(f"mask: expected a boolean tensor of shape ({out_features}, {in_features}), got {describe(mask)}")
             flat = mask.detach().reshape(-1).to("cpu").bool().nonzero().reshape(-1)
             if flat.numel() == 0:

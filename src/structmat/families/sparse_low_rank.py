@@ -14,7 +14,7 @@ import math
 import torch
 
 from ..core import StructuredMatrix, register
-from ..core.errors import check_int, check_matrix
+from ..core.errors import check_finite, check_int, check_matrix
 from ..core.registry import Sample
 from .low_rank import LowRank, default_rank, svd_truncate, truncated_svd_factors
 from .sparse import Sparse, resolve_nnz
@@ -107,7 +107,7 @@ class SparseLowRank(StructuredMatrix):
         ``"alternating"`` (alternating projections from ``S = 0``) or ``"auto"`` (both, keep the
         better). The chosen method and errors are in ``layer.projection_report``.
         """
-        W = check_matrix("W", W)
+        W = check_finite("W", check_matrix("W", W))
         m, n = W.shape
         if rank is None:
             rank = default_rank(n, m)
