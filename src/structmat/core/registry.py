@@ -202,11 +202,16 @@ def options_for_budget(
     if not hasattr(ladder, "__getitem__"):
         ladder = list(ladder)
 
+    build_errors: list[Exception] = []
+    built: list[int] = []
+
     def count(index: int) -> int | None:
         try:
-            return count_parameters(info, in_features, out_features, {**ladder[index], **fixed}, dtype)
-        except (ValueError, TypeError):
+            built.append(count_parameters(info, in_features, out_features, {**ladder[index], **fixed}, dtype))
+        except (ValueError, TypeError) as exc:
+            build_errors.append(exc)
             return None
+        return built[-1]
 
     best, best_count, smallest = None, -1, None
     if len(ladder) <= 64:
@@ -230,6 +235,12 @@ def options_for_budget(
             else:
                 hi = mid - 1
     if best is None:
+        if not built and build_errors:
+            # no candidate could be built at all: the fixed options conflict with the ladder
+            raise ValueError(
+                f"params: no member of structure {info.name!r} for shape ({out_features}, {in_features}) "
+                f"can be built with the options {fixed} (reason: {build_errors[0]})"
+            ) from build_errors[0]
         minimum = f"{smallest}" if smallest is not None else "unknown"
         raise ValueError(
             f"params: budget {budget} is below the minimum of structure {info.name!r} for shape "
