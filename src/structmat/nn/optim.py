@@ -72,7 +72,9 @@ def takes_weight_decay(module: nn.Module, param_name: str, ndim: int) -> bool:
 
 
 def _check_rate(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a finite number >= 0, got {describe(value)}")
+    if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name}: expected a finite number >= 0, got {describe(value)}")
     return float(value)
 
