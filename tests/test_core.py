@@ -168,3 +168,29 @@ def test_nan_propagates_like_linear():
     x[0, 0] = float("nan")
     y = layer(x)
     assert bool(torch.isnan(y[0]).all()) and bool(torch.isfinite(y[1]).all())
+
+
+def test_bad_input_names_the_argument():
+    from structmat.families.diagonal import Diagonal
+    from structmat.families.low_rank import LowRank
+    from structmat.families.sparse import Sparse
+    from structmat.families.sparse_low_rank import SparseLowRank
+
+    with pytest.raises(TypeError, match=r"^in_features: expected an integer, got 'a' \(str\)"):
+        LowRank("a", 5, rank=2)
+    W = torch.randn(6, 5, dtype=torch.float64)
+    W[0, 0] = float("nan")
+    for cls in (LowRank, SparseLowRank):  # an SVD of a non-finite matrix fails deep inside LAPACK
+        with pytest.raises(ValueError, match=r"^W: expected finite entries"):
+            cls.from_dense(W, rank=2)
+    with pytest.raises(TypeError, match=r"^mask: expected a boolean tensor of shape \(3, 3\), got .*\(list\)"):
+        Sparse(3, 3, mask=[[True] * 3] * 3)
+    with pytest.raises(TypeError, match=r"^d: expected a 1-D tensor, got .*\(list\)"):
+        Diagonal.from_vector([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"^dtype: expected one of float32, float64, complex64, complex128, got torch.bfloat16"):
+        sm.StructuredLinear(3, 3, "low_rank", dtype=torch.bfloat16)
+
+
+def test_budget_with_conflicting_fixed_option_says_why():
+    with pytest.raises(ValueError, match=r"params: no member of structure 'sparse' .* options \{'density': 0.3\} \(reason: nnz/density: give at most one"):
+        sm.StructuredLinear(10, 10, "sparse", params=50, density=0.3)

@@ -62,7 +62,14 @@ def test_registry_entry_complete(name):
     assert any((s.in_features & (s.in_features - 1)) != 0 for s in samples), "include a non-power-of-two size"
     assert info.params_formula and info.flops_formula
     assert info.description
-    assert callable(getattr(info.cls, "reset_parameters", None))
+    # reset_parameters and extra_repr as in nn.Linear (DESIGN.md §3)
+    sample = samples[0]
+    m = info.create(sample.in_features, sample.out_features, dtype=torch.float64, **sample.options)
+    shapes = {k: v.shape for k, v in m.state_dict().items()}
+    m.reset_parameters()
+    assert {k: v.shape for k, v in m.state_dict().items()} == shapes
+    assert bool(torch.isfinite(m.to_dense()).all())
+    assert f"in_features={sample.in_features}" in repr(m) and f"out_features={sample.out_features}" in repr(m)
 
 
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)
@@ -216,16 +223,21 @@ def test_batch_shapes(name, sample):
 @pytest.mark.parametrize("name,sample", FIRST_CASES, ids=[n for n, _ in FIRST_CASES])
 def test_bad_input(name, sample):
     m = make(name, sample, torch.float32)
-    with pytest.raises(ValueError, match="x"):
+    # each message names the argument, the expected and the received value
+    with pytest.raises(ValueError, match=rf"^x: expected shape \(\*, {sample.in_features}\).*got shape \(2, {sample.in_features + 1}\)"):
         m(torch.randn(2, sample.in_features + 1))
-    with pytest.raises(TypeError, match="x"):
+    with pytest.raises(TypeError, match=r"^x: expected a floating-point or complex tensor.*torch.int64"):
         m(torch.ones(2, sample.in_features, dtype=torch.int64))
-    with pytest.raises(TypeError, match="x"):
+    with pytest.raises(TypeError, match=r"^x: expected a floating-point or complex tensor.*torch.bool"):
         m(torch.ones(2, sample.in_features, dtype=torch.bool))
-    with pytest.raises(TypeError, match="x"):
+    with pytest.raises(TypeError, match=r"^x: expected a torch.Tensor, got .*\(list\)"):
         m([0.0] * sample.in_features)
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(TypeError, match=r"^x: expected dtype torch.float32.*got torch.float64"):
         m(torch.randn(2, sample.in_features, dtype=torch.float64))
+    with pytest.raises(ValueError, match=rf"^x: expected shape \(\*, {sample.out_features}\)"):
+        m.transpose()(torch.randn(2, sample.out_features + 1))
+    with pytest.raises(TypeError, match=r"^dtype: expected one of float32, float64, complex64, complex128, got torch.float16"):
+        make(name, sample, torch.float16)
     with pytest.raises(ValueError, match="in_features"):
         sm.StructuredLinear(0, sample.out_features, name)
     with pytest.raises(ValueError, match="out_features"):
@@ -267,6 +279,21 @@ def test_single_layer_reduction(name, sample):
             assert (g is None or float(g.abs().max()) == 0) and (h is None or float(h.abs().max()) == 0)
         else:
             assert rel_error(g, h) <= 1e-9
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_nan_propagates_row_wise(name, sample):
+    """NaN/Inf behave as in nn.Linear: a NaN input row gives NaN outputs in that row only (no
+    mixing across the batch, no exception, no hang); the transposed product likewise."""
+    m = make(name, sample, torch.float64)
+    M = m.to_dense().detach()
+    for op, features, dense in ((m, sample.in_features, M.T), (m.transpose(), sample.out_features, M)):
+        x = randn(3, features)
+        x[1] = float("nan")
+        x[2, 0] = float("inf") if features > 1 else x[2, 0]
+        y = op(x)
+        assert bool(torch.isnan(y[1]).any())
+        assert rel_error(y[0], x[0] @ dense) <= 1e-10
 
 
 def test_unknown_structure_suggests():

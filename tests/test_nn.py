@@ -288,5 +288,7 @@ def test_param_groups_family_multipliers_shared_and_frozen():
 def test_param_groups_bad_input():
     with pytest.raises(ValueError, match="lr: expected a finite number >= 0, got -1"):
         sm.param_groups(mlp(), lr=-1)
+    with pytest.raises(TypeError, match="weight_decay: expected a finite number >= 0, got '0.1' \\(str\\)"):
+        sm.param_groups(mlp(), lr=0.1, weight_decay="0.1")
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
         sm.param_groups([1, 2], lr=0.1)
