@@ -62,11 +62,20 @@ def check_nblocks(nblocks, in_features: int, out_features: int) -> int:
     return check_int("nblocks", nblocks, minimum=1, maximum=max(in_features, out_features))
 
 
+def pads_whole_blocks(in_features: int, out_features: int, nblocks: int) -> bool:
+    """True when padding fills a whole block index ``p`` or ``q``: such an ``nblocks`` has more
+    parameters than a smaller one that represents the same matrices (``⌈out/J⌉ < P`` or ``⌈in/I⌉ < Q``)."""
+    P, J, Q, I = canonical_shape(in_features, out_features, nblocks)
+    return ceil_div(out_features, J) < P or ceil_div(in_features, I) < Q
+
+
 def nblocks_ladder(in_features: int, out_features: int, rank: int = 1) -> list[dict]:
-    """Every ``nblocks`` in ``[1, max(in, out)]``, ordered by parameter count (size ladders)."""
+    """The useful ``nblocks`` in ``[1, max(in, out)]`` (see :func:`pads_whole_blocks`), ordered by
+    parameter count (size ladders)."""
     counts = [
         (canonical_parameter_count(in_features, out_features, k, rank), k)
         for k in range(1, max(in_features, out_features) + 1)
+        if not pads_whole_blocks(in_features, out_features, k)
     ]
     return [{"nblocks": k} for _, k in sorted(counts)]
 
@@ -201,6 +210,8 @@ def _monarch2_ladder(in_features: int, out_features: int) -> list[dict]:
     width = max(in_features, out_features)
     counts = []
     for k in range(1, width + 1):
+        if pads_whole_blocks(width, out_features, k) or pads_whole_blocks(width, in_features, k):
+            continue
         hidden = k * ceil_div(width, k)
         count = canonical_parameter_count(hidden, out_features, k) + canonical_parameter_count(hidden, in_features, k)
         counts.append((count, k))
