@@ -425,6 +425,10 @@ def test_size_ladders_ordered_by_parameter_count(structure):
         ladder = info.size_ladder(n_in, n_out)
         counts = [sm.core.registry.count_parameters(info, n_in, n_out, ladder[k]) for k in range(len(ladder))]
         assert counts == sorted(counts)
+    if structure == "monarch":
+        # nblocks = 9 on 64 -> 48 pads a whole block (P J = 54, Q I = 72): same class as 8, more parameters
+        assert {"nblocks": 9} not in info.size_ladder(64, 48) and {"nblocks": 8} in info.size_ladder(64, 48)
+        assert Monarch.from_dense(torch.randn(48, 64), nblocks=9).num_parameters > Monarch(64, 48, nblocks=8).num_parameters
 
 
 def test_bench_monarch_rows():
