@@ -250,11 +250,12 @@ class _CirculantKrylov(DisplacementRankMatrix):
     def _matvec_flops(self) -> int:
         real = not self.dtype.is_complex
         n, r = self.size, self.rank
-        length = convolution_length(n)
         bins = (lambda size: size // 2 + 1) if real else (lambda size: size)
-        inner = (1 + r) * fft_flops(length, real) + 6 * r * bins(length)
         outer = (r + 1) * fft_flops(n, real) + 8 * r * bins(n)
-        return inner + outer
+        if n % 2 == 0 or not real:  # negacyclic transforms of n points (ops.circulant.cyclic_transforms)
+            return outer + (1 + r) * fft_flops(n, real) + 6 * r * bins(n)
+        length = convolution_length(n)  # odd n, real: folded linear convolutions
+        return outer + (1 + r) * fft_flops(length, real) + 6 * r * bins(length)
 
     @classmethod
     def from_dense(cls, W: torch.Tensor, rank: int | None = None):

@@ -198,13 +198,58 @@ def f_circulant_krylov_multiply_reference(
     return f_circulant_multiply_reference(G, inner, f).sum(dim=1)
 
 
+def f_circulant_transposed_generator(c: torch.Tensor, f: complex) -> torch.Tensor:
+    """``c'`` with ``Z_f(c)ᵀ = Z_{1/f}(c')`` for ``|f| = 1`` (``f = ±1``):
+    ``c' = (c_0, f c_{n-1}, …, f c_1)`` (reading the first row of ``Z_f(c)`` as a column)."""
+    return torch.cat([c[..., :1], f * c[..., 1:].flip(-1)], dim=-1)
+
+
+def cyclic_transforms(f: complex, n: int, real: bool, dtype: torch.dtype, device):
+    """``(forward, inverse)`` diagonalising multiplication modulo ``Xⁿ - f`` for ``f = ±1``
+    with the fewest FFT points, or ``None`` for other ``f``:
+
+    * ``f = 1``: ``rfft``/``irfft`` (real) or ``fft``/``ifft`` of length ``n``;
+    * ``f = -1``, complex: ``fft(D x)``, ``D⁻¹ ifft(·)`` with ``D = diag(e^{iπj/n})`` (SPEC.md §4.5);
+    * ``f = -1``, real, ``n`` even: the ``n/2`` values at the roots ``e^{iπ(1-4k)/n}`` of
+      ``Xⁿ + 1`` (one of each conjugate pair) — ``fft(e^{iπl/n} (x_l + i x_{l+n/2}))``, a complex
+      FFT of ``n/2`` points, the cost of a real FFT of ``n`` (because ``ζ^{n/2} = i``); the
+      inverse unpacks ``q_l + i q_{l+n/2} = e^{-iπl/n} ifft(·)_l``.
+
+    Products of spectra are spectra of products modulo ``Xⁿ - f``; each transform costs
+    ``O(n log n)``."""
+    if f == 1:
+        if real:
+            return torch.fft.rfft, lambda s: torch.fft.irfft(s, n=n)
+        return torch.fft.fft, torch.fft.ifft
+    if f != -1 or (real and n % 2):
+        return None
+    cdtype = torch.complex64 if dtype in (torch.float32, torch.complex64) else torch.complex128
+    if not real:
+        d = torch.polar(torch.ones(n, dtype=torch.float64, device=device), torch.arange(n, dtype=torch.float64, device=device) * (math.pi / n)).to(cdtype)
+        return (lambda v: torch.fft.fft(v * d)), (lambda s: torch.fft.ifft(s) * d.conj())
+    half = n // 2
+    angle = torch.arange(half, dtype=torch.float64, device=device) * (math.pi / n)
+    twist = torch.polar(torch.ones_like(angle), angle).to(cdtype)
+
+    def forward(v):
+        return torch.fft.fft(torch.complex(v[..., :half], v[..., half:]) * twist)
+
+    def inverse(s):
+        packed = torch.view_as_real(torch.fft.ifft(s) * twist.conj())  # (..., n/2, 2)
+        return packed.transpose(-1, -2).reshape(*packed.shape[:-2], n)
+
+    return forward, inverse
+
+
 def f_circulant_krylov_multiply(G: torch.Tensor, H: torch.Tensor, x: torch.Tensor, f: complex, g: complex) -> torch.Tensor:
     """``Σ_i Z_f(g_i) Z_g(h_i)ᵀ x`` for ``G, H`` of shape ``(r, n)`` and ``x`` of shape ``(B, n)``.
 
-    Fast path: the inner products ``Z_g(h_i)ᵀ x = J Z_g(h_i) J x`` share one transform of ``Jx``
-    and need ``r`` inverse transforms; the outer sum is accumulated in the frequency domain and
-    inverted once: ``2r + 2`` real FFTs per row (lengths ``n`` for circulant factors, ``L`` for
-    the others), i.e. ``O(r n log n)`` (SPEC.md §4.10). Real FFTs for real tensors."""
+    Fast path for ``f, g ∈ {1, -1}``: ``Z_g(h)ᵀ = Z_g(h')`` (:func:`f_circulant_transposed_generator`),
+    so the inner products ``Z_g(h'_i) x`` share one transform of ``x`` and need ``r`` inverse
+    transforms; the outer sum is accumulated in the spectral domain of :func:`cyclic_transforms`
+    and inverted once: ``2r + 2`` transforms per row, each of the cost of a real FFT of ``n``
+    points for real tensors (``n`` even), i.e. ``O(r n log n)`` (SPEC.md §4.10). Other ``f, g``
+    use linear convolutions of length ``L = convolution_length(n)`` folded modulo ``Xⁿ - f``."""
     empty = _empty_rows(x, G, width=x.shape[-1])
     if empty is not None:
         return empty
@@ -212,6 +257,14 @@ def f_circulant_krylov_multiply(G: torch.Tensor, H: torch.Tensor, x: torch.Tenso
         return f_circulant_krylov_multiply_reference(G, H, x, f, g)
     n = x.shape[-1]
     real = not (G.is_complex() or H.is_complex() or x.is_complex())
+    dtype = torch.promote_types(torch.promote_types(G.dtype, H.dtype), x.dtype)
+    inner_pair = cyclic_transforms(g, n, real, dtype, x.device)
+    outer_pair = cyclic_transforms(f, n, real, dtype, x.device)
+    if inner_pair is not None and outer_pair is not None:
+        (inner_forward, inner_inverse), (outer_forward, outer_inverse) = inner_pair, outer_pair
+        transposed = f_circulant_transposed_generator(H, g)
+        inner = inner_inverse(inner_forward(x)[:, None, :] * inner_forward(transposed))  # (B, r, n)
+        return outer_inverse((outer_forward(inner) * outer_forward(G)).sum(dim=1))
     forward, inverse = (torch.fft.rfft, torch.fft.irfft) if real else (torch.fft.fft, torch.fft.ifft)
 
     def invert(spectrum, length):
