@@ -97,8 +97,12 @@ def test_sparse_topk_projection_optimal():
 
 def test_sparse_gradient_only_on_support():
     layer = sm.StructuredLinear(20, 10, "sparse", nnz=15, bias=False, dtype=torch.float64)
-    layer(torch.randn(4, 20, dtype=torch.float64)).sum().backward()
-    assert layer.matrix.values.grad.shape == (15,)
+    x = torch.randn(4, 20, dtype=torch.float64)
+    layer(x).sum().backward()
+    m = layer.matrix
+    assert m.values.grad.shape == (15,)
+    # d/dv_t sum_b (x_b M^T) = sum_b x[b, cols_t]
+    torch.testing.assert_close(m.values.grad, x[:, m.cols].sum(0), rtol=1e-12, atol=1e-12)
 
 
 def test_sparse_options_errors():

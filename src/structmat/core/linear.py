@@ -6,7 +6,6 @@ the compiler (``compile``), which sit below ``nn``, return it; ``structmat.nn`` 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 from . import registry
 from .base import StructuredMatrix
 from .errors import check_int, describe
+from .init import linear_bound, uniform_
 
 
 class StructuredLinear(nn.Module):
@@ -140,14 +140,8 @@ class StructuredLinear(nn.Module):
         return cfg
 
     def _reset_bias(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_features)
-        with torch.no_grad():
-            if self.bias.is_complex():
-                real = torch.empty(self.out_features, 2, device=self.bias.device, dtype=self.bias.real.dtype)
-                real.uniform_(-bound, bound)
-                self.bias.copy_(torch.view_as_complex(real) / math.sqrt(2))
-            else:
-                self.bias.uniform_(-bound, bound)
+        # nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in)); complex biases keep that variance
+        uniform_(self.bias, linear_bound(self.in_features))
 
     def reset_parameters(self) -> None:
         self.matrix.reset_parameters()
