@@ -65,9 +65,10 @@ def _within_block_weights(a_blocks: torch.Tensor) -> torch.Tensor:
     """``W[blk, k, j] = Π_{l=j}^{k-1} a[blk, l]`` for ``j <= k``, zero above the diagonal."""
     size = a_blocks.shape[-1]
     index = torch.arange(size, device=a_blocks.device)
-    k, j, l = index[:, None, None], index[None, :, None], index[None, None, :]
-    factors = torch.where((j <= l) & (l < k), a_blocks[:, None, None, :], torch.ones_like(a_blocks[:1, None, None, :]))
-    return factors.prod(-1) * (index[None, :] <= index[:, None])
+    # runs[blk, j, l] = Π_{j <= l' <= l} a[blk, l'] (cumulative products from each start j)
+    runs = torch.where(index[None, :] >= index[:, None], a_blocks[:, None, :], torch.ones_like(a_blocks[:1, None, :])).cumprod(-1)
+    shifted = torch.cat([torch.ones_like(runs[..., :1]), runs[..., :-1]], dim=-1)  # Π_{l'=j}^{k-1}, indexed [j, k]
+    return shifted.transpose(-1, -2) * (index[None, :] <= index[:, None])
 
 
 def _half_products(a: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
