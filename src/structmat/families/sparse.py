@@ -88,8 +88,12 @@ class Sparse(StructuredMatrix):
             nnz = flat.numel()
         else:
             nnz = resolve_nnz(in_features, out_features, nnz, density)
-            generator = torch.Generator().manual_seed(seed)
-            flat = torch.randperm(in_features * out_features, generator=generator)[:nnz].sort().values
+            if device is not None and torch.device(device).type == "meta":
+                # shapes only (parameter budgets probe many sizes): skip the O(m n) permutation
+                flat = torch.empty(nnz, dtype=torch.long, device="meta")
+            else:
+                generator = torch.Generator().manual_seed(seed)
+                flat = torch.randperm(in_features * out_features, generator=generator)[:nnz].sort().values
         super().__init__(in_features, out_features, device=device, dtype=dtype, nnz=nnz, seed=seed)
         self.nnz = nnz
         self.register_buffer("rows", (flat // in_features).to(device))
