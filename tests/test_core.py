@@ -198,3 +198,12 @@ def test_bad_input_names_the_argument():
 def test_budget_with_conflicting_fixed_option_says_why():
     with pytest.raises(ValueError, match=r"params: no member of structure 'sparse' .* options \{'density': 0.3\} \(reason: nnz/density: give at most one"):
         sm.StructuredLinear(10, 10, "sparse", params=50, density=0.3)
+
+
+def test_sparse_low_rank_iterations_validated():
+    from structmat.families.sparse_low_rank import SparseLowRank
+
+    with pytest.raises(TypeError, match="iterations"):
+        SparseLowRank.from_dense(torch.randn(6, 5, dtype=torch.float64), rank=1, nnz=3, iterations="many")
+    with pytest.raises(ValueError, match="iterations"):
+        SparseLowRank.from_dense(torch.randn(6, 5, dtype=torch.float64), rank=1, nnz=3, iterations=0)

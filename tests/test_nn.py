@@ -292,3 +292,16 @@ def test_param_groups_bad_input():
         sm.param_groups(mlp(), lr=0.1, weight_decay="0.1")
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
         sm.param_groups([1, 2], lr=0.1)
+
+
+def test_structurize_keeps_frozen_parts_frozen():
+    import torch.nn as nn
+
+    import structmat as sm
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    model[0].bias.requires_grad_(False)
+    model[2].weight.requires_grad_(False)
+    sm.structurize(model, "low_rank", rank=2)
+    assert not model[0].bias.requires_grad and all(p.requires_grad for p in model[0].matrix.parameters())
+    assert model[2].bias.requires_grad and not any(p.requires_grad for p in model[2].matrix.parameters())

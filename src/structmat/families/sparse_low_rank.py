@@ -113,6 +113,7 @@ class SparseLowRank(StructuredMatrix):
             rank = default_rank(n, m)
         rank = check_int("rank", rank, minimum=1, maximum=min(m, n))
         nnz = resolve_nnz(n, m, nnz, density)
+        iterations = check_int("iterations", iterations, minimum=1)
         if method not in ("auto", "rpca", "alternating"):
             raise ValueError(f"method: expected 'auto', 'rpca' or 'alternating', got {method!r}")
         target = W.detach()

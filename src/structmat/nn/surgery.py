@@ -266,7 +266,9 @@ def _build_layer(
         error, method = None, "reinitialised"
     layer.train(linear.training)
     if not weight.requires_grad:
-        layer.requires_grad_(False)
+        layer.matrix.requires_grad_(False)
+    if layer.bias is not None and linear.bias is not None and not linear.bias.requires_grad:
+        layer.bias.requires_grad_(False)
     return layer, method, error
 
 
