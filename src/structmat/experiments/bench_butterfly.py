@@ -3,13 +3,17 @@ and the pure-PyTorch reference (float32; issue 3's speed table).
 
 For every batch ``B`` and size ``n``: butterfly forward (fused backend), forward + backward (input
 and twiddles), the reference forward, ``torch.fft.fft`` of the same input, ``nn.Linear(n, n)``
-forward (skipped above ``n = 4096``: its weight alone is 1 GiB at 16384), and the backward's extra
-peak memory as a multiple of the input's size (input gradient + per-thread recomputation scratch +
-per-thread twiddle-gradient partials, from the kernel's allocation sizes). Ratios are measured
-side by side in one run.
+forward (skipped above ``n = 4096``: its weight alone is 1 GiB at 16384), the ``Butterfly`` layer of
+the optional package ``torch-structured`` (``pip install --no-deps torch-structured``; column
+"not installed" otherwise; ``n <= 4096``), and the backward's extra peak memory as a multiple of
+the input's size (input gradient + per-thread recomputation scratch + per-thread twiddle-gradient
+partials, from the kernel's allocation sizes). Ratios are measured side by side in one run.
 """
 
 from __future__ import annotations
+
+import logging
+import warnings
 
 import torch
 from rich.console import Console
@@ -21,6 +25,20 @@ from ..ops.butterfly_cpu import backward_extra_bytes
 from .timing import time_call, time_forward
 
 LINEAR_MAX = 4096
+#: largest n for torch-structured's (slow, pure-PyTorch on CPU) Butterfly
+PACKAGED_MAX = 4096
+
+
+def _packaged_butterfly(n: int):
+    """``torch_structured``'s ``Butterfly(n, n)`` (optional package), or ``None`` if it does not import."""
+    logging.getLogger("torch_structured").setLevel(logging.ERROR)  # its CPU-only notices
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch_structured import Butterfly as PackagedButterfly
+    except Exception:  # optional: any import failure (missing package, missing triton) skips it
+        return None
+    return PackagedButterfly(n, n, bias=False)
 
 
 def _butterfly_timings(n: int, batch: int, quick: bool) -> dict:
@@ -40,9 +58,12 @@ def _butterfly_timings(n: int, batch: int, quick: bool) -> dict:
         butterfly_multiply(tw, xg).sum().backward()
 
     both = time_call(forward_backward, repeat=repeat)
-    linear = None
+    linear = packaged = None
     if n <= LINEAR_MAX:
         linear = time_forward(torch.nn.Linear(n, n), x, repeat=repeat)
+    layer = _packaged_butterfly(n) if n <= PACKAGED_MAX else None
+    if layer is not None:
+        packaged = time_forward(layer, x, repeat=1, min_time=0.0)
     return {
         "n": n, "batch": batch, "forward_ms": 1e3 * forward, "fwd_bwd_ms": 1e3 * both,
         "reference_ms": 1e3 * reference, "fft_ms": 1e3 * fft,
@@ -50,6 +71,8 @@ def _butterfly_timings(n: int, batch: int, quick: bool) -> dict:
         "gflops": 3 * n * levels * batch / forward / 1e9,
         "speedup_vs_reference": reference / forward, "ratio_vs_fft": forward / fft,
         "speedup_vs_linear": None if linear is None else linear / forward,
+        "torch_structured_ms": None if packaged is None else 1e3 * packaged,
+        "speedup_vs_torch_structured": None if packaged is None else packaged / forward,
         "fwd_bwd_over_fwd": both / forward,
         "backward_extra_memory_x_input": backward_extra_bytes(twiddle, x[:, None]) / (x.numel() * x.element_size()),
     }
@@ -66,16 +89,18 @@ def run(console: Console | None = None, quick: bool = False) -> list[dict]:
             for n in sizes:
                 rows.append(_butterfly_timings(n, batch, quick))
     table = Table(title="butterfly forward (float32, fused CPU kernel) vs reference, torch.fft.fft, nn.Linear")
-    for column in ["B", "n", "fwd ms", "GFLOP/s", "fwd+bwd ms", "(f+b)/f", "ref ms", "× ref", "fft ms", "/fft", "Linear ms", "× Linear", "bwd mem ×x"]:
+    for column in ["B", "n", "fwd ms", "GFLOP/s", "fwd+bwd ms", "(f+b)/f", "ref ms", "× ref", "fft ms", "/fft", "Linear ms", "× Linear", "torch-structured ms", "× t-s", "bwd mem ×x"]:
         table.add_column(column, justify="right")
+    installed = _packaged_butterfly(2) is not None
     fmt = lambda v, spec=".3g": "—" if v is None else format(v, spec)  # noqa: E731
+    packaged = lambda v, spec: fmt(v, spec) if installed else "not installed"  # noqa: E731
     for r in rows:
         table.add_row(
             str(r["batch"]), str(r["n"]), fmt(r["forward_ms"]), fmt(r["gflops"], ".1f"), fmt(r["fwd_bwd_ms"]),
             fmt(r["fwd_bwd_over_fwd"], ".2f"), fmt(r["reference_ms"]), fmt(r["speedup_vs_reference"], ".1f"),
             fmt(r["fft_ms"]), fmt(r["ratio_vs_fft"], ".2f"), fmt(r["linear_ms"]), fmt(r["speedup_vs_linear"], ".1f"),
+            packaged(r["torch_structured_ms"], ".3g"), packaged(r["speedup_vs_torch_structured"], ".1f"),
             fmt(r["backward_extra_memory_x_input"], ".2f"),
         )
     console.print(table)
-    console.print("torch-structured: not installed in this environment (optional comparison omitted).")
     return rows

@@ -1,18 +1,20 @@
 """Fused Numba CPU kernels for :mod:`structmat.ops.butterfly` (SPEC.md §1.4, §4.14).
 
-Layout: the batch is cut into chunks of ``C`` rows; each chunk of one stack is copied into a
-scratch buffer ``(N, C)`` -- the batch is the contiguous (SIMD) dimension -- all factors are
-applied there while it stays in cache, and the result is copied out. Forward passes apply two
-consecutive factors at a time (radix 4: strides ``h`` and ``2h`` close a group of 4 entries), so
-the buffer is read and written ``⌈K log N / 2⌉`` times instead of ``K log N``. Chunks run in
-parallel (``numba.prange``).
+Layout: the batch is cut into chunks of ``C`` rows; each chunk of one stack is transposed (8 x 8
+register tiles) into a scratch buffer ``(N, C)`` -- the batch is the contiguous (SIMD) dimension --,
+all factors are applied there while it stays in cache, and the result is transposed back. Two
+consecutive factors (strides ``h`` and ``2h``, either order) are applied per pass (radix 4: they
+close a group of 4 entries), so the chunk is swept ``⌈K log N / 2⌉`` times instead of ``K log N``,
+ping-ponging between two buffers (in place, LLVM's run-time aliasing check fails and the loops run
+scalar). Chunks run in parallel (``numba.prange``).
 
-Backward recomputes the chunk's intermediates in a per-thread scratch of ``(K log N + 1) · N · C``
-entries, independent of the batch size, and walks the factors back: the twiddle gradient of pair
-``p`` is ``Σ_b g_b x_b^*``-style outer products of the output adjoint and the stored input pair,
-the input adjoint uses the conjugate-transposed block (SPEC.md §4.14 "Grad"). Extra training memory
-is therefore ``O(B · N)`` (the input gradient) plus per-thread scratch, never ``K log N`` copies
-of the batch.
+Backward, per chunk: recompute the forward, keeping only the input of every radix-4 step
+(``⌈K log N / 2⌉`` buffers of ``N x C``: every other level), then walk the steps back; each
+backward step recomputes its intermediate level in registers and, in one sweep, adds both factors'
+twiddle gradients (``Σ_k g_k x_k^*`` over the chunk's rows) and turns the output adjoint into the
+input adjoint with the conjugate-transposed blocks (SPEC.md §4.14 "Grad"). Extra training memory is
+the input gradient plus the workers' scratch, capped at :data:`BACKWARD_SCRATCH_X_INPUT` times the
+input (never ``K log N`` copies of the batch).
 
 Compiled signatures: one per dtype (float32/64, complex64/128) and kernel, cached on disk
 (``cache=True``).
@@ -32,13 +34,18 @@ from .backend import numpy_view
 from .butterfly import FUSED_BACKENDS, butterfly_schedule
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
-#: target size in bytes of one chunk's scratch buffer (about the L2 size)
+#: target size in bytes of one chunk's two ping-pong buffers (about the L2 size)
 CHUNK_BYTES = 1 << 20
 #: fewest rows per chunk: shorter inner loops lose more to loop overhead than large buffers to cache misses
 MIN_CHUNK = 32
-#: target size of one thread's backward scratch (all intermediates of a chunk); keeps the
-#: backward's extra memory near 2x the input at batch 256
-BACKWARD_CHUNK_BYTES = 1 << 19
+#: most bytes of one thread's backward scratch (the stored step inputs of a chunk): the L3 size --
+#: wide chunks amortise the per-pair gradient reductions, which dominate below 64 rows
+BACKWARD_CHUNK_BYTES = 32 << 20
+#: most backward scratch of all threads together, in multiples of the input's size (the input
+#: gradient and this stay within issue 3's "extra peak memory <= 3x the input")
+BACKWARD_SCRATCH_X_INPUT = 1.75
+#: fewest rows per backward chunk
+MIN_BACKWARD_CHUNK = 16
 
 
 @njit(cache=True, fastmath=_FASTMATH, inline="always")
@@ -48,9 +55,23 @@ def _entries(t, p, transposed):
     return t[p, 0, 0], t[p, 0, 1], t[p, 1, 0], t[p, 1, 1]
 
 
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _add_grad(gt, p, ga, gb, gc, gd, transposed):
+    """Add the gradient of the effective block ``[[a, b], [c, d]]`` of pair ``p`` to ``gt``."""
+    gt[p, 0, 0] += ga
+    gt[p, 1, 1] += gd
+    if transposed:
+        gt[p, 1, 0] += gb
+        gt[p, 0, 1] += gc
+    else:
+        gt[p, 0, 1] += gb
+        gt[p, 1, 0] += gc
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def _radix2(src, dst, t, h, cols, transposed):
-    """One factor of stride ``h``: ``dst[:, :cols] = factor · src[:, :cols]`` (``dst`` may be ``src``)."""
+    """One factor of stride ``h``: ``dst[:, :cols] = factor · src[:, :cols]`` (distinct arrays:
+    LLVM vectorises over ``k`` only when its run-time aliasing check passes)."""
     for p in range(src.shape[0] // 2):
         i = (p // h) * 2 * h + p % h
         j = i + h
@@ -62,107 +83,176 @@ def _radix2(src, dst, t, h, cols, transposed):
             dst[j, k] = c * lo + d * hi
 
 
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _quad(g, q, small_first):
+    """Group ``g`` of a stride pair ``{q, 2q}``: its four indices ordered so that the first factor
+    joins ``(j0, j1)``, ``(j2, j3)`` and the second ``(j0, j2)``, ``(j1, j3)``, and the pair ``p``
+    (both factors use the blocks of pairs ``p`` and ``p + q``)."""
+    i0 = (g // q) * 4 * q + g % q
+    p = (g // q) * 2 * q + g % q
+    if small_first:
+        return i0, i0 + q, i0 + 2 * q, i0 + 3 * q, p
+    return i0, i0 + 2 * q, i0 + q, i0 + 3 * q, p
+
+
 @njit(cache=True, fastmath=_FASTMATH)
-def _radix4(buf, t1, h1, t2, h2, cols, transposed):
-    """Two consecutive factors (strides ``h1`` then ``h2``, ``{h1, h2} = {q, 2q}``) in one sweep."""
+def _radix4(src, dst, t1, h1, t2, h2, cols, transposed):
+    """Two consecutive factors (strides ``h1`` then ``h2``, ``{h1, h2} = {q, 2q}``) in one sweep,
+    ``dst = F2 F1 src`` (distinct arrays, as for :func:`_radix2`)."""
     q = min(h1, h2)
     small_first = h1 == q
-    for g in range(buf.shape[0] // 4):
-        i0 = (g // q) * 4 * q + g % q
-        i1, i2, i3 = i0 + q, i0 + 2 * q, i0 + 3 * q
-        ps = (i0 // (2 * q)) * q + i0 % q  # pairs (i0, i1) = ps and (i2, i3) = ps + q of stride q
-        pl = (i0 // (4 * q)) * 2 * q + i0 % (2 * q)  # pairs (i0, i2) = pl and (i1, i3) = pl + q of stride 2q
-        if small_first:
-            a0, b0, c0, d0 = _entries(t1, ps, transposed)
-            a1, b1, c1, d1 = _entries(t1, ps + q, transposed)
-            a2, b2, c2, d2 = _entries(t2, pl, transposed)
-            a3, b3, c3, d3 = _entries(t2, pl + q, transposed)
-            for k in range(cols):
-                v0, v1, v2, v3 = buf[i0, k], buf[i1, k], buf[i2, k], buf[i3, k]
-                w0 = a0 * v0 + b0 * v1
-                w1 = c0 * v0 + d0 * v1
-                w2 = a1 * v2 + b1 * v3
-                w3 = c1 * v2 + d1 * v3
-                buf[i0, k] = a2 * w0 + b2 * w2
-                buf[i2, k] = c2 * w0 + d2 * w2
-                buf[i1, k] = a3 * w1 + b3 * w3
-                buf[i3, k] = c3 * w1 + d3 * w3
-        else:
-            a0, b0, c0, d0 = _entries(t1, pl, transposed)
-            a1, b1, c1, d1 = _entries(t1, pl + q, transposed)
-            a2, b2, c2, d2 = _entries(t2, ps, transposed)
-            a3, b3, c3, d3 = _entries(t2, ps + q, transposed)
-            for k in range(cols):
-                v0, v1, v2, v3 = buf[i0, k], buf[i1, k], buf[i2, k], buf[i3, k]
-                w0 = a0 * v0 + b0 * v2
-                w2 = c0 * v0 + d0 * v2
-                w1 = a1 * v1 + b1 * v3
-                w3 = c1 * v1 + d1 * v3
-                buf[i0, k] = a2 * w0 + b2 * w1
-                buf[i1, k] = c2 * w0 + d2 * w1
-                buf[i2, k] = a3 * w2 + b3 * w3
-                buf[i3, k] = c3 * w2 + d3 * w3
+    for g in range(src.shape[0] // 4):
+        j0, j1, j2, j3, p = _quad(g, q, small_first)
+        a0, b0, c0, d0 = _entries(t1, p, transposed)
+        a1, b1, c1, d1 = _entries(t1, p + q, transposed)
+        a2, b2, c2, d2 = _entries(t2, p, transposed)
+        a3, b3, c3, d3 = _entries(t2, p + q, transposed)
+        for k in range(cols):
+            v0, v1, v2, v3 = src[j0, k], src[j1, k], src[j2, k], src[j3, k]
+            w0 = a0 * v0 + b0 * v1
+            w1 = c0 * v0 + d0 * v1
+            w2 = a1 * v2 + b1 * v3
+            w3 = c1 * v2 + d1 * v3
+            dst[j0, k] = a2 * w0 + b2 * w2
+            dst[j2, k] = c2 * w0 + d2 * w2
+            dst[j1, k] = a3 * w1 + b3 * w3
+            dst[j3, k] = c3 * w1 + d3 * w3
 
 
-#: rows of the buffer transposed together (a tile of TILE x cols entries stays in L1)
-TILE = 16
+@njit(cache=True, fastmath=_FASTMATH)
+def _radix4_backward(act, g, t1, gt1, h1, t2, gt2, h2, cols, transposed):
+    """Backward of a radix-4 step ``F2 F1``: ``act`` its input, ``g`` the output adjoint
+    (overwritten by the input adjoint); the intermediate ``F1 act`` is recomputed in registers and
+    both factors' twiddle gradients are added to ``gt1``, ``gt2``."""
+    q = min(h1, h2)
+    small_first = h1 == q
+    for grp in range(act.shape[0] // 4):
+        j0, j1, j2, j3, p = _quad(grp, q, small_first)
+        a0, b0, c0, d0 = _entries(t1, p, transposed)
+        a1, b1, c1, d1 = _entries(t1, p + q, transposed)
+        a2, b2, c2, d2 = _entries(t2, p, transposed)
+        a3, b3, c3, d3 = _entries(t2, p + q, transposed)
+        ca0, cb0, cc0, cd0 = np.conj(a0), np.conj(b0), np.conj(c0), np.conj(d0)
+        ca1, cb1, cc1, cd1 = np.conj(a1), np.conj(b1), np.conj(c1), np.conj(d1)
+        ca2, cb2, cc2, cd2 = np.conj(a2), np.conj(b2), np.conj(c2), np.conj(d2)
+        ca3, cb3, cc3, cd3 = np.conj(a3), np.conj(b3), np.conj(c3), np.conj(d3)
+        zero = 0 * a0
+        e00 = e01 = e02 = e03 = e10 = e11 = e12 = e13 = zero
+        f00 = f01 = f02 = f03 = f10 = f11 = f12 = f13 = zero
+        for k in range(cols):
+            v0, v1, v2, v3 = act[j0, k], act[j1, k], act[j2, k], act[j3, k]
+            w0 = a0 * v0 + b0 * v1
+            w1 = c0 * v0 + d0 * v1
+            w2 = a1 * v2 + b1 * v3
+            w3 = c1 * v2 + d1 * v3
+            g0, g1, g2, g3 = g[j0, k], g[j1, k], g[j2, k], g[j3, k]
+            cw0, cw1, cw2, cw3 = np.conj(w0), np.conj(w1), np.conj(w2), np.conj(w3)
+            f00 += g0 * cw0  # second factor, pair p: (j0, j2)
+            f01 += g0 * cw2
+            f02 += g2 * cw0
+            f03 += g2 * cw2
+            f10 += g1 * cw1  # second factor, pair p + q: (j1, j3)
+            f11 += g1 * cw3
+            f12 += g3 * cw1
+            f13 += g3 * cw3
+            u0 = ca2 * g0 + cc2 * g2
+            u2 = cb2 * g0 + cd2 * g2
+            u1 = ca3 * g1 + cc3 * g3
+            u3 = cb3 * g1 + cd3 * g3
+            cv0, cv1, cv2, cv3 = np.conj(v0), np.conj(v1), np.conj(v2), np.conj(v3)
+            e00 += u0 * cv0  # first factor, pair p: (j0, j1)
+            e01 += u0 * cv1
+            e02 += u1 * cv0
+            e03 += u1 * cv1
+            e10 += u2 * cv2  # first factor, pair p + q: (j2, j3)
+            e11 += u2 * cv3
+            e12 += u3 * cv2
+            e13 += u3 * cv3
+            g[j0, k] = ca0 * u0 + cc0 * u1
+            g[j1, k] = cb0 * u0 + cd0 * u1
+            g[j2, k] = ca1 * u2 + cc1 * u3
+            g[j3, k] = cb1 * u2 + cd1 * u3
+        _add_grad(gt1, p, e00, e01, e02, e03, transposed)
+        _add_grad(gt1, p + q, e10, e11, e12, e13, transposed)
+        _add_grad(gt2, p, f00, f01, f02, f03, transposed)
+        _add_grad(gt2, p + q, f10, f11, f12, f13, transposed)
+
+
+#: side of the square tiles in which the batch <-> feature transpositions move data (registers)
+TILE = 8
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _load(buf, x, row0, cols, stack):
-    """``buf[i, k] = x[row0 + k, stack, i]`` (tiled transposition)."""
+    """``buf[i, k] = x[row0 + k, stack, i]`` for ``k < cols`` (transposition in 8 x 8 tiles)."""
     n = buf.shape[0]
-    for i0 in range(0, n, TILE):
-        i1 = min(n, i0 + TILE)
-        for k in range(cols):
-            for i in range(i0, i1):
+    k_full, i_full = cols - cols % TILE, n - n % TILE
+    for k0 in range(0, k_full, TILE):
+        for i0 in range(0, i_full, TILE):
+            for kk in range(TILE):
+                for ii in range(TILE):
+                    buf[i0 + ii, k0 + kk] = x[row0 + k0 + kk, stack, i0 + ii]
+        for i in range(i_full, n):
+            for k in range(k0, k0 + TILE):
                 buf[i, k] = x[row0 + k, stack, i]
+    for k in range(k_full, cols):
+        for i in range(n):
+            buf[i, k] = x[row0 + k, stack, i]
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _store(out, buf, row0, cols, stack, accumulate):
-    """``out[row0 + k, stack, i] (+)= buf[i, k]`` (tiled transposition)."""
+    """``out[row0 + k, stack, i] (+)= buf[i, k]`` for ``k < cols`` (transposition in 8 x 8 tiles)."""
     n = buf.shape[0]
-    for i0 in range(0, n, TILE):
-        i1 = min(n, i0 + TILE)
-        for k in range(cols):
+    k_full, i_full = cols - cols % TILE, n - n % TILE
+    for k0 in range(0, k_full, TILE):
+        for i0 in range(0, i_full, TILE):
             if accumulate:
-                for i in range(i0, i1):
-                    out[row0 + k, stack, i] += buf[i, k]
+                for kk in range(TILE):
+                    for ii in range(TILE):
+                        out[row0 + k0 + kk, stack, i0 + ii] += buf[i0 + ii, k0 + kk]
             else:
-                for i in range(i0, i1):
+                for kk in range(TILE):
+                    for ii in range(TILE):
+                        out[row0 + k0 + kk, stack, i0 + ii] = buf[i0 + ii, k0 + kk]
+        for i in range(i_full, n):
+            for k in range(k0, k0 + TILE):
+                if accumulate:
+                    out[row0 + k, stack, i] += buf[i, k]
+                else:
                     out[row0 + k, stack, i] = buf[i, k]
+    for k in range(k_full, cols):
+        for i in range(n):
+            if accumulate:
+                out[row0 + k, stack, i] += buf[i, k]
+            else:
+                out[row0 + k, stack, i] = buf[i, k]
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _run(buf, tw, blocks, levels, strides, cols, transposed):
-    """Apply the schedule to ``buf``, fusing consecutive factors of strides ``h``/``2h`` in pairs."""
-    step, steps = 0, blocks.shape[0]
-    while step < steps:
-        h1 = strides[step]
-        t1 = tw[blocks[step], levels[step]]
-        if step + 1 < steps:
-            h2 = strides[step + 1]
-            if h2 == 2 * h1 or h1 == 2 * h2:
-                _radix4(buf, t1, h1, tw[blocks[step + 1], levels[step + 1]], h2, cols, transposed)
-                step += 2
-                continue
-        _radix2(buf, buf, t1, h1, cols, transposed)
-        step += 1
+def _step_forward(src, dst, tw, blocks, levels, strides, first, size, cols, transposed):
+    """Step ``(first, size)`` of the plan (one factor, or two fused): ``dst = step · src``."""
+    t1 = tw[blocks[first], levels[first]]
+    if size == 2:
+        t2 = tw[blocks[first + 1], levels[first + 1]]
+        _radix4(src, dst, t1, strides[first], t2, strides[first + 1], cols, transposed)
+    else:
+        _radix2(src, dst, t1, strides[first], cols, transposed)
 
 
-def _forward_chunks(tw, x, out, blocks, levels, strides, transposed, chunk):
+def _forward_chunks(tw, x, out, blocks, levels, strides, firsts, sizes, transposed, chunk):
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     n_chunks = (batch + chunk - 1) // chunk
     for c in prange(n_chunks):
         row0 = c * chunk
         cols = min(chunk, batch - row0)
-        buf = np.empty((n, chunk), dtype=out.dtype)
+        bufs = np.empty((2, n, chunk), dtype=out.dtype)  # ping-pong: distinct source and target
         for s in range(stacks):
-            _load(buf, x, row0, cols, s if stacks_in > 1 else 0)
-            _run(buf, tw[s], blocks, levels, strides, cols, transposed)
-            _store(out, buf, row0, cols, s, False)
+            _load(bufs[0], x, row0, cols, s if stacks_in > 1 else 0)
+            for step in range(firsts.shape[0]):
+                _step_forward(bufs[step % 2], bufs[1 - step % 2], tw[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
+            _store(out, bufs[firsts.shape[0] % 2], row0, cols, s, False)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -188,24 +278,29 @@ def _radix2_backward(act, g, t, gt, h, cols, transposed):
             gd += gh * cxh
             g[i, k] = ca * gl + cc * gh
             g[j, k] = cb * gl + cd * gh
-        gt[p, 0, 0] += ga
-        gt[p, 1, 1] += gd
-        if transposed:
-            gt[p, 1, 0] += gb
-            gt[p, 0, 1] += gc
-        else:
-            gt[p, 0, 1] += gb
-            gt[p, 1, 0] += gc
+        _add_grad(gt, p, ga, gb, gc, gd, transposed)
 
 
-def _backward_chunks(tw, x, grad, grad_tw_parts, grad_x, blocks, levels, strides, transposed, chunk):
+@njit(cache=True, fastmath=_FASTMATH)
+def _step_backward(act, g, tw, gtw, blocks, levels, strides, first, size, cols, transposed):
+    b1, l1 = blocks[first], levels[first]
+    if size == 2:
+        b2, l2 = blocks[first + 1], levels[first + 1]
+        _radix4_backward(
+            act, g, tw[b1, l1], gtw[b1, l1], strides[first], tw[b2, l2], gtw[b2, l2], strides[first + 1], cols, transposed
+        )
+    else:
+        _radix2_backward(act, g, tw[b1, l1], gtw[b1, l1], strides[first], cols, transposed)
+
+
+def _backward_chunks(tw, x, grad, grad_tw_parts, grad_x, blocks, levels, strides, firsts, sizes, transposed, chunk):
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
-    steps = blocks.shape[0]
+    steps = firsts.shape[0]
     n_chunks = (batch + chunk - 1) // chunk
     workers = grad_tw_parts.shape[0]
     for worker in prange(workers):
-        acts = np.empty((steps + 1, n, chunk), dtype=x.dtype)
+        acts = np.empty((steps, n, chunk), dtype=x.dtype)  # the input of every step
         g = np.empty((n, chunk), dtype=x.dtype)
         gt = grad_tw_parts[worker]
         for c in range(worker, n_chunks, workers):
@@ -213,15 +308,12 @@ def _backward_chunks(tw, x, grad, grad_tw_parts, grad_x, blocks, levels, strides
             cols = min(chunk, batch - row0)
             for s in range(stacks):
                 _load(acts[0], x, row0, cols, s if stacks_in > 1 else 0)
-                for step in range(steps):
-                    _radix2(acts[step], acts[step + 1], tw[s, blocks[step], levels[step]], strides[step], cols, transposed)
+                for step in range(steps - 1):
+                    _step_forward(acts[step], acts[step + 1], tw[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
                 _load(g, grad, row0, cols, s)
                 for step in range(steps - 1, -1, -1):
-                    _radix2_backward(
-                        acts[step], g, tw[s, blocks[step], levels[step]], gt[s, blocks[step], levels[step]],
-                        strides[step], cols, transposed,
-                    )
-                _store(grad_x, g, row0, cols, s if stacks_in > 1 else 0, stacks_in == 1)
+                    _step_backward(acts[step], g, tw[s], gt[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
+                _store(grad_x, g, row0, cols, s if stacks_in > 1 else 0, stacks_in == 1 and s > 0)
 
 
 def _compiled(fn, parallel: bool):
@@ -242,21 +334,28 @@ _backward_serial = _compiled(_backward_chunks, parallel=False)
 
 @functools.lru_cache(maxsize=256)
 def _schedule_arrays(n: int, n_blocks: int, increasing_stride: bool, transpose: bool):
+    """The factors ``(blocks, levels, strides)`` in application order and the steps
+    ``(firsts, sizes)``: consecutive factors of strides ``h``, ``2h`` (either order) are fused into
+    one radix-4 step (``size`` 2), the rest run alone (``size`` 1)."""
     schedule = butterfly_schedule(n, n_blocks, increasing_stride)
     if transpose:
         schedule = schedule[::-1]
-    if not schedule:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    blocks, levels, strides = (np.ascontiguousarray(a, dtype=np.int64) for a in zip(*schedule))
-    return blocks, levels, strides
+    firsts, sizes, step = [], [], 0
+    while step < len(schedule):
+        pair = step + 1 < len(schedule) and schedule[step + 1][2] in (2 * schedule[step][2], schedule[step][2] // 2)
+        firsts.append(step)
+        sizes.append(2 if pair else 1)
+        step += sizes[-1]
+    blocks, levels, strides = ([entry[i] for entry in schedule] for i in range(3))
+    return tuple(np.array(a, dtype=np.int64) for a in (blocks, levels, strides, firsts, sizes))
 
 
-def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int) -> int:
-    """Rows per chunk: about ``budget`` bytes of scratch, at least ``minimum`` rows (long SIMD
-    loops), at most an equal share of the batch per thread (so every thread gets work)."""
-    chunk = max(minimum, budget // max(1, row_bytes))
-    share = -(-batch // numba.get_num_threads())
+def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int, workers: int) -> int:
+    """Rows per chunk: about ``budget`` bytes of scratch (rounded down to whole SIMD vectors of
+    16), at least ``minimum`` rows (long SIMD loops), at most an equal share of the batch per
+    worker (so every thread gets work)."""
+    chunk = max(minimum, budget // max(1, row_bytes) // 16 * 16)
+    share = -(-batch // workers)
     chunk = min(chunk, -(-share // 8) * 8)
     return max(1, min(chunk, batch))
 
@@ -269,29 +368,37 @@ def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_str
     out = torch.empty(batch, stacks, n, dtype=x.dtype)
     if batch == 0:
         return out
-    blocks, levels, strides = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
-    chunk = _chunk_size(batch, n * x.element_size(), CHUNK_BYTES, MIN_CHUNK)
+    plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
+    chunk = _chunk_size(batch, 2 * n * x.element_size(), CHUNK_BYTES, MIN_CHUNK, numba.get_num_threads())
     kernel = _forward_parallel if batch > chunk else _forward_serial
-    kernel(numpy_view(twiddle), numpy_view(x), out.numpy(), blocks, levels, strides, bool(transpose), chunk)
+    kernel(numpy_view(twiddle), numpy_view(x), numpy_view(out), *plan, bool(transpose), chunk)
     return out
 
 
 def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool):
-    stacks, n_blocks, _, half = twiddle.shape[:4]
+    """Schedule, chunk and worker count of the backward. Each worker holds ``steps + 1`` buffers
+    of ``N x chunk``; the chunk keeps them within :data:`BACKWARD_CHUNK_BYTES` (cache) and all
+    workers' scratch within :data:`BACKWARD_SCRATCH_X_INPUT` times the input (memory), but at least
+    :data:`MIN_BACKWARD_CHUNK`."""
+    n_blocks, _, half = twiddle.shape[1:4]
     n, batch = 2 * half, x.shape[0]
-    blocks, levels, strides = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
-    chunk = _chunk_size(batch, (len(blocks) + 2) * n * x.element_size(), BACKWARD_CHUNK_BYTES, 8)
+    plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
+    buffers = len(plan[3]) + 1
+    threads = numba.get_num_threads()
+    budget = min(BACKWARD_CHUNK_BYTES, int(BACKWARD_SCRATCH_X_INPUT * batch * n * x.element_size()) // threads)
+    chunk = _chunk_size(batch, buffers * n * x.element_size(), budget, MIN_BACKWARD_CHUNK, threads)
     n_chunks = -(-batch // chunk) if batch else 0
-    workers = max(1, min(numba.get_num_threads(), n_chunks))
-    return (blocks, levels, strides), chunk, workers
+    workers = max(1, min(threads, n_chunks))
+    return plan, chunk, workers
 
 
 def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> int:
-    """Bytes the fused backward allocates beyond its inputs: the input gradient, per-thread
-    scratch ``(K log N + 2) · N · chunk`` and per-thread twiddle-gradient partials."""
-    (blocks, _, _), chunk, workers = _backward_plan(twiddle, x, increasing_stride, False)
+    """Bytes the fused backward allocates beyond its inputs: the input gradient, per-worker
+    scratch ``(steps + 1) · N · chunk`` (``steps = ⌈K log N / 2⌉``) and per-worker
+    twiddle-gradient partials plus their sum."""
+    plan, chunk, workers = _backward_plan(twiddle, x, increasing_stride, False)
     n = 2 * twiddle.shape[3]
-    scratch = workers * (len(blocks) + 2) * n * chunk
+    scratch = workers * (len(plan[3]) + 1) * n * chunk
     return (x.numel() + scratch + (workers + 1) * twiddle.numel()) * x.element_size()
 
 
@@ -299,17 +406,16 @@ def butterfly_backward_cpu(
     twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring)."""
-    (blocks, levels, strides), chunk, workers = _backward_plan(twiddle, x, increasing_stride, transpose)
-    batch = x.shape[0]
-    parts = np.zeros((workers,) + tuple(twiddle.shape), dtype=torch.empty(0, dtype=twiddle.dtype).numpy().dtype)
-    grad_x = torch.zeros(x.shape, dtype=x.dtype)
-    if batch:
+    plan, chunk, workers = _backward_plan(twiddle, x, increasing_stride, transpose)
+    parts = torch.zeros((workers,) + tuple(twiddle.shape), dtype=twiddle.dtype)
+    grad_x = torch.empty(x.shape, dtype=x.dtype)
+    if x.shape[0]:
         kernel = _backward_parallel if workers > 1 else _backward_serial
         kernel(
-            numpy_view(twiddle), numpy_view(x), numpy_view(grad.to(x.dtype)), parts, grad_x.numpy(),
-            blocks, levels, strides, bool(transpose), chunk,
+            numpy_view(twiddle), numpy_view(x), numpy_view(grad.to(x.dtype)), numpy_view(parts), numpy_view(grad_x),
+            *plan, bool(transpose), chunk,
         )
-    return torch.from_numpy(parts.sum(0)), grad_x
+    return parts.sum(0), grad_x
 
 
 FUSED_BACKENDS["cpu"] = (butterfly_forward_cpu, butterfly_backward_cpu)
