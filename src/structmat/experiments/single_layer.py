@@ -26,7 +26,7 @@ from rich.table import Table
 
 from ..core import StructuredLinear
 from ..core.errors import check_choice, check_int
-from .harness import budget_options, progress_bar, seed_everything, trainable_structures
+from .harness import budget_options, progress_bar, representative_structures, seed_everything, torch_threads, trainable_structures
 
 TEACHERS = ("dft_real", "hadamard", "sparse_circuit", "gaussian")
 ACTIVATIONS = {"tanh": torch.tanh, "identity": lambda z: z}
@@ -83,24 +83,25 @@ class SingleLayerConfig:
     """Settings of :func:`single_layer_experiment` (``quick()`` / ``full()`` give the presets)."""
 
     n: int = 64
-    budget: float = 0.25
+    budget: float = 0.375
     teachers: tuple[str, ...] = TEACHERS
     structures: tuple[str, ...] | None = None
     activation: str = "tanh"
     steps: int = 400
     batch: int = 64
-    lr: float = 1e-2
+    lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     test_size: int = 1024
     curve_points: int = 20
     seed: int = 0
+    threads: int | None = 1
 
     @classmethod
     def quick(cls, **overrides) -> "SingleLayerConfig":
-        return cls(**{"n": 32, "steps": 500, **overrides})
+        return cls(**{"steps": 400, "lrs": (1e-2, 3e-2), "structures": ("dense", *representative_structures()), **overrides})
 
     @classmethod
     def full(cls, **overrides) -> "SingleLayerConfig":
-        return cls(**{"n": 64, "steps": 3000, "curve_points": 40, **overrides})
+        return cls(**{"n": 128, "budget": 0.25, "steps": 3000, "curve_points": 40, **overrides})
 
 
 @dataclass
@@ -111,6 +112,7 @@ class SingleLayerRun:
     structure: str
     options: dict
     parameters: int
+    lr: float
     steps: list[int]
     test_loss: list[float]
     test_error: float
@@ -122,6 +124,7 @@ class SingleLayerRun:
             "teacher": self.teacher,
             "structure": self.structure,
             "parameters": self.parameters,
+            "lr": self.lr,
             "test_error": self.test_error,
             "weight_error": self.weight_error,
             "seconds": self.seconds,
@@ -150,8 +153,11 @@ class SingleLayerResult:
 
 
 def _train_student(
-    teacher: torch.Tensor, structure: str, options: dict, config: SingleLayerConfig, seed: int
-) -> SingleLayerRun:
+    teacher: torch.Tensor, structure: str, options: dict, config: SingleLayerConfig, seed: int, lr: float
+) -> tuple[SingleLayerRun, float]:
+    """Adam with learning rate ``lr`` (cosine decay) on fresh Gaussian minibatches; the loss curve
+    is the relative error ``E|g(Wx) - y|² / E|y|²`` on ``config.test_size`` held-out inputs.
+    Returns the run and its final error on separate validation inputs (for choosing ``lr``)."""
     n = config.n
     g = ACTIVATIONS[config.activation]
     W_star = teacher.to(torch.float32)
@@ -160,20 +166,20 @@ def _train_student(
     y_test = g(x_test @ W_star.T)
     seed_everything(seed)
     student = StructuredLinear(n, n, structure, bias=False, **options)
-    optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     checkpoints = set(np.linspace(0, config.steps, config.curve_points + 1).round().astype(int).tolist())
 
-    def test_loss() -> float:
+    def relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(torch.mean((g(student(x_test)) - y_test) ** 2) / torch.mean(y_test**2))
+            return float(torch.mean((g(student(x)) - y) ** 2) / torch.mean(y**2))
 
     steps, losses = [], []
     start = time.perf_counter()
     for step in range(config.steps + 1):
         if step in checkpoints:
             steps.append(step)
-            losses.append(test_loss())
+            losses.append(relative_error(x_test, y_test))
         if step == config.steps:
             break
         x = torch.randn(config.batch, n, generator=data)
@@ -183,19 +189,31 @@ def _train_student(
         optimizer.step()
         schedule.step()
     seconds = time.perf_counter() - start
+    x_valid = torch.randn(config.test_size, n, generator=data)
     with torch.no_grad():
         weight_error = float(torch.linalg.norm(student.to_dense().double() - teacher) / torch.linalg.norm(teacher))
-    return SingleLayerRun(
+    run = SingleLayerRun(
         teacher="",
         structure=structure,
         options=dict(student.options),
         parameters=student.num_parameters,
+        lr=lr,
         steps=steps,
         test_loss=losses,
         test_error=losses[-1],
         weight_error=weight_error,
         seconds=seconds,
     )
+    return run, relative_error(x_valid, g(x_valid @ W_star.T))
+
+
+def _best_student(teacher: torch.Tensor, structure: str, options: dict, config: SingleLayerConfig, seed: int) -> SingleLayerRun:
+    """The run of the learning rate in ``config.lrs`` with the lowest error on validation inputs
+    (drawn apart from the training and test inputs); ``seconds`` adds up all the runs."""
+    trials = [_train_student(teacher, structure, options, config, seed, lr) for lr in config.lrs]
+    best, _ = min(trials, key=lambda trial: trial[1])
+    best.seconds = sum(run.seconds for run, _ in trials)
+    return best
 
 
 def plan_students(config: SingleLayerConfig) -> tuple[list[tuple[str, dict]], dict[str, str]]:
@@ -221,14 +239,15 @@ def single_layer_experiment(config: SingleLayerConfig | None = None, progress=No
     check_choice("activation", config.activation, sorted(ACTIVATIONS))
     plans, skipped = plan_students(config)
     runs = []
-    for t, teacher_name in enumerate(config.teachers):
-        teacher = teacher_matrix(teacher_name, config.n, seed=config.seed + 1000 * t)
-        for structure, options in plans:
-            run = _train_student(teacher, structure, options, config, seed=config.seed + t)
-            run.teacher = teacher_name
-            runs.append(run)
-            if progress:
-                progress(f"{teacher_name}/{structure}")
+    with torch_threads(config.threads):
+        for t, teacher_name in enumerate(config.teachers):
+            teacher = teacher_matrix(teacher_name, config.n, seed=config.seed + 1000 * t)
+            for structure, options in plans:
+                run = _best_student(teacher, structure, options, config, seed=config.seed + t)
+                run.teacher = teacher_name
+                runs.append(run)
+                if progress:
+                    progress(f"{teacher_name}/{structure}")
     return SingleLayerResult(config, runs, skipped)
 
 
