@@ -33,6 +33,8 @@ from ..core.base import StructuredMatrix
 from ..core.dtypes import complex_dtype, real_dtype, resolve_dtype
 from ..core.errors import check_finite, check_int, check_matrix, describe
 from ..core.linear import StructuredLinear
+from ..families.bp import BP
+from .batched_bp import fit_bp
 from .real_part import RealPart
 
 
@@ -261,6 +263,9 @@ def fit(
         :class:`FitResult` with ``layer``, ``rmse`` and ``history``.
 
     Cost: per step one ``to_dense`` of the family and its backward (``O(out·in)`` memory).
+    ``bp`` with learned permutations (and no ``warm_start``) trains all restarts in one batched
+    pass and rounds the gates after 60 % of the steps (:func:`structmat.fit.batched_bp.fit_bp`);
+    ``patience`` does not apply there.
     """
     T = check_finite("target", check_matrix("target", target)).detach()
     info = registry.get(structure)
@@ -292,9 +297,16 @@ def fit(
 
     show = console is not None and console.is_terminal if progress is None else bool(progress)
     start = time.perf_counter()
+    layers = [build_layer(info.name, in_features, out_features, dtype, seed + r, params, **options) for r in range(restarts)]
+    if isinstance(layers[0].matrix, BP) and layers[0].matrix.permutation == "learned" and warm is None and steps > 0:
+        # BP with learnable permutations: all restarts in one batched pass, gates rounded half-way
+        layer, value, history, restart_rmse, best = fit_bp(
+            T, [l.matrix for l in layers], learning_rates, steps, float(tol), lbfgs_steps, real_part=real_part, seed=seed,
+        )
+        return FitResult(layer=layer, rmse=value, history=history, restart_rmse=restart_rmse, restart_lr=learning_rates,
+                         best_restart=best, seconds=time.perf_counter() - start, converged=value < tol)
     trials: list[_Trial] = []
-    for restart, trial_lr in enumerate(learning_rates):
-        layer = build_layer(info.name, in_features, out_features, dtype, seed + restart, params, **options)
+    for restart, (trial_lr, layer) in enumerate(zip(learning_rates, layers)):
         if warm is not None and restart == 0:
             layer.matrix.load_state_dict(warm.state_dict())
         if real_part:
