@@ -207,7 +207,7 @@ def recover(
 
     settings = recovery.FitSettings(bp_permutation=bp_permutation)
     if quick:
-        settings = recovery.FitSettings(steps=600, trials=2, bp_permutation=bp_permutation)
+        settings = recovery.FitSettings(steps=600, other_steps=300, bp_permutation=bp_permutation)
     recovery.run(
         console=console, quick=quick, full=full, out=out, workers=workers, settings=settings,
         targets=tuple(target) if target else recovery.TARGETS,
@@ -234,6 +234,53 @@ def project_model(
     except (ValueError, TypeError) as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2)
+
+
+train_app = typer.Typer(no_args_is_help=True, help="Training experiments: single-layer, MNIST-1D, language model, MiniLM compression.")
+app.add_typer(train_app, name="train")
+_TRAIN_OUT = typer.Option(Path("structmat-report"), "--out", help="Directory for <experiment>.json and <experiment>.png.")
+_TRAIN_FULL = typer.Option(False, "--full", help="Run the full preset (every family, more steps/seeds) instead of the quick one.")
+_TRAIN_SEED = typer.Option(0, "--seed", help="Random seed (runs are deterministic for a seed on CPU).")
+
+
+@train_app.command("single-layer")
+def train_single_layer(out: Path = _TRAIN_OUT, full: bool = _TRAIN_FULL, seed: int = _TRAIN_SEED) -> None:
+    """The survey's single-layer network y = g(Wx): which families learn which teachers."""
+    from .report.training import run_training
+
+    run_training("single-layer", quick=not full, out_dir=out, console=console, seed=seed)
+
+
+@train_app.command("mnist1d")
+def train_mnist1d(
+    out: Path = _TRAIN_OUT,
+    full: bool = _TRAIN_FULL,
+    seeds: int = typer.Option(0, "--seeds", help="Number of seeds (0: the preset's)."),
+    steps: int = typer.Option(0, "--steps", help="Training steps (0: the preset's)."),
+) -> None:
+    """MNIST-1D MLP with structured hidden layers: test accuracy vs parameters (dense first)."""
+    from .report.training import run_training
+
+    overrides = {"seeds": tuple(range(seeds))} if seeds else {}
+    if steps:
+        overrides["steps"] = steps
+    run_training("mnist1d", quick=not full, out_dir=out, console=console, **overrides)
+
+
+@train_app.command("lm")
+def train_lm(out: Path = _TRAIN_OUT, full: bool = _TRAIN_FULL, seed: int = _TRAIN_SEED) -> None:
+    """Byte-level transformer on the standard library's source with structured FFN layers."""
+    from .report.training import run_training
+
+    run_training("lm", quick=not full, out_dir=out, console=console, seed=seed)
+
+
+@train_app.command("compress")
+def train_compress(out: Path = _TRAIN_OUT, full: bool = _TRAIN_FULL) -> None:
+    """Project every linear layer of pretrained all-MiniLM-L6-v2 onto each family; embedding cosine."""
+    from .report.training import run_training
+
+    run_training("compress", quick=not full, out_dir=out, console=console)
 
 
 def main() -> None:

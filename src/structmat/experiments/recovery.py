@@ -40,7 +40,9 @@ from rich.table import Table
 from ..core import registry
 from ..core.errors import check_choice, check_int
 from ..core.sizes import is_power_of_two
-from ..fit import fit, project, rmse
+from ..fit import FitResult, fit, project, rmse
+from ..fit.batched_bp import fit_bp
+from ..fit.fitting import build_layer, trial_learning_rates
 from .outputs import figure_writer, json_writer, markdown_table, text_writer, write_outputs
 
 TARGETS = ("dft", "dct", "dst", "hadamard", "hartley", "convolution", "legendre", "hilbert", "randn")
@@ -50,6 +52,9 @@ FAST_TARGETS = ("dft", "dct", "dst", "hadamard", "hartley", "convolution")
 COMPLEX_MODEL = ("dft", "dct", "dst", "hartley", "convolution")
 #: BP modules of the paper's model per target (SPEC.md §7.4)
 BP_MODULES = {"dct": 2, "dst": 2, "convolution": 2}
+#: modules whose butterfly is frozen at the identity: ``B · P₂ · P₁``, "BP with an additional
+#: learnable permutation factor" (SPEC.md §7.4), stored as a ``bp`` member with ``n_modules=2``
+IDENTITY_BUTTERFLIES = {"dct": (0,), "dst": (0,)}
 LEARNED = ("bp", "butterfly", "kaleidoscope")
 BASELINES = ("low_rank", "sparse", "sparse_low_rank")
 STRUCTURES = LEARNED + BASELINES
@@ -113,10 +118,17 @@ def target_matrix(name: str, n: int, seed: int = 0) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FitSettings:
-    """Optimisation budget of every learned fit (see :func:`structmat.fit.fit`)."""
+    """Optimisation budget of every learned fit (see :func:`structmat.fit.fit`).
+
+    ``bp`` fits run ``bp_trials[n]`` restarts batched (:func:`structmat.fit.batched_bp.fit_bp`),
+    with Gaussian-probe loss estimates (``bp_probes`` vectors) from ``n >= probe_from``, ``steps``
+    Adam steps; the other learned structures (comparisons) run ``trials`` restarts of
+    ``other_steps`` steps one by one.
+    """
 
     steps: int = 1500
-    trials: int = 4
+    trials: int = 2
+    other_steps: int = 600
     lr_low: float = 3e-3
     lr_high: float = 3e-2
     lbfgs_steps: int = 100
@@ -124,6 +136,12 @@ class FitSettings:
     tol: float = 1e-5
     seed: int = 0
     bp_permutation: str = "learned"
+    bp_trials: tuple = ((8, 16), (16, 16), (32, 16), (64, 8), (128, 4), (256, 4), (512, 2), (1024, 2))
+    bp_probes: int = 16
+    probe_from: int = 64
+
+    def trials_for(self, n: int) -> int:
+        return dict(self.bp_trials).get(n, min(count for _, count in self.bp_trials))
 
 
 @dataclass
@@ -151,7 +169,8 @@ def learned_model(structure: str, target: str, bp_permutation: str = "learned") 
     complex_model = target in COMPLEX_MODEL
     if structure == "bp":
         modules = BP_MODULES.get(target, 1)
-        return ("BPBP" if modules == 2 else "BP"), {"n_modules": modules, "permutation": bp_permutation, "init": "ortho"}, complex_model
+        label = "BPP" if target in IDENTITY_BUTTERFLIES else "BPBP" if modules == 2 else "BP"
+        return label, {"n_modules": modules, "permutation": bp_permutation, "init": "ortho"}, complex_model
     if structure == "butterfly":
         return "B", {"init": "ortho"}, complex_model
     if structure == "kaleidoscope":
@@ -194,11 +213,21 @@ def fit_one(target_name: str, n: int, structure: str, settings: FitSettings) -> 
     real_part = complex_model and not T.is_complex()
     dtype = torch.complex128 if complex_model else torch.float64
     start = time.perf_counter()
-    result = fit(
-        T, structure, steps=settings.steps, lr=(settings.lr_low, settings.lr_high), seed=settings.seed,
-        tol=settings.tol, restarts=settings.trials, lbfgs_steps=settings.lbfgs_steps, patience=settings.patience,
-        dtype=dtype, real_part=real_part, progress=False, **options,
-    )
+    if structure == "bp" and settings.bp_permutation == "learned":
+        trials = settings.trials_for(n)
+        layers = [build_layer("bp", n, n, dtype, settings.seed + r, None, **options).matrix for r in range(trials)]
+        layer, value, history, restart_rmse, best = fit_bp(
+            T, layers, trial_learning_rates((settings.lr_low, settings.lr_high), trials, settings.seed), settings.steps,
+            settings.tol, settings.lbfgs_steps, real_part=real_part, identity_butterflies=IDENTITY_BUTTERFLIES.get(target_name, ()),
+            seed=settings.seed, probes=settings.bp_probes if n >= settings.probe_from else None,
+        )
+        result = FitResult(layer, value, history, restart_rmse, trial_learning_rates((settings.lr_low, settings.lr_high), trials, settings.seed), best)
+    else:
+        result = fit(
+            T, structure, steps=settings.other_steps, lr=(settings.lr_low, settings.lr_high), seed=settings.seed,
+            tol=settings.tol, restarts=settings.trials, lbfgs_steps=settings.lbfgs_steps, patience=settings.patience,
+            dtype=dtype, real_part=real_part, progress=False, **options,
+        )
     matrix = result.layer.matrix
     base = getattr(matrix, "base", matrix)
     mass, hard = permutation_mass(base)
@@ -361,7 +390,7 @@ def run(
     if sizes is None:
         sizes = (8, 16, 32) if quick else FULL_SIZES if full else DEFAULT_SIZES
     if settings is None:
-        settings = FitSettings(steps=600, trials=2) if quick else FitSettings()
+        settings = FitSettings(steps=600, other_steps=300) if quick else FitSettings()
     start = time.perf_counter()
     rows = run_recovery(targets, sizes, structures, settings, workers, console)
     seconds = time.perf_counter() - start
