@@ -65,12 +65,14 @@ def block_diagonal_to_dense(blocks: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- Monarch / BTT
-# Layout of the fast path. Batched matmuls want the batch-of-blocks index outermost and a
-# unit-stride last dimension; their results are written straight into batch-major buffers
-# (``out=`` a transposed view), and the reshape--transpose between the two factors is one cheap
-# copy that swaps two index groups inside each row (an m×m tile per row, in cache) instead of a
-# cache-hostile 3-D transpose. Backward passes reuse the opposite direction's kernel for the
-# input gradient (SPEC.md §2.3).
+# Layout of the fast path. Each direction is two batched matmuls and one reshape--transpose copy.
+# The factor that reads the batch-major input computes the *transposed* products
+# (``z_qᵀ = R_q x_qᵀ``, a feature-major ``(blocks, rows, B)`` result): BLAS reads ``x`` through a
+# transposed view and the result, viewed with the other block index outermost, is already a
+# unit-stride operand of the second matmul -- no copy between the factors. The one copy swaps
+# two index groups inside each batch row (an ``m × m`` tile per row, in cache): on the output of
+# the forward, on the input of the transpose. Backward passes reuse the opposite direction's
+# kernel for the input gradient (SPEC.md §2.3) and its intermediates for the weight gradients.
 
 
 def _bmm_batch_major(blocks_first: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -88,33 +90,38 @@ def _swap_groups(rows: torch.Tensor, first: int, second: int, rank: int) -> torc
     return rows.reshape(rows.shape[0], first, second, rank).transpose(1, 2).contiguous()
 
 
+def _regroup(feature_major: torch.Tensor, outer: int, inner: int, rank: int) -> torch.Tensor:
+    """``(outer, inner·rank, B)`` -> ``(inner, outer·rank, B)`` (entry ``[o, (i, a), b]`` to
+    ``[i, (o, a), b]``): a view for ``rank = 1``, otherwise a copy of unit-stride batch rows."""
+    batch = feature_major.shape[-1]
+    return feature_major.reshape(outer, inner, rank, batch).transpose(0, 1).reshape(inner, outer * rank, batch)
+
+
 def _monarch_forward_fast(x, left, right, finish: bool = True):
-    """``(x Mᵀ, x in block layout (Q, B, I), intermediate (B, J, Q r))``; ``finish=False``
-    skips the second factor (returns ``None`` for the product: backward passes that only need
-    the intermediate)."""
+    """``(x Mᵀ, intermediate zᵀ as (J, Q r, B))``; ``finish=False`` skips the second factor
+    (returns ``None`` for the product: backward passes that only need the intermediate)."""
     J, P, Q, r = left.shape
     I = right.shape[-1]
     batch = x.shape[0]
-    xq = x.reshape(batch, Q, I).transpose(0, 1)
-    z = _bmm_batch_major(xq, right.reshape(Q, J * r, I).transpose(1, 2))  # (B, Q, J r)
-    z = _swap_groups(z, Q, J, r).reshape(batch, J, Q * r)
+    z = torch.bmm(right.reshape(Q, J * r, I), x.reshape(batch, Q, I).permute(1, 2, 0))  # (Q, J r, B)
+    z = _regroup(z, Q, J, r)  # (J, Q r, B)
     if not finish:
-        return None, xq, z
-    out = _bmm_batch_major(z.transpose(0, 1), left.reshape(J, P, Q * r).transpose(1, 2))  # (B, J, P)
-    return _swap_groups(out, J, P, 1).reshape(batch, P * J), xq, z
+        return None, z
+    out = _bmm_batch_major(z.transpose(1, 2), left.reshape(J, P, Q * r).transpose(1, 2))  # (B, J, P)
+    return _swap_groups(out, J, P, 1).reshape(batch, P * J), z
 
 
 def _monarch_transpose_fast(y, left, right, finish: bool = True):
-    """``(y M, y in block layout (J, B, P), intermediate (B, Q, J r))``; ``finish`` as above."""
+    """``(y M, y in block layout (B, J, P), intermediate wᵀ as (Q, J r, B))``; ``finish`` as above."""
     J, P, Q, r = left.shape
     I = right.shape[-1]
     batch = y.shape[0]
-    yj = _swap_groups(y, P, J, 1).reshape(batch, J, P).transpose(0, 1)  # (J, B, P) view
-    w = _bmm_batch_major(yj, left.reshape(J, P, Q * r))  # (B, J, Q r)
-    w = _swap_groups(w, J, Q, r).reshape(batch, Q, J * r)
+    yj = _swap_groups(y, P, J, 1).reshape(batch, J, P)
+    w = torch.bmm(left.reshape(J, P, Q * r).transpose(1, 2), yj.permute(1, 2, 0))  # (J, Q r, B)
+    w = _regroup(w, J, Q, r)  # (Q, J r, B)
     if not finish:
         return None, yj, w
-    out = _bmm_batch_major(w.transpose(0, 1), right.reshape(Q, J * r, I))  # (B, Q, I)
+    out = _bmm_batch_major(w.transpose(1, 2), right.reshape(Q, J * r, I))  # (B, Q, I)
     return out.reshape(batch, Q * I), yj, w
 
 
@@ -124,8 +131,7 @@ class _MonarchMultiply(torch.autograd.Function):
 
     @staticmethod
     def forward(x, left, right):
-        y, _, z = _monarch_forward_fast(x, left, right)
-        return y, z
+        return _monarch_forward_fast(x, left, right)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -141,10 +147,9 @@ class _MonarchMultiply(torch.autograd.Function):
         I = right.shape[-1]
         batch = x.shape[0]
         # grad_x = grad_y · conj(M): the transpose-mode kernel with conjugated factors
-        grad_x, gy, gz = _monarch_transpose_fast(grad_y, left.conj(), right.conj(), finish=ctx.needs_input_grad[0])
-        grad_left = torch.bmm(gy.transpose(1, 2), z.transpose(0, 1).conj())  # (J, P, Q r)
-        xq = x.reshape(batch, Q, I).transpose(0, 1)
-        grad_right = torch.bmm(gz.transpose(0, 1).transpose(1, 2), xq.conj())  # (Q, J r, I)
+        grad_x, gy, gw = _monarch_transpose_fast(grad_y, left.conj(), right.conj(), finish=ctx.needs_input_grad[0])
+        grad_left = torch.bmm(gy.permute(1, 2, 0), z.transpose(1, 2).conj())  # (J, P, Q r)
+        grad_right = torch.bmm(gw, x.reshape(batch, Q, I).transpose(0, 1).conj())  # (Q, J r, I)
         return grad_x, grad_left.reshape(left.shape), grad_right.reshape(right.shape)
 
 
@@ -167,11 +172,12 @@ class _MonarchMultiplyTranspose(torch.autograd.Function):
     def backward(ctx, grad_x, _grad_w):
         y, left, right, w = ctx.saved_tensors
         J, P, Q, r = left.shape
+        I = right.shape[-1]
         batch = y.shape[0]
-        grad_y, gxq, gz = _monarch_forward_fast(grad_x, left.conj(), right.conj(), finish=ctx.needs_input_grad[0])
-        grad_right = torch.bmm(w.transpose(0, 1).transpose(1, 2).conj(), gxq)  # (Q, J r, I)
-        yj = y.reshape(batch, P, J).permute(2, 0, 1)  # (J, B, P)
-        grad_left = torch.bmm(yj.transpose(1, 2).conj(), gz.transpose(0, 1))  # (J, P, Q r)
+        grad_y, gz = _monarch_forward_fast(grad_x, left.conj(), right.conj(), finish=ctx.needs_input_grad[0])
+        grad_right = torch.bmm(w.conj(), grad_x.reshape(batch, Q, I).transpose(0, 1))  # (Q, J r, I)
+        yj = y.reshape(batch, P, J).permute(2, 1, 0)  # (J, P, B)
+        grad_left = torch.bmm(yj.conj(), gz.transpose(1, 2))  # (J, P, Q r)
         return grad_y, grad_left.reshape(left.shape), grad_right.reshape(right.shape)
 
 
