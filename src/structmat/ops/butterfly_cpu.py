@@ -36,8 +36,11 @@ from .butterfly import FUSED_BACKENDS, butterfly_schedule
 _FASTMATH = {"reassoc", "contract", "nsz"}
 #: target size in bytes of one chunk's two ping-pong buffers (about the L2 size)
 CHUNK_BYTES = 1 << 20
-#: fewest rows per chunk: shorter inner loops lose more to loop overhead than large buffers to cache misses
-MIN_CHUNK = 32
+#: fewest rows per chunk: shorter inner loops lose more to the per-group set-up (twiddle loads, the
+#: run-time aliasing check, the vector loop's prologue and remainder) than large buffers to cache
+#: misses -- single-threaded, batch 256: 32 -> 96 rows takes n = 4096 from 1.24 to 0.97 ms and
+#: n = 16384 from 6.8 to 4.9 ms, even though the two buffers then spill L2 into L3
+MIN_CHUNK = 96
 #: most bytes of one thread's backward scratch (the stored step inputs of a chunk): the L3 size --
 #: wide chunks amortise the per-pair gradient reductions, which dominate below 64 rows
 BACKWARD_CHUNK_BYTES = 32 << 20
