@@ -48,7 +48,7 @@ def families() -> None:
 @app.command()
 def tour(
     out: Path = typer.Option(Path("structmat-report"), "--out", help="Output directory of the report."),
-    full: bool = typer.Option(False, "--full", help="Run the full (slower) version of every step."),
+    full: bool = typer.Option(False, "--full/--quick", help="--quick (default): a few minutes on two cores; --full: larger sizes, every family trained."),
 ) -> None:
     """The main job: run every building block on defaults and write an HTML + JSON report."""
     from .report.tour import run_tour
