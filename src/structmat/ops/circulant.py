@@ -235,10 +235,20 @@ def cyclic_transforms(f: complex, n: int, real: bool, dtype: torch.dtype, device
         return torch.fft.fft(torch.complex(v[..., :half], v[..., half:]) * twist)
 
     def inverse(s):
-        packed = torch.view_as_real(torch.fft.ifft(s) * twist.conj())  # (..., n/2, 2)
+        packed = torch.view_as_real(torch.fft.ifft(s).mul_(twist.conj()))  # (..., n/2, 2); in place: no new buffer
         return packed.transpose(-1, -2).reshape(*packed.shape[:-2], n)
 
     return forward, inverse
+
+
+def _spectral_dot(spectra: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``Σ_i spectra[:, i] ⊙ weights[i]`` for ``spectra`` ``(B, r, F)``, ``weights`` ``(r, F)``:
+    accumulated term by term into one ``(B, F)`` buffer (no ``(B, r, F)`` product to allocate, write
+    and re-read: the sum is memory-bound)."""
+    total = spectra[:, 0] * weights[0]
+    for i in range(1, spectra.shape[1]):
+        total = total.addcmul_(spectra[:, i], weights[i])
+    return total
 
 
 def f_circulant_krylov_multiply(G: torch.Tensor, H: torch.Tensor, x: torch.Tensor, f: complex, g: complex) -> torch.Tensor:
@@ -264,7 +274,7 @@ def f_circulant_krylov_multiply(G: torch.Tensor, H: torch.Tensor, x: torch.Tenso
         (inner_forward, inner_inverse), (outer_forward, outer_inverse) = inner_pair, outer_pair
         transposed = f_circulant_transposed_generator(H, g)
         inner = inner_inverse(inner_forward(x)[:, None, :] * inner_forward(transposed))  # (B, r, n)
-        return outer_inverse((outer_forward(inner) * outer_forward(G)).sum(dim=1))
+        return outer_inverse(_spectral_dot(outer_forward(inner), outer_forward(G)))
     forward, inverse = (torch.fft.rfft, torch.fft.irfft) if real else (torch.fft.fft, torch.fft.ifft)
 
     def invert(spectrum, length):
