@@ -80,6 +80,7 @@ class CharTransformer(nn.Module):
     def __init__(self, structure: str, ffn_options: tuple[dict, dict], width: int = 128, layers: int = 2, heads: int = 4, context: int = 128) -> None:
         super().__init__()
         self.embed = nn.Embedding(256, width)
+        nn.init.normal_(self.embed.weight, std=0.02)  # small, as in GPT-2: the tied head starts near uniform
         self.position = nn.Parameter(torch.zeros(context, width))
         nn.init.normal_(self.position, std=0.02)
         self.blocks = nn.ModuleList(_Block(width, heads, structure, ffn_options) for _ in range(layers))
