@@ -20,7 +20,7 @@ SPEC.md §2.3) and each weight gradient one batched matmul, so fwd+bwd costs thr
 training memory stays ``O(batch · (Q I + J Q r + P J))``.
 
 Each op has a reference written with ``torch.einsum`` (it reads like the formulas above) and a
-fast path written with ``torch.bmm`` on batch-second layouts, chosen by
+fast path written with ``torch.bmm`` on block-outermost layouts (see "Layout" below), chosen by
 :func:`structmat.ops.backend.choose`; the two agree to rounding (tests/test_monarch.py).
 """
 
