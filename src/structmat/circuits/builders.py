@@ -20,7 +20,7 @@ import torch
 from ..core.errors import check_int, check_matrix, describe
 from ..core.sizes import log2_exact, next_power_of_two
 from ..ops.permutation import bit_reversal_permutation
-from .linear import LinearCircuit, _sum_terms
+from .linear import LinearCircuit, _set_outputs_with_zero, _sum_terms
 
 
 def _root_of_unity(k: int, n: int, inverse: bool) -> complex:
@@ -127,16 +127,7 @@ def _convolution(n_inputs: int, kernel: list[complex], first_output: int, n_outp
     spectrum = _fft_stages(circuit, [padded[order[i]] for i in range(size)], inverse=False)
     factors = [complex(spectrum_kernel[order[i]]) for i in range(size)]
     product = _fft_stages(circuit, [spectrum[order[i]] for i in range(size)], inverse=True, scale=factors)
-    outputs = []
-    zero = None
-    for q in range(first_output, first_output + n_outputs):
-        if product[q] is None:
-            if zero is None:
-                zero = circuit.add(0, 0, 0.0, 0.0)
-            outputs.append(zero)
-        else:
-            outputs.append(product[q])
-    return circuit.set_outputs(outputs)
+    return _set_outputs_with_zero(circuit, product[first_output : first_output + n_outputs])
 
 
 def _vector(name: str, values: Any) -> list[complex]:

@@ -277,16 +277,7 @@ class LinearCircuit:
             if value[v] is not None:
                 for src, lam in self.edges(v):
                     terms[src].append((value[v], lam))
-        outputs = []
-        zero = None
-        for i in range(self._n_inputs):
-            if value[i] is None:
-                if zero is None:
-                    zero = result.add(0, 0, 0.0, 0.0)
-                outputs.append(zero)
-            else:
-                outputs.append(value[i])
-        return result.set_outputs(outputs)
+        return _set_outputs_with_zero(result, value[: self._n_inputs])
 
     # ------------------------------------------------------------------ layered form
     def to_layered_sparse(self, padded_size: int | None = None, dtype: torch.dtype | None = None) -> LayeredSparse:
@@ -386,6 +377,20 @@ class LinearCircuit:
             circuit._append(a, b, check_constant(f"gates[{k}][2]", gate[2]), check_constant(f"gates[{k}][3]", gate[3]))
         circuit.set_outputs(data["outputs"])
         return circuit
+
+
+def _set_outputs_with_zero(circuit: LinearCircuit, gates: list[int | None]) -> LinearCircuit:
+    """``circuit.set_outputs(gates)``, where every ``None`` (an identically zero output) becomes
+    one shared zero gate ``0·g_0 + 0·g_0``, added only if some output needs it."""
+    zero = None
+    outputs = []
+    for gate in gates:
+        if gate is None:
+            if zero is None:
+                zero = circuit.add(0, 0, 0.0, 0.0)
+            gate = zero
+        outputs.append(gate)
+    return circuit.set_outputs(outputs)
 
 
 def _sum_terms(circuit: LinearCircuit, terms: list[tuple[int, float | complex]]) -> int | None:
