@@ -80,6 +80,7 @@ def test_random_circuit_exact_size_depth_and_evaluation(n, extra, depth, seed, c
     c = sm.circuits.random(n, size, depth, seed, complex_constants=complex_constants)
     assert c.size == size and c.depth == depth
     assert sum(len(layer) for layer in c.layers()) == size and len(c.layers()) == depth + 1
+    assert all(c.gate_depth(g) == k for k, layer in enumerate(c.layers()) for g in layer)
     M = c.to_matrix()
     x = torch.randn(3, 2, n, dtype=torch.float64)
     assert rel_error(c.evaluate(x), x.to(M.dtype) @ M.T) <= 1e-12

@@ -157,6 +157,17 @@ def test_structured_linear_api():
         sm.StructuredLinear.from_matrix(torch.randn(3, 3))
 
 
+def test_apply_transpose_and_adjoint_modes():
+    matrix = sm.StructuredLinear(5, 7, "low_rank", rank=2, bias=False, dtype=torch.complex128).matrix
+    M = matrix.to_dense()
+    y = torch.randn(3, 2, 7, dtype=torch.complex128)
+    assert rel_error(matrix.apply_transpose(y), y @ M) <= 1e-12
+    assert rel_error(matrix.apply_adjoint(y), y @ M.conj()) <= 1e-12
+    real = sm.StructuredLinear(5, 7, "low_rank", rank=2, bias=False, dtype=torch.float64).matrix
+    y = torch.randn(4, 7, dtype=torch.float64)
+    assert rel_error(real.apply_adjoint(y), y @ real.to_dense()) <= 1e-12
+
+
 def test_from_dense_rejects_non_matrix():
     from structmat.families.dense import Dense
 

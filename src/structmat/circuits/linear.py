@@ -148,6 +148,7 @@ class LinearCircuit:
         return self._left[k], self._right[k], self._left_coef[k], self._right_coef[k]
 
     def gate_depth(self, g: int) -> int:
+        """Depth of gate ``g``: 0 for an input, else 1 + the larger depth of its two operands (SPEC.md §2.1)."""
         return self._depth[check_gate("g", g, self.size)]
 
     def layers(self) -> list[list[int]]:
