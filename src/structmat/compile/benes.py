@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.sizes import log2_exact
+from ..ops.permutation import bit_reversal_permutation
 
 IDENTITY = np.array([[1.0, 0.0], [0.0, 1.0]])
 SWAP = np.array([[0.0, 1.0], [1.0, 0.0]])
@@ -20,14 +21,6 @@ def pair_low_index(n: int, stride: int) -> np.ndarray:
     """Low index ``i(p) = ⌊p/h⌋·2h + (p mod h)`` of every pair ``p`` of stride ``h`` (SPEC.md §1.4)."""
     p = np.arange(n // 2)
     return (p // stride) * 2 * stride + p % stride
-
-
-def bit_reverse(values: np.ndarray, bits: int) -> np.ndarray:
-    """``br_bits`` applied entrywise (SPEC.md §1.3)."""
-    result = np.zeros_like(values)
-    for bit in range(bits):
-        result |= ((values >> bit) & 1) << (bits - 1 - bit)
-    return result
 
 
 def benes_switches(perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,10 +84,9 @@ def benes_unit_bstar_b(perm: np.ndarray) -> np.ndarray:
     second, with ``P_σ = (dec half)·(inc half)``. Obtained by routing ``σ' = br∘σ∘br`` and
     conjugating every stage by ``P_br`` (stride ``h ↦ n/2h``, pair ``p ↦ br_{k−1}(p)``)."""
     n = perm.shape[0]
-    k = log2_exact(n, "n")
-    reverse_n = bit_reverse(np.arange(n), k)
+    reverse_n = bit_reversal_permutation(n).numpy()  # validates n = 2^k
     routed = benes_unit(reverse_n[perm[reverse_n]])
-    reverse_pairs = bit_reverse(np.arange(n // 2), k - 1)
+    reverse_pairs = bit_reversal_permutation(n // 2).numpy()
     conjugated = np.empty_like(routed)
     conjugated[:, :, reverse_pairs] = routed
     return conjugated
