@@ -47,7 +47,7 @@ from ..core.errors import check_choice, check_int, describe
 from ..core.linear import StructuredLinear
 from ..core.sizes import is_power_of_two, log2_exact, next_power_of_two
 from ..ops.butterfly import butterfly_multiply
-from ..ops.permutation import bit_reversal_permutation, check_permutation, invert_permutation
+from ..ops.permutation import bit_reversal_permutation, check_permutation, even_reversed_odd_permutation, invert_permutation
 from ..ops.twiddle import fft_twiddle, hadamard_twiddle
 from .butterfly import Butterfly
 from .kaleidoscope import Kaleidoscope
@@ -242,12 +242,6 @@ def _layer(matrix) -> StructuredLinear:
     return StructuredLinear.from_matrix(matrix)
 
 
-def _even_reversed_odd(n: int) -> torch.Tensor:
-    """``P'`` of SPEC.md §6: ``(x_0, x_2, x_4, …, then the odd entries in decreasing order)``."""
-    index = torch.arange(n)
-    return torch.cat([index[0::2], index[1::2].flip(0)])
-
-
 # ----------------------------------------------------------------------------- Fourier family
 def dft(n: int, inverse: bool = False, normalized: bool = False, *, dtype=None, device=None) -> StructuredLinear:
     """The DFT ``F_n[j, k] = e^{-2πi jk/n}`` (``numpy.fft.fft``), any ``n >= 1`` (SPEC.md §6.1--6.2).
@@ -291,7 +285,7 @@ def _cosine_pipeline(n: int, type: int, norm, sine: bool) -> dict:
     """
     k = torch.arange(n, dtype=torch.float64)
     half_shift = torch.polar(2 * torch.ones(n, dtype=torch.float64), -math.pi * k / (2 * n))  # 2e^{-iπk/2n}
-    even_odd = _even_reversed_odd(n)
+    even_odd = even_reversed_odd_permutation(n)
     reverse = torch.arange(n).flip(0)
     signs = (-1.0) ** k
     ortho = torch.full((n,), math.sqrt(1 / (2 * n)), dtype=torch.float64)

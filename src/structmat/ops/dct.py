@@ -33,6 +33,7 @@ from ..core.dtypes import complex_dtype
 from ..core.errors import describe
 from .backend import choose, numpy_view
 from .numba_rows import PARALLEL_MIN_ELEMENTS, row_kernel
+from .permutation import even_reversed_odd_permutation
 
 __all__ = ["dct2", "dct3", "dct2_reference", "dct3_reference", "dct_flops"]
 
@@ -45,11 +46,6 @@ def _check_input(x: torch.Tensor) -> int:
     if not (x.is_floating_point() or x.is_complex()):
         raise TypeError(f"x: expected a floating-point or complex tensor, got {describe(x)}")
     return x.shape[-1]
-
-
-def _even_reversed_odd(n: int, device) -> torch.Tensor:
-    """Indices of ``P'``: ``(0, 2, 4, …, then the odd indices in decreasing order)``."""
-    return torch.cat((torch.arange(0, n, 2, device=device), torch.arange(1, n, 2, device=device).flip(0)))
 
 
 def _ortho_scale(n: int, dtype, device) -> torch.Tensor:
@@ -66,7 +62,7 @@ def _split_complex(fn, x: torch.Tensor) -> torch.Tensor:
 
 def _dct2_real_reference(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
-    v = x[..., _even_reversed_odd(n, x.device)]
+    v = x[..., even_reversed_odd_permutation(n, x.device)]
     half = torch.fft.rfft(v, dim=-1)
     full = torch.cat((half, half[..., 1 : n - n // 2].flip(-1).conj()), dim=-1)
     k = torch.arange(n, dtype=x.dtype, device=x.device)
@@ -83,7 +79,7 @@ def _dct3_real_reference(y: torch.Tensor) -> torch.Tensor:
     V = U * torch.polar(torch.ones_like(k), math.pi * k / (2 * n))
     v = torch.fft.irfft(V, n=n, dim=-1)
     x = torch.empty_like(v)
-    return x.index_copy(-1, _even_reversed_odd(n, y.device), v)
+    return x.index_copy(-1, even_reversed_odd_permutation(n, y.device), v)
 
 
 def dct2_reference(x: torch.Tensor) -> torch.Tensor:

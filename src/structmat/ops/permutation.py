@@ -35,6 +35,13 @@ def bit_reversal_permutation(n: int, device=None) -> torch.Tensor:
     return result
 
 
+def even_reversed_odd_permutation(n: int, device=None) -> torch.Tensor:
+    """``P'`` of the DCT via the FFT (SPEC.md §6): ``(0, 2, 4, …, then the odd indices in
+    decreasing order)``, e.g. ``n = 6`` gives ``(0, 2, 4, 5, 3, 1)``; any ``n >= 1``."""
+    index = torch.arange(n, device=device)
+    return torch.cat([index[0::2], index[1::2].flip(0)])
+
+
 def check_permutation(name: str, perm) -> torch.Tensor:
     """Validate a permutation vector of ``[n]`` and return it as a ``LongTensor``.
 
