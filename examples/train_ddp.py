@@ -69,7 +69,7 @@ def main() -> None:
 
     torch.manual_seed(args.seed)  # identical initialisation on every rank
     model = make_model(args.width)
-    summary = sm.structurize(model, args.structure, include=["0", "2"], project=False, params=args.params)
+    model, summary = sm.structurize(model, args.structure, include=["0", "2"], project=False, params=args.params, return_summary=True)
     model = distribute(model.to(device), args.strategy)
     optimizer = torch.optim.AdamW(sm.param_groups(model, lr=args.lr, weight_decay=args.weight_decay))
     if rank == 0:

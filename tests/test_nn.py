@@ -71,7 +71,7 @@ def test_dense_surgery_leaves_outputs_unchanged():
     model = mlp()
     x = torch.randn(7, 20, dtype=torch.float64)
     before = model(x)
-    summary = sm.structurize(model, "dense")
+    _, summary = sm.structurize(model, "dense", return_summary=True)
     assert isinstance(summary, SurgerySummary) and summary.model is model
     assert summary.replaced == ["0", "2", "4"]
     assert all(isinstance(model[i], StructuredLinear) for i in (0, 2, 4))
@@ -84,7 +84,7 @@ def test_dense_surgery_leaves_outputs_unchanged():
 def test_low_rank_budget_projection_and_counts():
     model = mlp()
     weights = {name: m.weight.detach().clone() for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    summary = sm.structurize(model, "low_rank", params=0.25)
+    _, summary = sm.structurize(model, "low_rank", params=0.25, return_summary=True)
     assert summary.params_after < summary.params_before
     assert summary.flops_after < summary.flops_before
     for report in summary.layers:
@@ -102,7 +102,7 @@ def test_low_rank_budget_projection_and_counts():
 
 def test_project_false_reinitialises_fresh_layers():
     model = mlp()
-    summary = sm.structurize(model, "low_rank", project=False, rank=2)
+    _, summary = sm.structurize(model, "low_rank", project=False, rank=2, return_summary=True)
     assert [layer.method for layer in summary.layers] == ["reinitialised"] * 3
     assert all(layer.rel_error is None for layer in summary.layers) and summary.max_rel_error is None
     assert model[0].options == {"rank": 2} and model[0].dtype == torch.float64
@@ -110,11 +110,11 @@ def test_project_false_reinitialises_fresh_layers():
 
 def test_family_without_closed_form_is_fitted_and_fixed_family_is_built():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)).double()
-    summary = sm.structurize(model, "kaleidoscope", include="0", projection={"steps": 200, "lbfgs_steps": 0})
+    _, summary = sm.structurize(model, "kaleidoscope", include="0", projection={"steps": 200, "lbfgs_steps": 0}, return_summary=True)
     report = summary.layers[0]
     assert report.method.startswith("fit") and report.rel_error < 0.99
     assert isinstance(model[0], StructuredLinear) and model[0].structure == "kaleidoscope"
-    fixed = sm.structurize(model, "permutation", include="2")
+    _, fixed = sm.structurize(model, "permutation", include="2", return_summary=True)
     assert fixed.layers[0].method == "reinitialised" and fixed.layers[0].params_after == 0
     with pytest.raises(TypeError, match="projection: expected a dict"):
         sm.structurize(model, "low_rank", projection=5)
@@ -122,7 +122,7 @@ def test_family_without_closed_form_is_fitted_and_fixed_family_is_built():
 
 def test_include_exclude_patterns_and_predicate():
     model = BertLike()
-    summary = sm.structurize(model, "low_rank", include=["*.intermediate.dense", "*.output.dense"], exclude="encoder.layer.1.*", rank=3)
+    _, summary = sm.structurize(model, "low_rank", include=["*.intermediate.dense", "*.output.dense"], exclude="encoder.layer.1.*", rank=3, return_summary=True)
     # glob "*" crosses dots, as in fnmatch: "*.output.dense" also matches the attention output
     assert summary.replaced == [
         "encoder.layer.0.attention.output.dense",
@@ -130,7 +130,7 @@ def test_include_exclude_patterns_and_predicate():
         "encoder.layer.0.output.dense",
     ]
     assert isinstance(model.encoder.layer[1].intermediate.dense, nn.Linear)
-    summary = sm.structurize(model, "sparse", include=lambda name, m: name.endswith((".query", ".key")), density=0.5)
+    _, summary = sm.structurize(model, "sparse", include=lambda name, m: name.endswith((".query", ".key")), density=0.5, return_summary=True)
     assert summary.replaced == [f"encoder.layer.{i}.attention.{p}" for i in (0, 1) for p in ("query", "key")]
     ids = torch.randint(0, 50, (3, 6))
     assert model(ids).shape == (3, 6, 16)
@@ -140,7 +140,7 @@ def test_huggingface_style_model_with_dense_is_unchanged():
     model = BertLike().double()
     ids = torch.randint(0, 50, (2, 5))
     before = model(ids)
-    summary = sm.structurize(model, "dense")
+    _, summary = sm.structurize(model, "dense", return_summary=True)
     assert len(summary.layers) == 12  # 6 Linear per layer
     torch.testing.assert_close(model(ids), before, rtol=1e-12, atol=1e-12)
 
@@ -150,7 +150,7 @@ def test_transformer_encoder_skips_out_proj_and_keeps_outputs():
     x = torch.randn(3, 5, 16)
     with torch.no_grad():
         before = model(x)  # PyTorch's fused fast path
-    summary = sm.structurize(model, "dense")
+    _, summary = sm.structurize(model, "dense", return_summary=True)
     assert summary.replaced == [f"layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)]
     assert [name for name, _ in summary.skipped] == ["layers.0.self_attn.out_proj", "layers.1.self_attn.out_proj"]
     assert "multi_head_attention_forward" in summary.skipped[0][1]
@@ -162,7 +162,7 @@ def test_transformer_encoder_skips_out_proj_and_keeps_outputs():
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
     assert masked.shape == (3, 5, 16)
     model = transformer().eval()
-    low = sm.structurize(model, "low_rank", include="layers.*.linear*", rank=4)
+    _, low = sm.structurize(model, "low_rank", include="layers.*.linear*", rank=4, return_summary=True)
     with torch.no_grad():  # low_rank has no .weight: the fused paths would raise AttributeError
         assert model(x).shape == (3, 5, 16)
         assert model(x, src_key_padding_mask=mask).shape == (3, 5, 16)
@@ -172,7 +172,7 @@ def test_transformer_encoder_skips_out_proj_and_keeps_outputs():
 def test_explicitly_included_unsupported_layer_warns():
     model = transformer()
     with pytest.warns(UserWarning, match="out_proj"):
-        summary = sm.structurize(model, "low_rank", include="*.out_proj")
+        _, summary = sm.structurize(model, "low_rank", include="*.out_proj", return_summary=True)
     assert summary.layers == [] and len(summary.skipped) == 2
 
 
@@ -186,7 +186,7 @@ def test_tied_weights_are_skipped():
             self.head.weight = self.embed.weight
 
     model = TiedLM()
-    summary = sm.structurize(model, "low_rank", rank=2)
+    _, summary = sm.structurize(model, "low_rank", rank=2, return_summary=True)
     assert summary.replaced == ["hidden"]
     assert summary.skipped[0][0] == "head" and "tied to embed" in summary.skipped[0][1]
     assert model.head.weight is model.embed.weight
@@ -195,7 +195,7 @@ def test_tied_weights_are_skipped():
 def test_pattern_matching_nothing_warns_with_existing_names():
     model = mlp()
     with pytest.warns(UserWarning, match=r"'decoder\.\*' matches no nn\.Linear layer; the nn\.Linear layers are: 0, 2, 4"):
-        summary = sm.structurize(model, "low_rank", include="decoder.*")
+        _, summary = sm.structurize(model, "low_rank", include="decoder.*", return_summary=True)
     assert summary.layers == [] and isinstance(model[0], nn.Linear)
 
 
@@ -221,7 +221,7 @@ def test_bad_arguments():
 
 def test_root_linear_frozen_and_training_mode_are_kept():
     linear = nn.Linear(12, 9).double().eval().requires_grad_(False)
-    summary = sm.structurize(linear, "low_rank", rank=9)
+    _, summary = sm.structurize(linear, "low_rank", rank=9, return_summary=True)
     layer = summary.model
     assert isinstance(layer, StructuredLinear) and not layer.training
     assert all(not p.requires_grad for p in layer.parameters())
@@ -305,3 +305,12 @@ def test_structurize_keeps_frozen_parts_frozen():
     sm.structurize(model, "low_rank", rank=2)
     assert not model[0].bias.requires_grad and all(p.requires_grad for p in model[0].matrix.parameters())
     assert model[2].bias.requires_grad and not any(p.requires_grad for p in model[2].matrix.parameters())
+
+
+def test_structurize_returns_the_model_as_in_design():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    out = sm.structurize(model, "low_rank", rank=2)
+    assert out is model and isinstance(model[0], StructuredLinear)
+    assert model.structurize_summary.replaced == ["0", "2"]
+    x = torch.randn(3, 8)
+    assert out(x).shape == (3, 4)

@@ -156,7 +156,7 @@ def compress_experiment(config: CompressConfig | None = None, progress=None) -> 
                 start = time.perf_counter()
                 compressed = copy.deepcopy(model)
                 try:
-                    summary = structurize(compressed, structure, include="encoder.*", params=budget, projection=dict(config.projection))
+                    compressed, summary = structurize(compressed, structure, include="encoder.*", params=budget, projection=dict(config.projection), return_summary=True)
                 except ValueError as exc:
                     skipped[f"{structure}@{budget}"] = str(exc).split("\n")[0]
                     if progress:

@@ -26,7 +26,7 @@ the flag only selects the fused kernel; the regular path keeps using ``layer.act
 Example::
 
     >>> model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
-    >>> summary = structurize(model, "low_rank", params=0.25)
+    >>> model, summary = structurize(model, "low_rank", params=0.25, return_summary=True)
     >>> print(summary)          # per-layer error, parameters and flops before/after
 """
 
@@ -280,8 +280,9 @@ def structurize(
     project: bool = True,
     params: int | float | None = None,
     projection: dict | None = None,
+    return_summary: bool = False,
     **options: Any,
-) -> SurgerySummary:
+) -> nn.Module | tuple[nn.Module, SurgerySummary]:
     """Replace ``nn.Linear`` layers of ``model`` (in place) by ``StructuredLinear(structure)``.
 
     Args:
@@ -303,9 +304,14 @@ def structurize(
             form, or ``from_dense`` arguments of the family.
         **options: family options (``rank=``, ``nblocks=``, ...), the same for every layer.
 
+        return_summary: also return the :class:`SurgerySummary`.
+
     Returns:
-        a :class:`SurgerySummary` (layers replaced, per-layer error, parameters and flops before
-        and after, skipped layers and why).
+        the model (changed in place; a bare ``nn.Linear`` comes back as its replacement), as in
+        DESIGN.md §2's ``model = sm.structurize(model, ...)``; with ``return_summary=True`` the
+        pair ``(model, summary)`` -- the summary lists the layers replaced, per-layer errors,
+        parameters and flops before and after, and the skipped layers with reasons. The summary
+        of the last call is also kept on the model as ``model.structurize_summary``.
 
     Raises:
         ValueError: no family member fits ``params`` for some layer, or a projection fails --
@@ -398,4 +404,5 @@ def structurize(
         setattr(parents[parent_name], child, layer)
     _disable_fused_fast_paths(summary.model, {name for name, _, _ in built})
     summary.params_after = trainable_parameters(summary.model)
-    return summary
+    summary.model.structurize_summary = summary
+    return (summary.model, summary) if return_summary else summary.model
