@@ -136,7 +136,8 @@ class FitSettings:
     tol: float = 1e-5
     seed: int = 0
     bp_permutation: str = "learned"
-    bp_trials: tuple = ((8, 16), (16, 16), (32, 16), (64, 8), (128, 4), (256, 4), (512, 2), (1024, 2))
+    bp_trials: tuple = ((8, 16), (16, 16), (32, 16), (64, 8), (128, 8), (256, 8), (512, 4), (1024, 4))
+    bp_logit_scale: float = 1.0
     bp_probes: int = 16
     probe_from: int = 64
 
@@ -219,7 +220,7 @@ def fit_one(target_name: str, n: int, structure: str, settings: FitSettings) -> 
         layer, value, history, restart_rmse, best = fit_bp(
             T, layers, trial_learning_rates((settings.lr_low, settings.lr_high), trials, settings.seed), settings.steps,
             settings.tol, settings.lbfgs_steps, real_part=real_part, identity_butterflies=IDENTITY_BUTTERFLIES.get(target_name, ()),
-            seed=settings.seed, probes=settings.bp_probes if n >= settings.probe_from else None,
+            seed=settings.seed, probes=settings.bp_probes if n >= settings.probe_from else None, logit_scale=settings.bp_logit_scale,
         )
         result = FitResult(layer, value, history, restart_rmse, trial_learning_rates((settings.lr_low, settings.lr_high), trials, settings.seed), best)
     else:

@@ -225,7 +225,7 @@ def fit_bp(
     real_part: bool = False,
     identity_butterflies: tuple[int, ...] = (),
     relaxed_fraction: float = 0.6,
-    logit_scale: float = 0.0,
+    logit_scale: float = 1.0,
     seed: int = 0,
     probes: int | None = None,
 ):
@@ -235,8 +235,10 @@ def fit_bp(
     ``steps`` Adam steps in all, the first ``relaxed_fraction`` with relaxed gates, the rest with
     rounded, frozen gates; successive halving keeps the better half of the restarts
     ``1 + ceil(log2 R)`` times, evenly spaced; L-BFGS (``lbfgs_steps``) polishes the survivor.
-    ``logit_scale > 0`` draws the initial gate logits i.i.d. ``N(0, logit_scale²)`` from ``seed``
-    (different starting permutations per restart) instead of the layers' zeros. ``probes``: Adam
+    ``logit_scale > 0`` (default 1) draws the initial gate logits i.i.d. ``N(0, logit_scale²)`` from
+    ``seed``, so every restart starts leaning towards a different permutation (measured: DFT n = 32,
+    12 single restarts, 4 vs 3 successes; DCT n = 8, 4 vs 3); ``0`` keeps the layers' zeros (every
+    gate at 1/2). ``probes``: Adam
     steps use the unbiased loss estimate of ``probes`` Gaussian input vectors (``R·probes·N log N``
     per step instead of ``R·N² log N``); the exact loss is evaluated every 25 steps (history,
     halving, early stop).
