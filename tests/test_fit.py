@@ -134,3 +134,17 @@ def test_init_of_another_family_rejected():
     other = sm.StructuredLinear(6, 6, "dense", bias=False, dtype=torch.float64)
     with pytest.raises(ValueError, match="warm_start"):
         sm.fit(T, "low_rank", warm_start=other)
+
+
+def test_real_part_fit_round_trips_through_checkpoints(tmp_path):
+    import scipy.fft
+
+    import numpy as np
+
+    target = torch.as_tensor(scipy.fft.dct(np.eye(8), type=2, norm="ortho", axis=0))
+    result = sm.fit(target, "butterfly", steps=30, seed=0, real_part=True)
+    model = torch.nn.Sequential(result.layer)
+    sm.save(model, tmp_path / "fit.safetensors")
+    fresh = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    sm.load(tmp_path / "fit.safetensors", fresh)
+    assert torch.equal(fresh[0].to_dense(), result.layer.to_dense())

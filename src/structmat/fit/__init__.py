@@ -10,6 +10,6 @@
 
 from .fitting import FitResult, fit, rmse
 from .projection import ProjectionResult, project, relative_error
-from .real_part import RealPart
+from ..core.compose import RealPart
 
 __all__ = ["FitResult", "ProjectionResult", "RealPart", "fit", "project", "relative_error", "rmse"]

@@ -37,7 +37,7 @@ from ..core.dtypes import real_dtype
 from ..core.linear import StructuredLinear
 from ..families.bp import BP
 from ..ops.permutation import _RELAXED_GENERATORS, relaxed_permutation_levels
-from .real_part import RealPart
+from ..core.compose import RealPart
 
 #: logit magnitude of a rounded gate: ``sigmoid(20) = 1 − 2.1·10⁻⁹``
 ROUNDED_LOGIT = 20.0

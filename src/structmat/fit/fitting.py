@@ -35,7 +35,7 @@ from ..core.errors import check_finite, check_int, check_matrix, describe
 from ..core.linear import StructuredLinear
 from ..families.bp import BP
 from .batched_bp import fit_bp
-from .real_part import RealPart
+from ..core.compose import RealPart
 
 
 @dataclass
