@@ -41,7 +41,7 @@ def families() -> None:
     for column in ["family", "parameters", "matvec flops", "projection", "description"]:
         table.add_column(column)
     for info in registry.all_infos():
-        table.add_row(info.name, info.params_formula, info.flops_formula, "yes" if info.has_projection else "fit", info.description)
+        table.add_row(info.name, info.params_formula, info.flops_formula, "yes" if info.has_projection else "fit", info.description.replace("``", ""))
     console.print(table)
 
 

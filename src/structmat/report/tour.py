@@ -52,7 +52,7 @@ def step_families(report: Report, console: Console) -> None:
             "parameters": info.params_formula,
             "matvec flops": info.flops_formula,
             "projection": info.has_projection,
-            "description": info.description,
+            "description": info.description.replace("``", ""),
         }
         for info in registry.all_infos()
     ]
