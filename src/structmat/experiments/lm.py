@@ -30,6 +30,7 @@ from rich.table import Table
 from torch import nn
 
 from ..core import StructuredLinear, registry
+from ..nn.surgery import trainable_parameters
 from .harness import budget_options, progress_bar, seed_everything, torch_threads
 
 DEFAULT_STRUCTURES = ("dense", "monarch", "butterfly", "low_rank")
@@ -221,7 +222,7 @@ def _train_one(structure: str, options: tuple[dict, dict], train: torch.Tensor, 
     return LMRun(
         structure=structure,
         options=[dict(model.blocks[0].ffn_in.options), dict(model.blocks[0].ffn_out.options)],
-        parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        parameters=trainable_parameters(model),
         ffn_parameters=model.ffn_parameters(),
         steps=steps,
         seconds=seconds,

@@ -25,6 +25,7 @@ from rich.table import Table
 from torch import nn
 
 from ..core import StructuredLinear
+from ..nn.surgery import trainable_parameters
 from .harness import budget_options, progress_bar, representative_structures, seed_everything, torch_threads, trainable_structures
 
 PAPER_DENSE_MLP_ACCURACY = 0.68
@@ -64,10 +65,6 @@ def mlp(structure: str, hidden: int, options: tuple[dict, dict], inputs: int = 4
         nn.ReLU(),
         nn.Linear(hidden, classes),
     )
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @dataclass
@@ -220,7 +217,7 @@ def _train_one(structure: str, budget: float, options: tuple[dict, dict], seed: 
         budget=budget,
         seed=seed,
         options=[dict(layer.options) for layer in structured],
-        parameters=count_parameters(model),
+        parameters=trainable_parameters(model),
         hidden_parameters=sum(layer.num_parameters for layer in structured),
         train_accuracy=train,
         test_accuracy=test,

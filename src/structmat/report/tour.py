@@ -29,7 +29,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from .. import __version__  # noqa: E402
@@ -39,10 +38,6 @@ from ..experiments.speed import speed_table  # noqa: E402
 from ..experiments.harness import progress_bar, torch_threads  # noqa: E402
 from . import plots  # noqa: E402
 from .html import Report  # noqa: E402
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console)
 
 
 def step_families(report: Report, console: Console) -> None:
@@ -63,9 +58,8 @@ def step_families(report: Report, console: Console) -> None:
 
 def step_projection(report: Report, console: Console, n: int, budget: float) -> None:
     infos = [i for i in registry.all_infos() if i.has_projection and "fixed" not in i.tags]
-    with _progress(console) as progress:
-        task = progress.add_task("projecting test matrices", total=3 * len(infos))
-        rows = projection_table(n=n, budget=budget, progress=lambda _: progress.advance(task))
+    with progress_bar(console, "projecting test matrices", 3 * len(infos)) as advance:
+        rows = projection_table(n=n, budget=budget, progress=advance)
     report.heading(f"Projection onto each family ({int(budget * 100)} % of the dense parameters, n = {n})")
     report.paragraph(
         "Relative Frobenius error ||W - P(W)|| / ||W|| of the closed-form projection of locally generated "
@@ -92,9 +86,8 @@ def step_projection(report: Report, console: Console, n: int, budget: float) -> 
 
 def step_speed(report: Report, console: Console, n: int, batch: int) -> None:
     infos = registry.all_infos()
-    with _progress(console) as progress:
-        task = progress.add_task(f"timing families at n={n}", total=len(infos))
-        rows = speed_table(n=n, batch=batch, progress=lambda _: progress.advance(task))
+    with progress_bar(console, f"timing families at n={n}", len(infos)) as advance:
+        rows = speed_table(n=n, batch=batch, progress=advance)
     data = [r.to_dict() for r in rows]
     report.heading(f"Speed against nn.Linear (n = {n}, batch {batch}, float32, forward)")
     report.table(data, ["structure", "parameters", "flops", "seconds", "dense_seconds", "speedup"], highlight={"speedup": lambda v: v >= 1})
