@@ -99,7 +99,7 @@ class SparseLowRank(StructuredMatrix):
         nnz: int | None = None,
         density: float | None = None,
         method: str = "auto",
-        iterations: int = 50,
+        iterations: int = 25,
     ) -> "SparseLowRank":
         """Approximate ``W`` by ``S + U V^T`` within the rank and nonzero budgets.
 
@@ -121,7 +121,7 @@ class SparseLowRank(StructuredMatrix):
         if method in ("auto", "alternating"):
             candidates["alternating"] = alternating_projection(target, rank, nnz, torch.zeros_like(target), iterations)
         if method in ("auto", "rpca"):
-            _, sparse0 = robust_pca(target, max_iter=100)
+            _, sparse0 = robust_pca(target, max_iter=30)
             candidates["rpca"] = alternating_projection(target, rank, nnz, sparse0, iterations)
         name = min(candidates, key=lambda k: candidates[k][2])
         sparse_part, low_part, error = candidates[name]
