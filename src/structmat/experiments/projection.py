@@ -8,14 +8,13 @@ trained layer). Real pretrained weights are projected by ``structmat project-mod
 
 from __future__ import annotations
 
-import inspect
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from ..core import registry
+from ..fit import project
 
 
 def test_matrices(n: int = 256, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -52,16 +51,13 @@ def projection_table(n: int = 256, budget: float = 0.25, progress=None) -> list[
             if not info.has_projection or "fixed" in info.tags:
                 continue
             try:
-                options = registry.options_for_budget(info.name, n, n, budget, dtype=W.dtype)
+                # sm.project: the closed form, guarded so that it is never worse than zero
+                result = project(W, info.name, params=budget, method="closed_form")
             except ValueError:
+                if progress:
+                    progress(f"{matrix_name}/{info.name} skipped")
                 continue
-            accepted = inspect.signature(info.cls.from_dense).parameters
-            options = {k: v for k, v in options.items() if k in accepted}
-            start = time.perf_counter()
-            layer = info.cls.from_dense(W, **options)
-            seconds = time.perf_counter() - start
-            with torch.no_grad():
-                err = float(torch.linalg.norm(layer.to_dense() - W) / torch.linalg.norm(W))
+            layer, err, seconds = result.layer, result.rel_error, result.seconds
             rows.append(ProjectionRow(matrix_name, info.name, layer.num_parameters, n * n, err, seconds))
             if progress:
                 progress(f"{matrix_name}/{info.name}")
