@@ -263,3 +263,17 @@ def test_bp_logits_get_a_larger_learning_rate():
     bp = BP(16, 16)
     rates = {p.shape: group["lr"] for group in sm.param_groups(torch.nn.Sequential(bp), lr=0.1) for p in group["params"]}
     assert rates == {bp.logits.shape: 1.0, bp.twiddle.shape: 0.1}
+
+
+@pytest.mark.parametrize("n", [256, 1024, 4096, 16384])
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_fused_backward_memory_within_three_inputs(n, threads, monkeypatch):
+    """Issue 3: the fused backward's allocations (input gradient, per-thread scratch, twiddle
+    partials) stay within 3x the input at batch 256, whatever the thread count."""
+    butterfly_cpu = pytest.importorskip("structmat.ops.butterfly_cpu")
+    monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: threads)
+    levels = n.bit_length() - 1
+    twiddle = torch.empty(1, 1, levels, n // 2, 2, 2, device="meta")
+    x = torch.empty(256, 1, n, device="meta")
+    extra = butterfly_cpu.backward_extra_bytes(twiddle, x)
+    assert extra <= 3 * x.numel() * x.element_size()
