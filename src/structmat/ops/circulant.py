@@ -241,6 +241,23 @@ def cyclic_transforms(f: complex, n: int, real: bool, dtype: torch.dtype, device
     return forward, inverse
 
 
+#: bytes of the ``(rows, r, n)`` intermediate of one block of rows in :func:`f_circulant_krylov_multiply`
+KRYLOV_BLOCK_BYTES = 1 << 21
+
+
+def _by_row_blocks(block, x: torch.Tensor, rank: int) -> torch.Tensor:
+    """``block(x)`` evaluated on blocks of rows whose ``(rows, rank, n)`` intermediates take about
+    :data:`KRYLOV_BLOCK_BYTES`: each block's elementwise steps (spectral products, twists,
+    unpacking, the rank sum) then run on data still in the L2/L3 cache instead of streaming
+    ``rank`` full-batch arrays through memory, and the temporaries stay small enough to be
+    recycled by the allocator rather than mapped afresh (page faults) on every call. Rows are
+    independent, so the result is that of one call on ``x``."""
+    rows = max(1, KRYLOV_BLOCK_BYTES // (rank * x.shape[-1] * x.element_size()))
+    if x.shape[0] <= rows:
+        return block(x)
+    return torch.cat([block(part) for part in x.split(rows)])
+
+
 def _spectral_dot(spectra: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``Σ_i spectra[:, i] ⊙ weights[i]`` for ``spectra`` ``(B, r, F)``, ``weights`` ``(r, F)``:
     accumulated term by term into one ``(B, F)`` buffer (no ``(B, r, F)`` product to allocate, write
@@ -258,7 +275,9 @@ def f_circulant_krylov_multiply(G: torch.Tensor, H: torch.Tensor, x: torch.Tenso
     so the inner products ``Z_g(h'_i) x`` share one transform of ``x`` and need ``r`` inverse
     transforms; the outer sum is accumulated in the spectral domain of :func:`cyclic_transforms`
     and inverted once: ``2r + 2`` transforms per row, each of the cost of a real FFT of ``n``
-    points for real tensors (``n`` even), i.e. ``O(r n log n)`` (SPEC.md §4.10). Other ``f, g``
+    points for real tensors (``n`` even), i.e. ``O(r n log n)`` (SPEC.md §4.10). The generator
+    spectra are computed once per call and the rows are processed in cache-sized blocks
+    (:func:`_by_row_blocks`). Other ``f, g``
     use linear convolutions of length ``L = convolution_length(n)`` folded modulo ``Xⁿ - f``."""
     empty = _empty_rows(x, G, width=x.shape[-1])
     if empty is not None:
@@ -272,9 +291,14 @@ def f_circulant_krylov_multiply(G: torch.Tensor, H: torch.Tensor, x: torch.Tenso
     outer_pair = cyclic_transforms(f, n, real, dtype, x.device)
     if inner_pair is not None and outer_pair is not None:
         (inner_forward, inner_inverse), (outer_forward, outer_inverse) = inner_pair, outer_pair
-        transposed = f_circulant_transposed_generator(H, g)
-        inner = inner_inverse(inner_forward(x)[:, None, :] * inner_forward(transposed))  # (B, r, n)
-        return outer_inverse(_spectral_dot(outer_forward(inner), outer_forward(G)))
+        inner_weights = inner_forward(f_circulant_transposed_generator(H, g))  # (r, ·), once per call
+        outer_weights = outer_forward(G)
+
+        def block(rows: torch.Tensor) -> torch.Tensor:
+            inner = inner_inverse(inner_forward(rows)[:, None, :] * inner_weights)  # (b, r, n)
+            return outer_inverse(_spectral_dot(outer_forward(inner), outer_weights))
+
+        return _by_row_blocks(block, x, G.shape[0])
     forward, inverse = (torch.fft.rfft, torch.fft.irfft) if real else (torch.fft.fft, torch.fft.ifft)
 
     def invert(spectrum, length):
