@@ -70,3 +70,45 @@ def test_real_part_dtype_moves_keep_the_imaginary_parts():
         assert float((moved(x) - x @ dense.T - bias).abs().max()) <= 1e-10
     back = layer.double().float()
     assert back.dtype == torch.float32 and float((back.to_dense().double() - torch.as_tensor(reference)).abs().max()) <= 1e-5
+
+
+def test_kronecker_product_of_operators():
+    from structmat.core.compose import KroneckerProduct
+
+    A, B = Dense(3, 2, dtype=torch.complex128), LowRank(5, 4, rank=2, dtype=torch.complex128)  # (2 x 3) ⊗ (4 x 5)
+    K = KroneckerProduct(A, B)
+    dense = torch.kron(A.to_dense(), B.to_dense())
+    assert K.shape == (8, 15) and torch.equal(K.to_dense(), dense)
+    x = torch.randn(4, 15, dtype=torch.complex128)
+    assert rel_error(K(x), x @ dense.T) <= 1e-12
+    y = torch.randn(4, 8, dtype=torch.complex128)
+    assert rel_error(K.transpose()(y), y @ dense) <= 1e-12
+    assert rel_error(K.adjoint()(y), y @ dense.conj()) <= 1e-12
+    assert K.flops() == 3 * B.flops() + 4 * A.flops() and K.num_parameters == A.num_parameters + B.num_parameters
+    rebuilt = build_from_config(K.config())
+    rebuilt.load_state_dict(K.state_dict())
+    assert torch.equal(rebuilt.to_dense(), dense)
+
+
+def test_direct_sum_and_sparse_from_entries():
+    from structmat.core.compose import DirectSum
+    from structmat.families.permutation import Permutation
+    from structmat.families.sparse import Sparse
+
+    S = Sparse.from_entries([2, 0, 1], [0, 1, 1], torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), 2, 3)
+    assert torch.equal(S.to_dense(), torch.tensor([[0.0, 2.0], [0.0, 3.0], [1.0, 0.0]], dtype=torch.float64))
+    D = DirectSum(S, Permutation(2, 2, kind="identity", dtype=torch.float64), Dense(1, 2, dtype=torch.float64))
+    dense = torch.block_diag(S.to_dense(), torch.eye(2, dtype=torch.float64), D.blocks[2].to_dense())
+    assert D.shape == (7, 5) and torch.equal(D.to_dense(), dense)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    assert rel_error(D(x), x @ dense.T) <= 1e-12
+    y = torch.randn(3, 7, dtype=torch.float64)
+    assert rel_error(D.transpose()(y), y @ dense) <= 1e-12
+    assert D.flops() == S.flops() + D.blocks[2].flops() and D.num_parameters == 3 + 2
+    rebuilt = build_from_config(D.config())
+    rebuilt.load_state_dict(D.state_dict())
+    assert torch.equal(rebuilt.to_dense(), dense)
+    with pytest.raises(ValueError, match="rows/cols: expected distinct positions"):
+        Sparse.from_entries([0, 0], [1, 1], torch.ones(2), 2, 2)
+    with pytest.raises(ValueError, match="rows/cols: expected positions inside a \\(2, 2\\) matrix"):
+        Sparse.from_entries([0, 2], [1, 1], torch.ones(2), 2, 2)

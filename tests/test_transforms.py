@@ -108,26 +108,59 @@ def test_hadamard_is_one_exact_butterfly(n):
 
 
 def haar_reference(n):
+    """SPEC.md §6.10's recursion (powers of two)."""
     if n == 1:
         return np.ones((1, 1))
     W = haar_reference(n // 2)
     return np.vstack([np.kron(W, [1, 1]), np.kron(np.eye(n // 2), [1, -1])]) / math.sqrt(2)
 
 
-@pytest.mark.parametrize("n", [1, 2, 4, 8, 128, 1024])
-def test_haar(n):
+def haar_analysis(x):
+    """The pyramid on one vector, by slicing: pair neighbours, carry an odd leftover, collect details."""
+    approximation, details = np.asarray(x, dtype=np.float64), []
+    while approximation.size > 1:
+        even, odd = approximation[0::2], approximation[1::2]
+        pairs = odd.size
+        details.insert(0, (even[:pairs] - odd) / math.sqrt(2))
+        approximation = np.concatenate([(even[:pairs] + odd) / math.sqrt(2), even[pairs:]])
+    return np.concatenate([approximation, *details])
+
+
+@pytest.mark.parametrize("n", SIZES + [6, 7, 12, 33])
+def test_haar_any_size(n):
     layer = T.haar(n, dtype=torch.float64)
-    check(layer, matrix(haar_reference(n)))
+    check(layer, lambda x: columns(x, haar_analysis))
     W = matrix_of(layer)
-    assert rel_error(W @ W.T, torch.eye(n, dtype=torch.float64)) <= E64
+    assert rel_error(W @ W.T, torch.eye(n, dtype=torch.float64)) <= 1e-12
+    assert rel_error(layer.to_dense(), W) <= E64
+    if n & (n - 1) == 0:
+        assert rel_error(W, torch.as_tensor(haar_reference(n))) <= E64
 
 
-@pytest.mark.parametrize("n1, n2", [(1, 1), (1, 8), (4, 1), (2, 16), (32, 32)])
-def test_dft2_is_kronecker_butterfly(n1, n2):
+def test_haar_is_linear_cost():
+    for n in (5, 100, 1000, 2**14 - 1, 2**14):
+        layer = T.haar(n)
+        assert layer.flops() <= 8 * n and layer.num_parameters <= 4 * n
+    assert T.haar(3, dtype=torch.float64).to_dense()[0].tolist() == pytest.approx([0.5, 0.5, math.sqrt(0.5)], abs=1e-15)
+
+
+DFT2_SHAPES = [(1, 1), (1, 8), (4, 1), (2, 16), (32, 32), (8, 128), (3, 5), (1, 7), (7, 1), (100, 8), (6, 10)]
+
+
+@pytest.mark.parametrize("n1, n2", DFT2_SHAPES)
+def test_dft2_any_size(n1, n2):
     layer = T.dft2(n1, n2, dtype=torch.complex128)
-    basis = np.eye(n1 * n2).reshape(n1 * n2, n1, n2)
     check(layer, lambda x: np.fft.fft2(x.T.reshape(-1, n1, n2)).reshape(x.shape[1], n1 * n2).T)
-    assert layer.structure == "product(butterfly, permutation)"
+    powers_of_two = n1 & (n1 - 1) == 0 and n2 & (n2 - 1) == 0
+    if powers_of_two:  # SPEC.md §6.8: a single butterfly of size n1·n2 and one permutation
+        assert layer.structure == "product(butterfly, permutation)"
+    else:
+        assert layer.structure.startswith("kronecker_product(")
+    if n1 * n2 <= 128:
+        F = np.kron(np.fft.fft(np.eye(n1), axis=0), np.fft.fft(np.eye(n2), axis=0))
+        assert rel_error(layer.to_dense(), torch.as_tensor(F)) <= E64
+        y = torch.randn(3, n1 * n2, dtype=torch.complex128)
+        assert rel_error(layer.transpose()(y), y @ torch.as_tensor(F)) <= E64
 
 
 # ----------------------------------------------------------------------------- circulant, Toeplitz, convolution
@@ -206,6 +239,8 @@ def test_permutation():
         lambda: T.fastfood(6, dtype=torch.float64),
         lambda: T.acdc(5, dtype=torch.float64),
         lambda: T.haar(8, dtype=torch.float64),
+        lambda: T.haar(13, dtype=torch.float64),
+        lambda: T.dft2(3, 5, dtype=torch.complex128),
     ],
 )
 def test_layers_are_structured_trainable_and_transposable(make):
@@ -246,22 +281,36 @@ def test_real_part_adapter():
 
 
 # ----------------------------------------------------------------------------- costs
+def balanced_split(n):
+    """``(n1, n2)``, ``n1 n2 = n``, ``n1`` the largest divisor of ``n`` not above ``√n``."""
+    n1 = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    return n1, n // n1
+
+
 CONSTRUCTIONS = {
     "dft": lambda n: T.dft(n),
+    "idft (unitary)": lambda n: T.dft(n, inverse=True, normalized=True),
+    "dft2": lambda n: T.dft2(*balanced_split(n)),
     "dct": lambda n: T.dct(n, type=4),
     "dst": lambda n: T.dst(n, type=2),
     "hartley": lambda n: T.hartley(n),
     "chebyshev": lambda n: T.chebyshev(n),
     "circulant": lambda n: T.circulant(torch.ones(n)),
-    "convolution": lambda n: T.convolution(torch.ones(5), n, "same"),
+    "toeplitz": lambda n: T.toeplitz(torch.ones(n), torch.ones(n // 2 + 1)),
+    "convolution (same)": lambda n: T.convolution(torch.ones(5), n, "same"),
+    "convolution (full)": lambda n: T.convolution(torch.ones(5), n, "full"),
+    "convolution (circular)": lambda n: T.convolution(torch.ones(5), n, "circular"),
     "acdc": lambda n: T.acdc(n),
     "fastfood": lambda n: T.fastfood(n),
+    "haar": lambda n: T.haar(n),
+    "hadamard": lambda n: T.hadamard(n),
 }
+FLOP_SIZES = [2**k for k in (4, 6, 8, 10, 12, 14)] + [2**k - 1 for k in (4, 6, 8, 10, 12, 14)] + [3 * 2**k for k in (3, 7, 12)]
 
 
 @pytest.mark.parametrize("name", sorted(CONSTRUCTIONS))
 def test_flops_are_n_log_n(name):
-    sizes = [2**k for k in (4, 6, 8, 10, 12, 14)] + [2**k - 1 for k in (4, 6, 8, 10, 12, 14)] + [3 * 2**k for k in (3, 7, 12)]
+    sizes = [n for n in FLOP_SIZES if name != "hadamard" or n & (n - 1) == 0]  # Sylvester: powers of two only
     ratios = {n: CONSTRUCTIONS[name](n).flops() / (n * math.log2(n)) for n in sizes}
     assert max(ratios.values()) <= 300
     small = max(r for n, r in ratios.items() if n <= 64)
@@ -286,9 +335,21 @@ def test_power_of_two_counts():
         (lambda: T.dct(8, norm="forward"), ValueError, "norm: expected one of"),
         (lambda: T.dct(8, dtype=torch.complex64), TypeError, "dtype: expected a real dtype"),
         (lambda: T.dft(8, dtype=torch.float32), TypeError, "dtype: expected a complex dtype"),
-        (lambda: T.hadamard(12), ValueError, "n: expected a power of two"),
-        (lambda: T.haar(6), ValueError, "n: expected a power of two"),
-        (lambda: T.dft2(3, 4), ValueError, "n1: expected a power of two"),
+        (lambda: T.hadamard(12), ValueError, r"n: expected a power of two, got 12: Sylvester.*exist only for n = 2\^k.*hadamard\(16\)"),
+        (lambda: T.hadamard(0), ValueError, "n: expected an integer >= 1"),
+        (lambda: T.haar(0), ValueError, "n: expected an integer >= 1"),
+        (lambda: T.dft2(0, 4), ValueError, "n1: expected an integer >= 1"),
+        (lambda: T.dft2(3, -1), ValueError, "n2: expected an integer >= 1"),
+        (lambda: T.dft2(3, 4, dtype=torch.float64), TypeError, "dtype: expected a complex dtype"),
+        (lambda: T.dst(8, type=5), ValueError, "type: expected 2, 3 or 4"),
+        (lambda: T.dct(8, type=2.5), ValueError, "type: expected 2, 3 or 4"),
+        (lambda: T.legendre(0), ValueError, "n: expected an integer >= 1"),
+        (lambda: T.chebyshev(0), ValueError, "n: expected an integer >= 1"),
+        (lambda: T.fastfood(0), ValueError, "n: expected an integer >= 1"),
+        (lambda: T.acdc(0), ValueError, "n: expected an integer >= 1"),
+        (lambda: T.hartley(0), ValueError, "n: expected an integer >= 1"),
+        (lambda: T.convolution([1.0, 2.0], 0), ValueError, "n: expected an integer >= 1"),
+        (lambda: T.permutation([1, 2, 3]), ValueError, "perm: expected"),
         (lambda: T.convolution([1.0, 2.0, 3.0], 2, "same"), ValueError, "kernel: expected length <= n = 2"),
         (lambda: T.convolution([1.0, 2.0, 3.0], 2, "circular"), ValueError, "kernel: expected length <= n = 2"),
         (lambda: T.convolution([1.0], 4, "valid"), ValueError, "mode: expected one of"),

@@ -7,7 +7,10 @@ Families and exact constructions compose existing operators instead of special-c
 * :class:`Sum` ``(A, B, ...)`` is ``M = A + B + ...``; cost = sum of costs plus the additions;
 * :class:`RealPart` ``(M)`` is the real layer ``x -> Re(M x)`` of a complex operator ``M`` (real
   input, real output): real transforms built from complex factors (DCT/DST/Hartley via the FFT,
-  SPEC.md §6.4--6.5; BPBP "with a final real part", §4.15).
+  SPEC.md §6.4--6.5; BPBP "with a final real part", §4.15);
+* :class:`KroneckerProduct` ``(A, B)`` is ``A ⊗ B`` applied as ``vec(A X Bᵀ)`` with each factor's
+  fast algorithm (SPEC.md §4.18, §6.8); cost ``Q·cost(B) + J·cost(A)``;
+* :class:`DirectSum` ``(A_1, ..., A_k)`` is the block-diagonal ``A_1 ⊕ ⋯ ⊕ A_k``; cost = sum of costs.
 
 Both are :class:`StructuredMatrix` objects (transpose, adjoint, to_dense, counts, ``config()``),
 so they can be wrapped by ``StructuredLinear.from_matrix``. :func:`build_from_config` rebuilds any
@@ -216,8 +219,111 @@ class RealPart(StructuredMatrix):
         return f"in_features={self.in_features}, out_features={self.out_features}, real part of {self.inner.family}"
 
 
+class KroneckerProduct(StructuredMatrix):
+    """``M = A ⊗ B`` of two structured operators: ``M[(p, j), (q, i)] = A[p, q] · B[j, i]``
+    (SPEC.md §4.18), shape ``(P·J, Q·I)`` for ``A`` of shape ``(P, Q)`` and ``B`` of ``(J, I)``.
+
+    ``y = vec(A X Bᵀ)`` with ``X`` the row-major ``Q × I`` reshape of ``x``: ``B`` runs on the ``Q``
+    rows of ``X`` and ``A`` on the ``J`` columns of ``X Bᵀ``, each with its own fast algorithm (never
+    the dense ``M``); the transpose runs ``Aᵀ`` and ``Bᵀ`` the same way. Cost
+    ``Q·cost(B) + J·cost(A)``; parameters those of ``A`` and ``B`` (shared, no copy).
+
+    Example (the 2-D DFT ``F_3 ⊗ F_5`` on row-major ``vec(X)``, SPEC.md §6.8)::
+
+        >>> F = KroneckerProduct(structmat.transforms.dft(3).matrix, structmat.transforms.dft(5).matrix)
+        >>> F.shape
+        (15, 15)
+    """
+
+    family = "kronecker_product"
+
+    def __init__(self, outer: StructuredMatrix, inner: StructuredMatrix) -> None:
+        outer, inner = _check_members("factors", (outer, inner))
+        super().__init__(
+            outer.in_features * inner.in_features, outer.out_features * inner.out_features, device=outer.device, dtype=outer.dtype
+        )
+        self.outer, self.inner = outer, inner
+
+    @staticmethod
+    def _apply_both(x: torch.Tensor, outer, inner, outer_in: int, inner_in: int) -> torch.Tensor:
+        """``vec(outer(X) inner(.)ᵀ)``: ``inner`` on the rows of the ``outer_in × inner_in`` reshape, then ``outer`` on its columns."""
+        batch = x.shape[0]
+        rows = inner(x.reshape(batch * outer_in, inner_in))  # (batch·Q, J)
+        inner_out = rows.shape[-1]
+        columns = rows.reshape(batch, outer_in, inner_out).transpose(1, 2).reshape(batch * inner_out, outer_in)
+        out = outer(columns)  # (batch·J, P)
+        return out.reshape(batch, inner_out, -1).transpose(1, 2).reshape(batch, -1)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply_both(x, self.outer._forward, self.inner._forward, self.outer.in_features, self.inner.in_features)
+
+    def _forward_transpose(self, y: torch.Tensor) -> torch.Tensor:
+        return self._apply_both(
+            y, self.outer._forward_transpose, self.inner._forward_transpose, self.outer.out_features, self.inner.out_features
+        )
+
+    def to_dense(self) -> torch.Tensor:
+        return torch.kron(self.outer.to_dense().contiguous(), self.inner.to_dense().contiguous())
+
+    def _matvec_flops(self) -> int:
+        return self.outer.in_features * self.inner._matvec_flops() + self.inner.out_features * self.outer._matvec_flops()
+
+    def reset_parameters(self) -> None:
+        """Resets both factors."""
+        self.outer.reset_parameters()
+        self.inner.reset_parameters()
+
+    def config(self) -> dict[str, Any]:
+        return {"structure": "kronecker_product", "kronecker_factors": [self.outer.config(), self.inner.config()]}
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class DirectSum(StructuredMatrix):
+    """Block-diagonal ``M = A_1 ⊕ ⋯ ⊕ A_k``: block ``A_t`` maps its slice of the input to its slice of
+    the output (slices in order). Shape ``(Σ m_t, Σ n_t)``; cost and parameters the sum of the
+    blocks' (an identity block, ``Permutation`` of kind ``"identity"``, is free).
+    """
+
+    family = "direct_sum"
+
+    def __init__(self, *blocks: StructuredMatrix) -> None:
+        blocks = _check_members("blocks", blocks)
+        super().__init__(
+            sum(b.in_features for b in blocks), sum(b.out_features for b in blocks), device=blocks[0].device, dtype=blocks[0].dtype
+        )
+        self.blocks = nn.ModuleList(blocks)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = x.split([b.in_features for b in self.blocks], dim=-1)
+        return torch.cat([b._forward(piece) for b, piece in zip(self.blocks, pieces)], dim=-1)
+
+    def _forward_transpose(self, y: torch.Tensor) -> torch.Tensor:
+        pieces = y.split([b.out_features for b in self.blocks], dim=-1)
+        return torch.cat([b._forward_transpose(piece) for b, piece in zip(self.blocks, pieces)], dim=-1)
+
+    def to_dense(self) -> torch.Tensor:
+        return torch.block_diag(*[b.to_dense() for b in self.blocks])
+
+    def _matvec_flops(self) -> int:
+        return sum(b._matvec_flops() for b in self.blocks)
+
+    def reset_parameters(self) -> None:
+        """Resets every block."""
+        for b in self.blocks:
+            b.reset_parameters()
+
+    def config(self) -> dict[str, Any]:
+        return {"structure": "direct_sum", "blocks": [b.config() for b in self.blocks]}
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, blocks={len(self.blocks)}"
+
+
 def build_from_config(config: dict[str, Any], device=None, dtype: torch.dtype | None = None) -> StructuredMatrix:
     """Rebuild a module (registered family, :class:`Product`, :class:`Sum`, :class:`RealPart`,
+    :class:`KroneckerProduct`, :class:`DirectSum`,
     transpose/adjoint views) with the shapes described by ``config`` (its ``config()``); load the state afterwards.
     """
     from . import registry
@@ -228,6 +334,10 @@ def build_from_config(config: dict[str, Any], device=None, dtype: torch.dtype | 
         return Product(*[build_from_config(c, device, dtype) for c in config["factors"]])
     if "terms" in config:
         return Sum(*[build_from_config(c, device, dtype) for c in config["terms"]])
+    if "kronecker_factors" in config:
+        return KroneckerProduct(*[build_from_config(c, device, dtype) for c in config["kronecker_factors"]])
+    if "blocks" in config:
+        return DirectSum(*[build_from_config(c, device, dtype) for c in config["blocks"]])
     if "real_part_of" in config:
         inner_dtype = None if dtype is None else complex_dtype(dtype)
         return RealPart(build_from_config(config["real_part_of"], device, inner_dtype))

@@ -118,6 +118,33 @@ class Sparse(StructuredMatrix):
         return mult_add_flops(self.nnz, self.dtype)
 
     @classmethod
+    def from_entries(cls, rows, cols, values, in_features: int, out_features: int) -> "Sparse":
+        """The matrix with ``M[rows[t], cols[t]] = values[t]`` (distinct positions) and zeros
+        elsewhere, built without an ``(out, in)`` mask: ``O(s log s)`` for ``s`` entries, so exact
+        sparse factors of large sizes (e.g. the Haar levels of ``structmat.transforms``) are cheap.
+        Device and dtype follow ``values``."""
+        in_features = check_int("in_features", in_features, minimum=1)
+        out_features = check_int("out_features", out_features, minimum=1)
+        values = torch.as_tensor(values)
+        rows = torch.as_tensor(rows, dtype=torch.long, device=values.device).reshape(-1)
+        cols = torch.as_tensor(cols, dtype=torch.long, device=values.device).reshape(-1)
+        if values.dim() != 1 or not (rows.numel() == cols.numel() == values.numel() >= 1):
+            raise ValueError(
+                f"rows/cols/values: expected three 1-D sequences of one length >= 1, got lengths {rows.numel()}, {cols.numel()}, {values.numel()}"
+            )
+        if bool((rows < 0).any() | (rows >= out_features).any() | (cols < 0).any() | (cols >= in_features).any()):
+            raise ValueError(f"rows/cols: expected positions inside a ({out_features}, {in_features}) matrix, got rows {describe(rows)}, cols {describe(cols)}")
+        flat, order = (rows * in_features + cols).sort()
+        if bool((flat[1:] == flat[:-1]).any()):
+            raise ValueError("rows/cols: expected distinct positions, got a repeated (row, col) pair")
+        layer = cls(in_features, out_features, nnz=flat.numel(), device="meta", dtype=values.dtype).to_empty(device=values.device)
+        layer.rows.copy_(rows[order])
+        layer.cols.copy_(cols[order])
+        with torch.no_grad():
+            layer.values.copy_(values[order])
+        return layer
+
+    @classmethod
     def from_dense(cls, W: torch.Tensor, nnz: int | None = None, density: float | None = None, mask: torch.Tensor | None = None) -> "Sparse":
         """Keep ``W`` on ``mask``, or its ``nnz`` largest-magnitude entries (optimal, SPEC.md §4.3)."""
         W = check_matrix("W", W)

@@ -41,7 +41,7 @@ import math
 
 import torch
 
-from ..core.compose import Product, RealPart
+from ..core.compose import DirectSum, KroneckerProduct, Product, RealPart, Sum
 from ..core.dtypes import complex_dtype, real_dtype, resolve_dtype
 from ..core.errors import check_choice, check_int, describe
 from ..core.linear import StructuredLinear
@@ -53,6 +53,7 @@ from .butterfly import Butterfly
 from .kaleidoscope import Kaleidoscope
 from .permutation import Permutation
 from .polynomial import OrthogonalPolynomial
+from .sparse import Sparse
 
 __all__ = [
     "dft",
@@ -228,16 +229,22 @@ def _fourier(n: int, *, inverse: bool = False, scale: float = 1.0, pre=None, pos
 
 def structure_name(matrix) -> str:
     """Readable name of a (composite) structured matrix, e.g. ``"real_part(product(butterfly, permutation))"``."""
-    if isinstance(matrix, Product):
-        return "product(" + ", ".join(structure_name(f) for f in matrix.factors) + ")"
-    if isinstance(matrix, RealPart):
-        return f"real_part({structure_name(matrix.inner)})"
+    children = {
+        Product: lambda m: m.factors,
+        Sum: lambda m: m.terms,
+        DirectSum: lambda m: m.blocks,
+        KroneckerProduct: lambda m: (m.outer, m.inner),
+        RealPart: lambda m: (m.inner,),
+    }
+    for kind, members in children.items():
+        if isinstance(matrix, kind):
+            return f"{kind.family}(" + ", ".join(structure_name(f) for f in members(matrix)) + ")"
     return matrix.family
 
 
 def _layer(matrix) -> StructuredLinear:
     """Wrap as a bias-free layer whose ``structure`` names the composition."""
-    if isinstance(matrix, (Product, RealPart)):
+    if isinstance(matrix, (Product, Sum, DirectSum, KroneckerProduct, RealPart)):
         matrix.family = structure_name(matrix)
     return StructuredLinear.from_matrix(matrix)
 
@@ -354,19 +361,23 @@ def hartley(n: int, *, dtype=None, device=None) -> StructuredLinear:
 
 
 def dft2(n1: int, n2: int, *, dtype=None, device=None) -> StructuredLinear:
-    """Two-dimensional DFT ``F_{n1} ⊗ F_{n2}`` on row-major ``vec(X)`` (``numpy.fft.fft2``), SPEC.md §6.8.
+    """Two-dimensional DFT ``F_{n1} ⊗ F_{n2}`` on row-major ``vec(X)`` (``numpy.fft.fft2`` of the
+    ``n1 × n2`` reshape), any ``n1, n2 >= 1`` (SPEC.md §6.8).
 
-    ``(B_1 ⊗ B_2)(P_br ⊗ P_br)``: one increasing-stride butterfly of size ``n1·n2`` (levels
-    below ``log n2`` are ``I ⊗ B_2``, the others ``B_1 ⊗ I``) and one permutation;
-    ``14 n1 n2 log2(n1 n2)`` flops. ``n1`` and ``n2`` must be powers of two (a Kronecker product
-    of Bluestein K-matrices is not a single butterfly); use :func:`dft` per axis otherwise.
+    Both powers of two: ``(B_1 ⊗ B_2)(P_br ⊗ P_br)``, one increasing-stride butterfly of size
+    ``N = n1·n2`` (levels below ``log n2`` are ``I ⊗ B_2``, the others ``B_1 ⊗ I``) and one
+    permutation; ``14 N log2 N`` flops, ``2 N log2 N`` parameters. Otherwise the
+    :class:`~structmat.core.compose.KroneckerProduct` of the two 1-D :func:`dft` operators
+    (Bluestein K-matrices for non-powers of two), applied as ``vec(F_{n1} X F_{n2}ᵀ)``: ``n1``
+    transforms of length ``n2`` and ``n2`` of length ``n1``, each ``O(n log n)``, so
+    ``n1·cost(F_{n2}) + n2·cost(F_{n1}) <= 112 N (log2 N + 4)`` flops.
     """
     n1 = check_int("n1", n1, minimum=1)
     n2 = check_int("n2", n2, minimum=1)
-    for name, value in (("n1", n1), ("n2", n2)):
-        if not is_power_of_two(value):
-            raise ValueError(f"{name}: expected a power of two (the Kronecker butterfly of SPEC.md §6.8), got {value}")
     dtype = _complex_layer_dtype(dtype)
+    if not (is_power_of_two(n1) and is_power_of_two(n2)):
+        factors = (_fourier(n, dtype=dtype, device=device) for n in (n1, n2))
+        return _layer(KroneckerProduct(*factors))
     n = n1 * n2
     if n == 1:
         return dft(1, dtype=dtype, device=device)
@@ -391,54 +402,81 @@ def hadamard(n: int, *, dtype=None, device=None) -> StructuredLinear:
     """Walsh--Hadamard matrix ``H_2^{⊗k}`` (Sylvester order, ``scipy.linalg.hadamard``), SPEC.md §6.3.
 
     One butterfly with all twiddles ``[[1, 1], [1, -1]]``; ``2 n log2 n`` parameters,
-    ``3 n log2 n`` flops. ``n`` must be a power of two, like ``scipy.linalg.hadamard``: Sylvester
-    matrices exist only there, and a corner of a larger one would not be a Hadamard matrix
-    (its rows are not orthogonal); take ``hadamard(next_pow2(n))`` and pad explicitly if a
-    corner is what you want.
+    ``3 n log2 n`` flops.
+
+    The one deliberate exception to "any ``n``" in this module: ``n`` must be a power of two,
+    like ``scipy.linalg.hadamard``. Sylvester--Walsh--Hadamard matrices exist only for
+    ``n = 2^k``, and a corner of a larger one is not a Hadamard matrix (its rows are not
+    orthogonal). Other ``n`` raise ``ValueError``; use ``hadamard(next_pow2(n))`` with explicit
+    zero padding if the corner is what you want, or an orthogonal transform defined for every
+    ``n`` (:func:`dct` with ``norm="ortho"``, :func:`haar`, ``dft(n, normalized=True)``).
     """
     n = check_int("n", n, minimum=1)
     if not is_power_of_two(n):
-        raise ValueError(f"n: expected a power of two for the Sylvester Hadamard matrix, got {n}")
+        raise ValueError(
+            f"n: expected a power of two, got {n}: Sylvester-Walsh-Hadamard matrices H_2^(x)k exist only for n = 2^k "
+            f"(like scipy.linalg.hadamard); use hadamard({next_power_of_two(n)}) with zero padding, "
+            f"or an orthogonal transform defined for any n: dct(n, norm='ortho'), haar(n), dft(n, normalized=True)"
+        )
     dtype = resolve_dtype(torch.float32 if dtype is None else dtype)
     twiddle = hadamard_twiddle(max(2, n), dtype=dtype).to(device)
     return _layer(Butterfly.from_twiddle(twiddle, n, n))
 
 
-def _haar_gather(n: int) -> torch.Tensor:
-    """``P_Q`` of SPEC.md §6.10: ``[0]``, then for ``ℓ = k..1`` the indices ``2^{ℓ-1}(2i + 1)``."""
-    k = log2_exact(n)
-    parts = [torch.zeros(1, dtype=torch.long)]
-    for level in range(k, 0, -1):
-        parts.append(2 ** (level - 1) * (2 * torch.arange(n >> level) + 1))
-    return torch.cat(parts)
+def _haar_level(size: int, *, dtype, device) -> Sparse:
+    """One Haar analysis step on ``size`` approximation coefficients, as a ``(size, size)`` sparse matrix.
+
+    Output: the ``⌈size/2⌉`` new approximations, then the ``⌊size/2⌋`` details. Pair ``i`` of
+    inputs ``(2i, 2i+1)`` gives approximation ``i`` = ``(x_{2i} + x_{2i+1})/√2`` and detail ``i`` =
+    ``(x_{2i} − x_{2i+1})/√2``; for odd ``size`` the last input is the last approximation,
+    unchanged. Orthogonal; ``2·size`` stored entries (``2·size − 1`` for odd ``size``).
+    """
+    pairs, half = size // 2, (size + 1) // 2
+    i = torch.arange(pairs)
+    root = 1 / math.sqrt(2)
+    rows = [i, i, half + i, half + i]
+    cols = [2 * i, 2 * i + 1, 2 * i, 2 * i + 1]
+    values = [torch.full((pairs,), sign * root, dtype=torch.float64) for sign in (1, 1, 1, -1)]
+    if size % 2:
+        rows.append(torch.tensor([half - 1]))
+        cols.append(torch.tensor([size - 1]))
+        values.append(torch.ones(1, dtype=torch.float64))
+    values = torch.cat(values).to(device=device, dtype=dtype)
+    return Sparse.from_entries(torch.cat(rows), torch.cat(cols), values, size, size)
 
 
 def haar(n: int, *, dtype=None, device=None) -> StructuredLinear:
-    """Orthonormal full-depth Haar wavelet matrix ``W_n`` (SPEC.md §6.10), ``n`` a power of two.
+    """Orthonormal full-depth Haar wavelet matrix ``W_n``, any ``n >= 1`` (SPEC.md §6.10).
 
-    ``W_n = P_Q B_H``: an increasing-stride butterfly whose level-``ℓ`` pairs ``(i, i + 2^ℓ)``
-    with ``i ≡ 0 (mod 2^{ℓ+1})`` carry ``(1/√2)[[1, 1], [1, -1]]`` (identity elsewhere: the
-    in-place pyramid, ``O(n)`` nonzero work), then the gather ``P_Q``. Output order: the final
-    approximation, then details from coarsest to finest. The butterfly stores all ``2 n log2 n``
-    twiddle entries (trainable), so parameters and counted flops are those of a butterfly.
+    Definition (the usual extension of the pyramid to lengths that are not powers of two): start
+    with the approximation ``a = x`` of length ``m = n``; while ``m > 1``, pair adjacent entries
+    ``(a_{2i}, a_{2i+1})`` into an approximation ``(a_{2i} + a_{2i+1})/√2`` and a detail
+    ``(a_{2i} − a_{2i+1})/√2``, and carry an odd leftover ``a_{m−1}`` unchanged as the last
+    approximation of the next scale (``m ← ⌈m/2⌉``). Output order: the final approximation, then
+    the details from the coarsest scale to the finest (each scale in pair order). Every step is
+    orthogonal, so ``W_n`` is. For ``n = 2^k`` this is SPEC.md §6.10's
+    ``W_n = (1/√2)[W_{n/2} ⊗ (1, 1); I_{n/2} ⊗ (1, −1)]`` (whose butterfly form ``P_Q B_H`` is the
+    in-place version of the same pyramid). With a carry the first row is no longer constant
+    (``haar(3)``'s is ``(1/2, 1/2, 1/√2)``), as for any orthonormal Haar basis of odd length.
+
+    Construction: ``W_n = S_{L−1} ⋯ S_0`` with ``L = ⌈log2 n⌉`` and scale ``ℓ``'s factor
+    ``S_ℓ = A_ℓ ⊕ I`` (:class:`~structmat.core.compose.DirectSum`): ``A_ℓ`` the sparse step of
+    :func:`_haar_level` on the ``m_ℓ = ⌈n/2^ℓ⌉`` leading entries (the current approximation),
+    the identity (a free permutation) on the details already produced. ``Σ_ℓ 2 m_ℓ < 4n``
+    trainable entries, ``< 8n`` flops (real): ``O(n)``.
     """
     n = check_int("n", n, minimum=1)
-    if not is_power_of_two(n):
-        raise ValueError(f"n: expected a power of two for the full-depth Haar transform, got {n}")
     dtype = resolve_dtype(torch.float32 if dtype is None else dtype)
-    size = max(2, n)
-    twiddle = torch.eye(2, dtype=torch.float64).expand(log2_exact(size), size // 2, 2, 2).clone()
-    haar_block = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64) / math.sqrt(2)
-    if n > 1:
-        for level in range(log2_exact(n)):
-            stride = 2**level
-            active = torch.arange(size // 2) % stride == 0
-            twiddle[level, active] = haar_block
-    gather = _haar_gather(n) if n > 1 else torch.arange(size)
-    butterfly = Butterfly.from_twiddle(twiddle.to(device=device, dtype=dtype), n, size if n > 1 else n)
     if n == 1:
-        return _layer(butterfly)
-    return _layer(Product(Permutation.from_perm(gather.to(device), device=device, dtype=dtype), butterfly))
+        return _layer(Permutation(1, 1, kind="identity", device=device, dtype=dtype))
+    steps, size = [], n
+    while size > 1:
+        step = _haar_level(size, dtype=dtype, device=device)
+        if size < n:
+            step = DirectSum(step, Permutation(n - size, n - size, kind="identity", device=device, dtype=dtype))
+        steps.append(step)
+        size = (size + 1) // 2
+    return _layer(steps[0] if len(steps) == 1 else Product(*reversed(steps)))
 
 
 # ----------------------------------------------------------------------------- circulant, Toeplitz, convolution
