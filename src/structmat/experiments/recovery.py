@@ -13,8 +13,14 @@ RMSE (SPEC.md §7.1) reported:
 * ``low_rank``, ``sparse``, ``sparse_low_rank`` -- baselines at the parameter count of the ``bp``
   model (counted in real scalars), by their closed-form projections (the best the class can do).
 
-Success means ``RMSE < 1e-4``. Fitting uses :func:`structmat.fit.fit`: several trials with
-log-uniform learning rates compete by successive halving, the survivor is polished by L-BFGS.
+Success means ``RMSE < 1e-4``. Every learned fit starts with the closed-form hierarchical
+factorisation (:mod:`structmat.fit.hierarchical`, the code path of ``sm.project``; exact for BP and
+butterfly members such as the DFT and Hadamard, whatever their permutation); only when its RMSE is
+not below ``FitSettings.tol`` do the SGD fits run (:func:`structmat.fit.fit`: several trials with
+log-uniform learning rates compete by successive halving, the survivor is polished by L-BFGS; ``bp``
+with learned permutations: batched restarts, :func:`structmat.fit.batched_bp.fit_bp`), and the
+better result is kept. Each row records the ``method`` that produced it: ``hierarchical``, ``sgd``
+(``bp`` restarts) or ``hierarchical+sgd`` (a fit warm-started at the hierarchical member).
 Outputs: ``results.json``, ``table.md`` and ``rmse_heatmap.png`` (written atomically).
 """
 
@@ -38,6 +44,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..core import registry
+from ..core.compose import RealPart
+from ..core.linear import StructuredLinear
 from ..core.errors import check_choice, check_int
 from ..core.sizes import is_power_of_two
 from ..fit import FitResult, fit, project, rmse
@@ -159,6 +167,7 @@ class RecoveryRow:
     permutation_mass: float | None = None
     rounded_rmse: float | None = None
     paper_rmse: float | None = None
+    method: str = "closed_form"
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -206,15 +215,45 @@ def rounded_rmse(matrix, relaxed, target: torch.Tensor) -> float:
     return rmse(dense, target)
 
 
+def operator_under_real_part(matrix):
+    """The complex operator ``M`` of a :class:`RealPart` ``Re(M)``, or ``matrix`` itself."""
+    return matrix.inner if isinstance(matrix, RealPart) else matrix
+
+
+def hierarchical_stage(T: torch.Tensor, structure: str, options: dict, complex_model: bool) -> tuple[FitResult, float]:
+    """Stage 1 of every learned fit: the closed-form hierarchical factorisation (``sm.project`` with
+    ``method="closed_form"``, :mod:`structmat.fit.hierarchical`), blind to the target's identity.
+
+    A real target of a complex model is factored as a complex matrix; the member is wrapped in
+    :class:`RealPart` (the paper's final real part). Returns ``(result, seconds)``.
+    """
+    start = time.perf_counter()
+    model_target = T.to(torch.complex128) if complex_model and not T.is_complex() else T
+    projection = project(model_target, structure, method="closed_form", **options)
+    layer = projection.layer
+    if complex_model and not T.is_complex():
+        layer = StructuredLinear.from_matrix(RealPart(layer.matrix))
+    value = rmse(layer.to_dense(), T)
+    return FitResult(layer, value, [value], [value]), time.perf_counter() - start
+
+
 def fit_one(target_name: str, n: int, structure: str, settings: FitSettings) -> RecoveryRow:
-    """Fit one learned structure to one target (runs in a worker process)."""
+    """Fit one learned structure to one target (runs in a worker process).
+
+    Stage 1 is :func:`hierarchical_stage`; when its RMSE is not below ``settings.tol``, the SGD fits
+    run (``bp`` with learned permutations: batched restarts from random gates; the other structures:
+    :func:`structmat.fit.fit` with the hierarchical member as the warm start of restart 0) and the
+    better result is kept. ``method`` records which stage produced it.
+    """
     torch.set_num_threads(1)
     T = target_matrix(target_name, n, seed=settings.seed)
     model, options, complex_model = learned_model(structure, target_name, settings.bp_permutation)
     real_part = complex_model and not T.is_complex()
     dtype = torch.complex128 if complex_model else torch.float64
     start = time.perf_counter()
-    if structure == "bp" and settings.bp_permutation == "learned":
+    result, hierarchical_seconds = hierarchical_stage(T, structure, options, complex_model)
+    hierarchical_rmse, method = result.rmse, "hierarchical"
+    if hierarchical_rmse >= settings.tol and structure == "bp" and settings.bp_permutation == "learned":
         trials = settings.trials_for(n)
         layers = [build_layer("bp", n, n, dtype, settings.seed + r, None, **options).matrix for r in range(trials)]
         layer, value, history, restart_rmse, best = fit_bp(
@@ -222,23 +261,29 @@ def fit_one(target_name: str, n: int, structure: str, settings: FitSettings) -> 
             settings.tol, settings.lbfgs_steps, real_part=real_part, identity_butterflies=IDENTITY_BUTTERFLIES.get(target_name, ()),
             seed=settings.seed, probes=settings.bp_probes if n >= settings.probe_from else None, logit_scale=settings.bp_logit_scale,
         )
-        result = FitResult(layer, value, history, restart_rmse, trial_learning_rates((settings.lr_low, settings.lr_high), trials, settings.seed), best)
-    else:
-        result = fit(
+        if value < hierarchical_rmse:
+            result = FitResult(layer, value, history, restart_rmse, trial_learning_rates((settings.lr_low, settings.lr_high), trials, settings.seed), best)
+            method = "sgd"
+    elif hierarchical_rmse >= settings.tol:
+        warm = operator_under_real_part(result.layer.matrix)
+        fitted = fit(
             T, structure, steps=settings.other_steps, lr=(settings.lr_low, settings.lr_high), seed=settings.seed,
             tol=settings.tol, restarts=settings.trials, lbfgs_steps=settings.lbfgs_steps, patience=settings.patience,
-            dtype=dtype, real_part=real_part, progress=False, **options,
+            dtype=dtype, real_part=real_part, progress=False, warm_start=warm, **options,
         )
+        if fitted.rmse < hierarchical_rmse:
+            result, method = fitted, "hierarchical+sgd"
     matrix = result.layer.matrix
-    base = getattr(matrix, "base", matrix)
+    base = operator_under_real_part(matrix)
     mass, hard = permutation_mass(base)
     rounded = rounded_rmse(matrix, base, T) if mass is not None else None
     return RecoveryRow(
         target=target_name, n=n, structure=structure, model=model + (" (complex, real part)" if real_part else " (complex)" if complex_model else ""),
         rmse=result.rmse, parameters=result.layer.num_parameters,
         real_scalars=_real_scalars(result.layer.num_parameters, complex_model), seconds=time.perf_counter() - start,
-        success=result.rmse < SUCCESS_RMSE, permutation_mass=mass, rounded_rmse=rounded,
+        success=result.rmse < SUCCESS_RMSE, permutation_mass=mass, rounded_rmse=rounded, method=method,
         details={"restart_rmse": result.restart_rmse, "restart_lr": result.restart_lr, "steps": len(result.history),
+                 "hierarchical_rmse": hierarchical_rmse, "hierarchical_seconds": hierarchical_seconds,
                  "hard_permutations": [h.tolist() for h in hard] if hard is not None and n <= 64 else None},
     )
 
@@ -354,7 +399,8 @@ def heatmap(rows: list[RecoveryRow], structures, targets, sizes):
 
 
 def summary_table(rows: list[RecoveryRow], sizes) -> list[dict]:
-    """One row per (target, structure): the RMSE at every size (and the paper's for ``bp``)."""
+    """One row per (target, structure): the RMSE at every size, then (learned structures) the method
+    that produced each cell, and the paper's RMSE for ``bp``."""
     out = []
     for target in TARGETS:
         for structure in STRUCTURES:
@@ -364,6 +410,10 @@ def summary_table(rows: list[RecoveryRow], sizes) -> list[dict]:
             entry = {"target": target, "structure": structure}
             entry.update({f"n={n}": cells[n].rmse if n in cells else "" for n in sizes})
             out.append(entry)
+            if structure in LEARNED:
+                methods = {"target": target, "structure": f"{structure}: method"}
+                methods.update({f"n={n}": cells[n].method if n in cells else "" for n in sizes})
+                out.append(methods)
             if structure == "bp" and target in PAPER_RMSE:
                 paper = {"target": target, "structure": "paper (BF19)"}
                 paper.update({f"n={n}": _paper(target, n) or "" for n in sizes})
@@ -415,6 +465,11 @@ def run(
     if learned_bp:
         concentrated = sum(r.permutation_mass >= 0.99 for r in learned_bp if r.success)
         console.print(f"learned permutations with >= 0.99 mass on one permutation: {concentrated}/{sum(r.success for r in learned_bp)} successful bp fits")
+    learned_rows = [r for r in rows if r.structure in LEARNED]
+    if learned_rows:
+        by_method = {m: sum(r.method == m for r in learned_rows) for m in sorted({r.method for r in learned_rows})}
+        console.print("learned cells by method: " + ", ".join(f"{m} {k}" for m, k in by_method.items())
+                      + f" (successes from the hierarchical factorisation: {sum(r.success and r.method == 'hierarchical' for r in learned_rows)})")
     data = {
         "settings": asdict(settings),
         "sizes": list(sizes),

@@ -13,7 +13,8 @@ A butterfly of size ``N = 2^k`` is a product of ``log N`` butterfly factors
 * **Sizes** (SPEC.md §1.6): ``N = max(2, next_power_of_two(in_features))`` unless ``padded_size``
   is given; the input is zero-padded to ``N``; ``n_stacks = ⌈out_features / N⌉`` independent
   butterflies act on it (stacking) and their concatenated outputs are truncated to ``out_features``.
-* **Projection**: :meth:`Butterfly.from_dense` by hierarchical splitting (SPEC.md §4.14(ii)).
+* **Projection**: :meth:`Butterfly.from_dense` by hierarchical factorisation (SPEC.md §4.14(ii),
+  :mod:`structmat.ops.hierarchical`).
 
 Exact twiddles (e.g. for the constructions of SPEC.md §6) go through :meth:`Butterfly.from_twiddle`::
 
@@ -40,6 +41,7 @@ from ..ops.butterfly import (
     butterfly_to_dense,
     check_twiddle,
 )
+from ..ops.hierarchical import butterfly_factorisation
 from ..ops.twiddle import check_init, init_angles, init_twiddle, rotation_twiddle, unitary_twiddle
 
 
@@ -220,14 +222,14 @@ class Butterfly(StructuredMatrix):
 
     @classmethod
     def from_dense(cls, W: torch.Tensor, increasing_stride: bool = True) -> "Butterfly":
-        """Hierarchical splitting (SPEC.md §4.14(ii)): exact for butterfly matrices.
+        """Hierarchical factorisation (SPEC.md §4.14(ii)): exact for butterfly matrices.
 
         ``W`` of shape ``(m, n)`` is corner-embedded in stacks of ``N x N`` blocks
-        (``N = max(2, next_pow2(n))``); every block ``E`` is split as ``E = L R`` with ``L`` the
-        outermost factor and ``R = diag(R', R'')`` by rank-1 approximations of the ``2 x N/2``
-        slices (the Monarch projection with block size ``N/2``), then ``R'``, ``R''`` recursively.
-        Decreasing stride uses ``W^T``'s increasing-stride split (SPEC.md §1.4). Cost
-        ``O(N² log N)`` per stack.
+        (``N = max(2, next_pow2(n))``); every block is factored level by level by
+        :func:`structmat.ops.hierarchical.butterfly_factorisation` (rank-1 approximations of the
+        ``2 x N/2`` slices, then the two half-size blocks, all blocks of a level batched).
+        Decreasing stride uses ``W^T``'s increasing-stride factorisation (SPEC.md §1.4). Cost
+        ``O(N² log N)`` per stack; the squared error is the sum of the discarded singular values.
         """
         W = check_matrix("W", W)
         m, n = W.shape
@@ -238,32 +240,7 @@ class Butterfly(StructuredMatrix):
         blocks = padded.reshape(stacks, size, size)
         if not increasing_stride:
             blocks = blocks.transpose(1, 2)
-        twiddle = torch.stack([split_butterfly(block) for block in blocks])[:, None]
+        twiddle = butterfly_factorisation(blocks)[0][:, None]
         if not increasing_stride:
             twiddle = twiddle.flip(2).transpose(-1, -2)
         return cls.from_twiddle(twiddle, n, m, increasing_stride)
-
-
-def split_butterfly(E: torch.Tensor) -> torch.Tensor:
-    """Increasing-stride twiddles ``(log N, N/2, 2, 2)`` of the butterfly nearest to ``E`` found by
-    hierarchical splitting (SPEC.md §4.14(ii)); exact when ``E`` is a butterfly matrix.
-
-    With ``h = N/2``, ``E[r·h + i, c·h + j] = t_i[r, c] · R_c[i, j]`` for a butterfly, where ``t_i``
-    is the outer factor's twiddle of pair ``i`` and ``R_0, R_1`` the two half-size butterflies.
-    For every ``i`` the ``2 x N`` slice ``S_i[r, (c, j)] = E[r·h + i, c·h + j]`` is therefore a
-    product ``t_i · diag-blocks``, i.e. the two ``2 x h`` halves ``S_i[:, c]`` have rank 1:
-    ``S_i[:, c] = u_{ic} v_{ic}^T`` with ``t_i[:, c] = u_{ic}`` and ``R_c[i, :] = v_{ic}``.
-    """
-    h = E.shape[0] // 2
-    blocks = E.reshape(2, h, 2, h).permute(1, 2, 0, 3)  # [i, c, r, j] = E[r h + i, c h + j]
-    u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
-    root = s[..., 0].sqrt()
-    left = u[..., :, 0] * root[..., None]  # (h, 2 (c), 2 (r)): column c of t_i
-    right = vh[..., 0, :] * root[..., None]  # (h, 2 (c), h): row i of R_c
-    outer = left.transpose(-1, -2)  # t_i[r, c]
-    halves = right.permute(1, 0, 2)  # R_c[i, j]
-    if h == 1:  # R_c are 1x1: merge them into the columns of the outer twiddle
-        return (outer * halves[:, 0, 0])[None]
-    inner = torch.stack([split_butterfly(halves[0]), split_butterfly(halves[1])], dim=1)  # (log h, 2, h/2, 2, 2)
-    inner = inner.reshape(inner.shape[0], h, 2, 2)
-    return torch.cat([inner, outer[None]], dim=0)

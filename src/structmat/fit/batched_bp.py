@@ -342,7 +342,7 @@ def _select(model: BatchedBPModel, optimizer: _BatchedAdam, keep: list[int], ali
 
 def _lbfgs(layer: StructuredLinear, target: torch.Tensor, iterations: int, history: list[float], frozen_modules=()) -> None:
     """L-BFGS on the twiddles of a ``bp`` layer (gates stay rounded); keeps the best state."""
-    base = getattr(layer.matrix, "base", layer.matrix)
+    base = layer.matrix.inner if isinstance(layer.matrix, RealPart) else layer.matrix
     twiddle = base.twiddle
     mask = None
     if frozen_modules:

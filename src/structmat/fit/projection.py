@@ -5,9 +5,13 @@
 * **closed form** -- the family's ``from_dense`` classmethod (truncated SVD, top-``s`` sparsity,
   Monarch Algorithm 1, Kronecker rearranged SVD, diagonal averaging, ...);
 * **closed form + fit** -- for families whose ``from_dense`` is a heuristic (SPEC.md §7.5:
-  butterfly hierarchical splitting, LDR displacement truncation, ...), a gradient fit warm-started
-  at the closed-form member; the better of the two is kept;
-* **fit** -- for families without a projection (K-matrices, BP, ...), a gradient fit
+  butterfly hierarchical factorisation, LDR displacement truncation, ...), a gradient fit
+  warm-started at the closed-form member; the better of the two is kept (no fit when the closed form
+  is already exact, relative error ``<= 1e-12``);
+* **hierarchical (+ fit)** -- ``bp`` and ``kaleidoscope``: the closed-form hierarchical
+  factorisation of :mod:`structmat.fit.hierarchical` (exact for BP members, with the gate
+  permutation found by a beam search), then the fit as above;
+* **fit** -- for the other families without a projection (LDR with learned operators, ...), a gradient fit
   (:func:`~structmat.fit.fitting.fit`) from an orthogonal initialisation where the family offers
   one (``init="ortho"``), with restarts.
 
@@ -42,6 +46,7 @@ from ..core.base import StructuredMatrix
 from ..core.errors import check_finite, check_matrix, describe
 from ..core.linear import StructuredLinear
 from .fitting import fit
+from .hierarchical import HIERARCHICAL_PROJECTIONS, hierarchical_projection
 
 #: Families whose ``from_dense`` is the exact Frobenius-optimal projection for the options given
 #: (SPEC.md §7.5 "Exact/optimal"); other projections are polished by a gradient fit under
@@ -60,7 +65,8 @@ class ProjectionResult:
     Attributes:
         layer: bias-free :class:`StructuredLinear` whose ``to_dense()`` approximates ``W``.
         rel_error: ``‖W − layer.to_dense()‖_F / ‖W‖_F`` (0 for ``W = 0``).
-        method: ``"closed_form"``, ``"closed_form+fit"``, ``"fit"``, with ``"+rescaled"`` or
+        method: ``"closed_form"``, ``"closed_form+fit"``, ``"hierarchical"``, ``"hierarchical+fit"``,
+            ``"fit"``, with ``"+rescaled"`` or
             replaced by ``"zero"`` when the never-worse-than-zero guard acted;
             ``"+no_zero_member"`` when the result is worse than zero but the family can neither
             rescale nor reach the zero matrix (e.g. Cauchy), so the guard could not act.
@@ -94,9 +100,15 @@ def _is_optimal(info: registry.FamilyInfo) -> bool:
 
 
 def _split_options(info: registry.FamilyInfo, options: dict) -> tuple[dict, dict]:
-    """Separate constructor options from extra ``from_dense`` arguments (e.g. ``method``)."""
+    """Separate constructor options from extra ``from_dense`` (or hierarchical factorisation)
+    arguments (e.g. ``method``, ``beam``)."""
     constructor = set(info.option_names)
-    projection = set(inspect.signature(info.cls.from_dense).parameters) - {"W", "cls"} if info.has_projection else set()
+    if info.has_projection:
+        projection = set(inspect.signature(info.cls.from_dense).parameters) - {"W", "cls"}
+    elif info.name in HIERARCHICAL_PROJECTIONS:
+        projection = set(inspect.signature(HIERARCHICAL_PROJECTIONS[info.name]).parameters) - {"W"}
+    else:
+        projection = set()
     unknown = [k for k in options if k not in constructor and k not in projection]
     if unknown:
         info.validate_options({unknown[0]: options[unknown[0]]})
@@ -184,7 +196,8 @@ def project(
         params: parameter budget -- int (count) or float in (0, 1] (fraction of ``out·in``);
             chooses the size options. Without it, ``options`` (or the family defaults) decide.
         method: ``"auto"`` (closed form where one exists, polished by a fit when the closed form
-            is a heuristic), ``"closed_form"`` (only the closed form) or ``"fit"`` (only fitting).
+            is a heuristic and not already exact), ``"closed_form"`` (only the closed form, the
+            hierarchical factorisation for ``bp``/``kaleidoscope``) or ``"fit"`` (only fitting).
         steps, lr, restarts, seed, lbfgs_steps, progress: passed to
             :func:`~structmat.fit.fitting.fit` when fitting.
         **options: family options, and extra arguments of the family's ``from_dense``.
@@ -208,7 +221,8 @@ def project(
     if W.is_complex() and not info.supports_complex:
         raise ValueError(f"W: structure {info.name!r} is real-only, got a complex tensor of dtype {W.dtype}")
     fixed = "fixed" in info.tags or not info.trainable
-    if method == "closed_form" and not info.has_projection:
+    hierarchical = not info.has_projection and info.name in HIERARCHICAL_PROJECTIONS
+    if method == "closed_form" and not info.has_projection and not hierarchical:
         raise ValueError(f"method: structure {info.name!r} has no closed-form projection; use method='fit' or 'auto'")
     if fixed and not info.has_projection:
         raise ValueError(f"structure: {info.name!r} is a fixed family (no trainable parameters) without a projection")
@@ -224,6 +238,10 @@ def project(
         member = _closed_form(info, W, constructor, extra)
         if budget is None or member.num_parameters <= budget:
             candidates.append((relative_error(member.to_dense(), W), "closed_form", member))
+    elif hierarchical and method != "fit":
+        member = hierarchical_projection(info.name, W, **constructor, **extra)
+        if budget is None or member.num_parameters <= budget:
+            candidates.append((relative_error(member.to_dense(), W), "hierarchical", member))
     closed_exact = candidates and candidates[0][0] <= 1e-12
     want_fit = not fixed and (
         method == "fit" or not candidates or (method == "auto" and not closed_exact and not _is_optimal(info))
@@ -232,7 +250,7 @@ def project(
         if candidates:
             warm = candidates[0][2]
             fitted = fit(W, info.name, warm_start=warm, dtype=W.dtype, family_options=dict(warm.options), **fit_args)
-            label = "closed_form+fit"
+            label = candidates[0][1] + "+fit"
         else:
             fit_options = _ortho_init(info, in_features, out_features, W.dtype, constructor)
             fitted = fit(W, info.name, dtype=W.dtype, family_options=fit_options, **fit_args)
