@@ -112,3 +112,23 @@ def test_direct_sum_and_sparse_from_entries():
         Sparse.from_entries([0, 0], [1, 1], torch.ones(2), 2, 2)
     with pytest.raises(ValueError, match="rows/cols: expected positions inside a \\(2, 2\\) matrix"):
         Sparse.from_entries([0, 2], [1, 1], torch.ones(2), 2, 2)
+
+
+def test_low_rank_schur_product():
+    from structmat.core.compose import LowRankSchurProduct
+
+    A = LowRank(6, 5, rank=2, dtype=torch.float64)
+    U, V = torch.randn(5, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    M = LowRankSchurProduct(A, U, V)
+    dense = A.to_dense() * (U @ V.T)
+    assert rel_error(M.to_dense(), dense) <= 1e-12
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    assert rel_error(M(x), x @ dense.T) <= 1e-12
+    assert rel_error(M.transpose()(y), y @ dense) <= 1e-12
+    assert M.num_parameters == A.num_parameters + 3 * (5 + 6)
+    assert M.flops() == 3 * A.flops() + 3 * 11 + 2 * 5
+    rebuilt = build_from_config(M.config())
+    rebuilt.load_state_dict(M.state_dict())
+    assert torch.equal(rebuilt.to_dense(), M.to_dense())
+    with pytest.raises(ValueError, match=r"left: expected a tensor of shape \(5, rank >= 1\)"):
+        LowRankSchurProduct(A, torch.ones(4, 3), V)

@@ -10,7 +10,9 @@ Families and exact constructions compose existing operators instead of special-c
   SPEC.md §6.4--6.5; BPBP "with a final real part", §4.15);
 * :class:`KroneckerProduct` ``(A, B)`` is ``A ⊗ B`` applied as ``vec(A X Bᵀ)`` with each factor's
   fast algorithm (SPEC.md §4.18, §6.8); cost ``Q·cost(B) + J·cost(A)``;
-* :class:`DirectSum` ``(A_1, ..., A_k)`` is the block-diagonal ``A_1 ⊕ ⋯ ⊕ A_k``; cost = sum of costs.
+* :class:`DirectSum` ``(A_1, ..., A_k)`` is the block-diagonal ``A_1 ⊕ ⋯ ⊕ A_k``; cost = sum of costs;
+* :class:`LowRankSchurProduct` ``(A, U, V)`` is the entrywise product ``A ∘ (U Vᵀ) = Σ_r diag(u_r) A
+  diag(v_r)`` (a Toeplitz-Hankel-type operator when ``A`` is Toeplitz); cost ``r·cost(A) + O(r(m + n))``.
 
 Both are :class:`StructuredMatrix` objects (transpose, adjoint, to_dense, counts, ``config()``),
 so they can be wrapped by ``StructuredLinear.from_matrix``. :func:`build_from_config` rebuilds any
@@ -321,9 +323,69 @@ class DirectSum(StructuredMatrix):
         return f"in_features={self.in_features}, out_features={self.out_features}, blocks={len(self.blocks)}"
 
 
+class LowRankSchurProduct(StructuredMatrix):
+    """``M = A ∘ (U Vᵀ) = Σ_{r<R} diag(u_r) A diag(v_r)``: the entrywise (Schur) product of a structured
+    operator ``A`` (shape ``(m, n)``) with the rank-``R`` matrix ``U Vᵀ``, ``U = left`` of shape
+    ``(m, R)`` and ``V = right`` of shape ``(n, R)`` (trainable, ``A``'s dtype).
+
+    Forward: the ``R`` scaled copies ``v_r ⊙ x`` go through ``A``'s fast algorithm as one batch,
+    then ``y = Σ_r u_r ⊙ A(v_r ⊙ x)``; the transpose is ``Σ_r v_r ⊙ Aᵀ(u_r ⊙ y)``. Cost
+    ``R·cost(A) + R(m + n)`` multiplications and ``(R − 1) m`` additions per row; parameters
+    ``A``'s plus ``R(m + n)``. With ``A`` Toeplitz and ``U Vᵀ`` the low-rank approximation of a
+    Hankel matrix this is the Toeplitz-Hankel form of polynomial connection matrices
+    (Townsend, Webb and Olver, Math. Comp. 2018), used by ``structmat.transforms.legendre``.
+    """
+
+    family = "low_rank_schur_product"
+
+    def __init__(self, base: StructuredMatrix, left: torch.Tensor, right: torch.Tensor) -> None:
+        (base,) = _check_members("base", (base,))
+        for name, factor, rows in (("left", left, base.out_features), ("right", right, base.in_features)):
+            if not isinstance(factor, torch.Tensor) or factor.dim() != 2 or factor.shape[0] != rows or factor.shape[1] < 1:
+                raise ValueError(f"{name}: expected a tensor of shape ({rows}, rank >= 1), got {describe(factor)}")
+        if left.shape[1] != right.shape[1]:
+            raise ValueError(f"left/right: expected the same rank, got {left.shape[1]} and {right.shape[1]}")
+        super().__init__(base.in_features, base.out_features, device=base.device, dtype=base.dtype)
+        self.base = base
+        self.rank = left.shape[1]
+        self.left = nn.Parameter(left.detach().to(device=base.device, dtype=base.dtype).clone())
+        self.right = nn.Parameter(right.detach().to(device=base.device, dtype=base.dtype).clone())
+
+    @staticmethod
+    def _modulated(x: torch.Tensor, apply, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        copies = (x[:, None, :] * before.T).reshape(batch * before.shape[1], -1)
+        out = apply(copies).reshape(batch, before.shape[1], -1)
+        return (out * after.T).sum(dim=1)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._modulated(x, self.base._forward, self.right, self.left)
+
+    def _forward_transpose(self, y: torch.Tensor) -> torch.Tensor:
+        return self._modulated(y, self.base._forward_transpose, self.left, self.right)
+
+    def to_dense(self) -> torch.Tensor:
+        return self.base.to_dense() * (self.left @ self.right.T)
+
+    def _matvec_flops(self) -> int:
+        mul, add = flop_scale(self.dtype)
+        scalings = self.rank * (self.in_features + self.out_features) * mul
+        return self.rank * self.base._matvec_flops() + scalings + (self.rank - 1) * self.out_features * add
+
+    def reset_parameters(self) -> None:
+        """Resets ``A``; ``U`` and ``V`` keep their values (they define the operator, like a permutation)."""
+        self.base.reset_parameters()
+
+    def config(self) -> dict[str, Any]:
+        return {"structure": "low_rank_schur_product", "schur_of": self.base.config(), "rank": self.rank}
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
 def build_from_config(config: dict[str, Any], device=None, dtype: torch.dtype | None = None) -> StructuredMatrix:
     """Rebuild a module (registered family, :class:`Product`, :class:`Sum`, :class:`RealPart`,
-    :class:`KroneckerProduct`, :class:`DirectSum`,
+    :class:`KroneckerProduct`, :class:`DirectSum`, :class:`LowRankSchurProduct`,
     transpose/adjoint views) with the shapes described by ``config`` (its ``config()``); load the state afterwards.
     """
     from . import registry
@@ -336,6 +398,10 @@ def build_from_config(config: dict[str, Any], device=None, dtype: torch.dtype | 
         return Sum(*[build_from_config(c, device, dtype) for c in config["terms"]])
     if "kronecker_factors" in config:
         return KroneckerProduct(*[build_from_config(c, device, dtype) for c in config["kronecker_factors"]])
+    if "schur_of" in config:
+        base = build_from_config(config["schur_of"], device, dtype)
+        zeros = lambda rows: torch.zeros(rows, int(config["rank"]), dtype=base.dtype, device=base.device)  # noqa: E731
+        return LowRankSchurProduct(base, zeros(base.out_features), zeros(base.in_features))
     if "blocks" in config:
         return DirectSum(*[build_from_config(c, device, dtype) for c in config["blocks"]])
     if "real_part_of" in config:

@@ -41,7 +41,7 @@ import math
 
 import torch
 
-from ..core.compose import DirectSum, KroneckerProduct, Product, RealPart, Sum
+from ..core.compose import DirectSum, KroneckerProduct, LowRankSchurProduct, Product, RealPart, Sum
 from ..core.dtypes import complex_dtype, real_dtype, resolve_dtype
 from ..core.errors import check_choice, check_int, describe
 from ..core.linear import StructuredLinear
@@ -52,7 +52,6 @@ from ..ops.twiddle import fft_twiddle, hadamard_twiddle
 from .butterfly import Butterfly
 from .kaleidoscope import Kaleidoscope
 from .permutation import Permutation
-from .polynomial import OrthogonalPolynomial
 from .sparse import Sparse
 
 __all__ = [
@@ -235,6 +234,7 @@ def structure_name(matrix) -> str:
         DirectSum: lambda m: m.blocks,
         KroneckerProduct: lambda m: (m.outer, m.inner),
         RealPart: lambda m: (m.inner,),
+        LowRankSchurProduct: lambda m: (m.base,),
     }
     for kind, members in children.items():
         if isinstance(matrix, kind):
@@ -244,7 +244,7 @@ def structure_name(matrix) -> str:
 
 def _layer(matrix) -> StructuredLinear:
     """Wrap as a bias-free layer whose ``structure`` names the composition."""
-    if isinstance(matrix, (Product, Sum, DirectSum, KroneckerProduct, RealPart)):
+    if isinstance(matrix, (Product, Sum, DirectSum, KroneckerProduct, RealPart, LowRankSchurProduct)):
         matrix.family = structure_name(matrix)
     return StructuredLinear.from_matrix(matrix)
 
@@ -618,27 +618,95 @@ def chebyshev(n: int, *, dtype=None, device=None) -> StructuredLinear:
     merged into its input diagonal; cost as :func:`dct`.
     """
     n = check_int("n", n, minimum=1)
+    return _real_fourier(n, **_chebyshev_pipeline(n), dtype=_real_layer_dtype(dtype), device=device)
+
+
+def _chebyshev_pipeline(n: int) -> dict:
+    """The DCT-III pipeline of :func:`_cosine_pipeline` with ``(1, ½, …, ½)`` merged into its input diagonal."""
     pipeline = _cosine_pipeline(n, 3, None, sine=False)
     halves = torch.full((n,), 0.5, dtype=torch.float64)
     halves[0] = 1.0
     pipeline["pre"] = pipeline["pre"] * halves
-    return _real_fourier(n, **pipeline, dtype=_real_layer_dtype(dtype), device=device)
+    return pipeline
+
+
+def _half_integer_gamma_ratios(count: int) -> torch.Tensor:
+    """``Λ(s/2)`` for ``s = 0 … count−1``, ``Λ(z) = Γ(z + ½)/Γ(z + 1)`` (float64).
+
+    From ``Λ(0) = √π``, ``Λ(½) = 2/√π`` and ``Λ(z + 1) = Λ(z)(z + ½)/(z + 1)``: a product of
+    rationals, relative error a few ulps (measured ``<= 4e-15`` up to ``z = 2000`` against
+    mpmath), where ``exp(lgamma − lgamma)`` loses ``~1e-12``.
+    """
+    z = torch.arange((count + 1) // 2, dtype=torch.float64)[:-1]
+    ones = torch.ones(1, dtype=torch.float64)
+    integer = math.sqrt(math.pi) * torch.cat((ones, torch.cumprod((z + 0.5) / (z + 1), 0)))
+    half = 2 / math.sqrt(math.pi) * torch.cat((ones, torch.cumprod((z + 1) / (z + 1.5), 0)))
+    out = torch.empty(count, dtype=torch.float64)
+    out[0::2], out[1::2] = integer[: (count + 1) // 2], half[: count // 2]
+    return out
+
+
+def _pivoted_cholesky_of_hankel(values: torch.Tensor, n: int, tolerance: float) -> torch.Tensor:
+    """``L`` (``n × R``) with ``H ≈ L Lᵀ`` for the positive semidefinite Hankel ``H[k, j] = values[k + j]``:
+    pivoted Cholesky, stopped when every residual diagonal entry is ``<= tolerance`` (then
+    ``|H − L Lᵀ| <= tolerance`` entrywise). Reads ``O(n R)`` entries, ``O(n R²)`` time; never forms ``H``."""
+    index = torch.arange(n)
+    residual = values[2 * index].clone()
+    columns: list[torch.Tensor] = []
+    while len(columns) < n:
+        pivot = int(torch.argmax(residual))
+        if residual[pivot] <= tolerance:
+            break
+        column = values[index + pivot].clone()
+        for previous in columns:
+            column -= previous * previous[pivot]
+        column /= math.sqrt(float(residual[pivot]))
+        columns.append(column)
+        residual -= column * column
+        residual[pivot] = 0.0
+    return torch.stack(columns, dim=1)
+
+
+#: Residual-diagonal tolerance of the Hankel factorisation in :func:`legendre`, relative to ``Λ(0)``.
+LEGENDRE_HANKEL_TOLERANCE = 1e-15
 
 
 def legendre(n: int, *, dtype=None, device=None) -> StructuredLinear:
     """Legendre transform ``T[j, i] = P_i(z_j)`` at the ``n`` Chebyshev points
-    ``z_j = cos(π(j+½)/n)`` (``numpy.polynomial.legendre.legvander``), SPEC.md §4.12.
+    ``z_j = cos(π(j+½)/n)`` (``numpy.polynomial.legendre.legvander``), SPEC.md §4.12, §6.11; any ``n``.
 
-    The ``orthogonal_polynomial`` family with the Legendre recurrence (trainable coefficients):
-    the fast path is the divide and conquer of De Sa et al. over 2x2 transfer matrices in the
-    Chebyshev basis, ``O(n log² n)`` per row (DCT-based); Clenshaw ``O(n²)`` beyond the sizes
-    where the fast path was measured accurate. Accuracy: relative error ``<= 1e-10`` in float64
-    up to ``n = 1024`` (``FAST_PATH_MAX_DEGREE``; docs/families/polynomial.md). The layer's nodes
-    are ``layer.matrix.nodes``.
+    ``T = C M``: ``M`` the Legendre-to-Chebyshev connection matrix (``Σ_i c_i P_i = Σ_k (Mc)_k T_k``)
+    and ``C`` the Chebyshev transform of :func:`chebyshev` (a DCT-III). ``M`` is upper triangular
+    with ``M[k, j] = s_k Λ((j−k)/2) Λ((j+k)/2)`` for even ``j − k >= 0`` (Alpert and Rokhlin 1991),
+    ``s_0 = 1/π``, ``s_k = 2/π``, ``Λ(z) = Γ(z+½)/Γ(z+1)``: the entrywise product of the Toeplitz
+    ``A[k, j] = Λ((j−k)/2)`` (even ``j − k >= 0``, else 0) with the Hankel ``H[k, j] = Λ((j+k)/2)``.
+    ``H`` is a Gram matrix (``Λ(z) = π^{-½}∫₀¹ t^{z−½}(1−t)^{−½} dt``), positive definite and
+    numerically of low rank: pivoted Cholesky gives ``H ≈ L Lᵀ`` with ``R = O(log n · log 1/ε)``
+    columns (``R`` = 19, 26, 31, 35 at ``n`` = 100, 1000, 4096, 16384), so
+    ``M ≈ Σ_r diag(s ⊙ ℓ_r) A diag(ℓ_r)`` (Townsend, Webb and Olver, Math. Comp. 2018). ``A`` is one
+    Toeplitz K-matrix (:func:`toeplitz`, size ``N = next_pow2(2n − 1)``) applied to the ``R``
+    scaled copies (:class:`~structmat.core.compose.LowRankSchurProduct`); ``C`` one real-part FFT
+    pipeline. Nothing dense is stored: parameters ``4 N log2 N`` (Toeplitz) ``+ 2 n R`` (``L``, ``s ⊙ L``)
+    ``+`` the DCT's; cost ``R · 28 N log2 N + O(n R)`` flops plus the DCT, ``O(n log² n)``.
+
+    Accuracy (float64, relative Frobenius error of ``T c`` against ``legvander``; the Hankel
+    residual is ``<= 1e-15 Λ(0)`` entrywise): ``<= 3e-15`` for ``n <= 128``, about ``1e-14`` at
+    ``n = 1000, 1024`` (docs/transforms.md; the previous divide and conquer of the
+    ``orthogonal_polynomial`` family reached ``1.2e-10`` there).
     """
     n = check_int("n", n, minimum=1)
     dtype = _real_layer_dtype(dtype)
-    return _layer(OrthogonalPolynomial(n, n, preset="legendre", nodes="chebyshev", device=device, dtype=dtype))
+    gamma_ratios = _half_integer_gamma_ratios(2 * n - 1)
+    hankel_factor = _pivoted_cholesky_of_hankel(gamma_ratios, n, LEGENDRE_HANKEL_TOLERANCE * gamma_ratios[0].item())
+    row = torch.where(torch.arange(n) % 2 == 0, gamma_ratios[:n], torch.zeros(n, dtype=torch.float64))
+    column = torch.zeros(n, dtype=torch.float64)
+    column[0] = row[0]
+    toeplitz_part = RealPart(_toeplitz_kmatrix(column, row, dtype=dtype, device=device))
+    scale = torch.full((n, 1), 2 / math.pi, dtype=torch.float64)
+    scale[0] = 1 / math.pi
+    connection = LowRankSchurProduct(toeplitz_part, (scale * hankel_factor).to(dtype), hankel_factor.to(dtype))
+    chebyshev_part = RealPart(_fourier(n, **_chebyshev_pipeline(n), dtype=complex_dtype(dtype), device=device))
+    return _layer(Product(chebyshev_part, connection))
 
 
 def permutation(perm, *, dtype=None, device=None) -> StructuredLinear:
