@@ -372,3 +372,20 @@ def test_power_of_two_counts():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_transforms_table_covers_every_transform():
+    import io
+
+    from rich.console import Console
+
+    from structmat.experiments.transforms_table import transforms_table
+
+    out = io.StringIO()
+    rows = transforms_table((6, 8), console=Console(file=out, width=200))
+    names = {(row["transform"].split(" ")[0], row["n"]) for row in rows}
+    for name in ("dft", "dct-2", "dst-4", "hartley", "circulant", "toeplitz", "convolution", "chebyshev", "legendre", "acdc", "fastfood", "haar", "dft2"):
+        assert (name, 6) in names and (name, 8) in names
+    assert ("hadamard", 8) in names and ("hadamard", 6) not in names  # Sylvester: powers of two only
+    assert max(row["max_error"] for row in rows) <= 1e-12
+    assert "dft2 (2x3)" in out.getvalue()

@@ -23,18 +23,31 @@ DEFAULT_SIZES = (8, 100, 1024)
 
 
 def _haar_reference(n: int) -> np.ndarray:
-    if n == 1:
-        return np.ones((1, 1))
-    W = _haar_reference(n // 2)
-    return np.vstack([np.kron(W, [1, 1]), np.kron(np.eye(n // 2), [1, -1])]) / math.sqrt(2)
+    """The Haar pyramid of ``transforms.haar`` applied to the identity's columns by array slicing."""
+    approximation, details = np.eye(n), []
+    while approximation.shape[0] > 1:
+        even, odd = approximation[0::2], approximation[1::2]
+        pairs = odd.shape[0]
+        details.insert(0, (even[:pairs] - odd) / math.sqrt(2))
+        approximation = np.vstack([(even[:pairs] + odd) / math.sqrt(2), even[pairs:]])
+    return np.vstack([approximation, *details])
 
 
-def _chebyshev_nodes(n: int) -> np.ndarray:
-    return np.cos(np.pi * (np.arange(n) + 0.5) / n)
+def _exact_node_vander(vander: Callable, n: int) -> np.ndarray:
+    """``vander`` at the Chebyshev points ``cos(π(j+½)/n)`` computed in long double: at float64-rounded
+    nodes the degree-``n`` polynomials are off by ``~ n² · 1e-16`` near ``±1``."""
+    nodes = np.cos(np.pi * (np.arange(n, dtype=np.longdouble) + np.longdouble(0.5)) / n)
+    return vander(nodes, n - 1).astype(np.float64)
+
+
+def _balanced_split(n: int) -> tuple[int, int]:
+    """``(n1, n2)`` with ``n1 n2 = n`` and ``n1`` the largest divisor of ``n`` not above ``√n``."""
+    n1 = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    return n1, n // n1
 
 
 def _cases(n: int) -> list[tuple[str, Callable, Callable]]:
-    """``(name, build layer, reference matrix)`` for size ``n`` (powers of two only where required)."""
+    """``(name, build layer, reference matrix)`` for size ``n`` (Hadamard: powers of two only)."""
     eye = np.eye(n)
     column = np.cos(np.arange(n) + 1.0)  # a fixed real vector
     cases = [
@@ -55,16 +68,20 @@ def _cases(n: int) -> list[tuple[str, Callable, Callable]]:
         ("toeplitz", lambda: T.toeplitz(column, column[::-1].copy(), dtype=torch.float64), lambda: scipy.linalg.toeplitz(column, column[::-1])),
         ("convolution (same, k=5)", lambda: T.convolution(column[:5], n, "same", dtype=torch.float64) if n >= 5 else None,
          lambda: np.stack([np.convolve(e, column[:5], "same") for e in eye], 1)),
-        ("chebyshev", lambda: T.chebyshev(n, dtype=torch.float64), lambda: np.polynomial.chebyshev.chebvander(_chebyshev_nodes(n), n - 1)),
-        ("legendre", lambda: T.legendre(n, dtype=torch.float64), lambda: np.polynomial.legendre.legvander(_chebyshev_nodes(n), n - 1)),
+        ("chebyshev", lambda: T.chebyshev(n, dtype=torch.float64), lambda: _exact_node_vander(np.polynomial.chebyshev.chebvander, n)),
+        ("legendre", lambda: T.legendre(n, dtype=torch.float64), lambda: _exact_node_vander(np.polynomial.legendre.legvander, n)),
         ("acdc", lambda: T.acdc(n, dtype=torch.float64), lambda: _acdc_reference(n)),
         ("fastfood", lambda: T.fastfood(n, dtype=torch.float64), lambda: _fastfood_reference(n)),
+        ("haar", lambda: T.haar(n, dtype=torch.float64), lambda: _haar_reference(n)),
     ]
-    if n & (n - 1) == 0:
-        cases += [
-            ("hadamard", lambda: T.hadamard(n, dtype=torch.float64), lambda: scipy.linalg.hadamard(n)),
-            ("haar", lambda: T.haar(n, dtype=torch.float64), lambda: _haar_reference(n)),
-        ]
+    n1, n2 = _balanced_split(n)
+    cases.append((
+        f"dft2 ({n1}x{n2})",
+        lambda: T.dft2(n1, n2, dtype=torch.complex128),
+        lambda: np.kron(np.fft.fft(np.eye(n1), axis=0), np.fft.fft(np.eye(n2), axis=0)),
+    ))
+    if n & (n - 1) == 0:  # Sylvester-Hadamard matrices exist only for powers of two
+        cases.append(("hadamard", lambda: T.hadamard(n, dtype=torch.float64), lambda: scipy.linalg.hadamard(n)))
     return cases
 
 

@@ -20,7 +20,12 @@ cost ``28 N log2 N < 112 n (log2 n + 2)`` flops.
 
 Real transforms (DCT, DST, Hartley, Chebyshev, real circulant/Toeplitz/convolution) are
 ``y = P_out Re(diag(post) F diag(pre) P_in x)`` (SPEC.md §6.4--6.5) wrapped in
-:class:`~structmat.core.compose.RealPart`.
+:class:`~structmat.core.compose.RealPart`. ``dft2`` is one butterfly for powers of two and the
+:class:`~structmat.core.compose.KroneckerProduct` of the two 1-D DFTs otherwise; ``haar`` is the
+pyramid of sparse steps (``O(n)``, any ``n``); ``legendre`` is a Toeplitz ∘ low-rank-Hankel
+connection (:class:`~structmat.core.compose.LowRankSchurProduct`) followed by the Chebyshev DCT.
+Every function accepts any size ``n >= 1`` except :func:`hadamard`: Sylvester--Hadamard matrices
+exist only for powers of two (its docstring says what to use instead).
 
 Conventions: ``F[j, k] = e^{-2πi jk/n}`` (``numpy.fft``), DCT/DST as ``scipy.fft`` (``norm=None``
 unnormalised, ``"ortho"`` orthonormal), ``circulant``/``toeplitz`` as ``scipy.linalg``,
@@ -37,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -227,7 +233,8 @@ def _fourier(n: int, *, inverse: bool = False, scale: float = 1.0, pre=None, pos
 
 
 def structure_name(matrix) -> str:
-    """Readable name of a (composite) structured matrix, e.g. ``"real_part(product(butterfly, permutation))"``."""
+    """Readable name of a (composite) structured matrix, e.g. ``"real_part(product(butterfly, permutation))"``;
+    ``k`` equal consecutive members are written once as ``"k × name"``."""
     children = {
         Product: lambda m: m.factors,
         Sum: lambda m: m.terms,
@@ -238,7 +245,9 @@ def structure_name(matrix) -> str:
     }
     for kind, members in children.items():
         if isinstance(matrix, kind):
-            return f"{kind.family}(" + ", ".join(structure_name(f) for f in members(matrix)) + ")"
+            names = [structure_name(f) for f in members(matrix)]
+            runs = [(name, len(list(group))) for name, group in itertools.groupby(names)]
+            return f"{kind.family}(" + ", ".join(name if count == 1 else f"{count} × {name}" for name, count in runs) + ")"
     return matrix.family
 
 
