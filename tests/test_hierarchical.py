@@ -172,3 +172,11 @@ def test_kaleidoscope_warm_start_contains_butterflies(dtype):
     W = torch.randn(24, 24, dtype=dtype)
     result = sm.project(W, "kaleidoscope", steps=20, lbfgs_steps=5)
     assert result.method.startswith("hierarchical+fit") and result.rel_error < 1.0
+
+
+def test_bench_hierarchical_rows():
+    from structmat.experiments.bench_hierarchical import run
+
+    rows = run(quick=True, sizes=(16,))
+    assert [r["method"] for r in rows] == ["butterfly_factorisation (untied)", "factor_bp (DFT, beam=1)", "factor_bp (DFT, beam=4)"]
+    assert all(r["ms"] > 0 and r["rel_error"] <= 1e-12 for r in rows)
