@@ -176,15 +176,17 @@ def step_recovery(report: Report, console: Console, settings: TourSettings) -> N
     recovery, _ = optional_module("experiments.recovery")
     fit_settings = recovery.FitSettings(steps=settings.recovery_steps, trials=settings.recovery_trials)
     rows = []
-    with progress_bar(console, "recovering transforms by gradient descent", len(settings.recovery)) as advance, torch_threads(1):
+    with progress_bar(console, "recovering transforms", len(settings.recovery)) as advance, torch_threads(1):
         for target, n, structure in settings.recovery:
             rows.append(recovery.fit_one(target, n, structure, fit_settings).to_dict())
             advance(f"{target} n={n}")
-    data = [{k: row[k] for k in ("target", "n", "structure", "model", "parameters", "rmse", "success", "seconds")} for row in rows]
+    data = [{k: row[k] for k in ("target", "n", "structure", "model", "parameters", "rmse", "success", "method", "seconds")} for row in rows]
     report.heading("A transform recovered from its matrix")
     report.paragraph(
-        f"sm.fit learns butterfly (B) or BP/BPBP factors from the dense target alone ({fit_settings.steps} Adam steps, "
-        f"{fit_settings.trials} restarts, L-BFGS polish; SPEC.md §7.4). Success: RMSE < {recovery.SUCCESS_RMSE:g}. "
+        "Butterfly (B) or BP/BPBP factors are learned from the dense target alone: first the closed-form hierarchical "
+        "factorisation (exact for butterfly/BP members such as Hadamard and the DFT), then, where it is not exact, "
+        f"sm.fit ({fit_settings.steps} Adam steps, {fit_settings.trials} restarts, L-BFGS polish; SPEC.md §7.4); "
+        f"'method' says which produced each row. Success: RMSE < {recovery.SUCCESS_RMSE:g}. "
         "`structmat recover` runs the whole grid."
     )
     report.table(data, highlight={"success": bool})
