@@ -389,3 +389,21 @@ def test_transforms_table_covers_every_transform():
     assert ("hadamard", 8) in names and ("hadamard", 6) not in names  # Sylvester: powers of two only
     assert max(row["max_error"] for row in rows) <= 1e-12
     assert "dft2 (2x3)" in out.getvalue()
+
+
+DEVICE_BUILDERS = {
+    "dft2 (3x4)": lambda device: T.dft2(3, 4, device=device),
+    "dft2 (4x8)": lambda device: T.dft2(4, 8, device=device),
+    "haar": lambda device: T.haar(12, device=device),
+    "legendre": lambda device: T.legendre(12, device=device),
+    "dct": lambda device: T.dct(12, type=4, device=device),
+    "toeplitz": lambda device: T.toeplitz(torch.ones(5), torch.ones(7), device=device),
+    "fastfood": lambda device: T.fastfood(12, device=device),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEVICE_BUILDERS))
+def test_meta_device_gives_the_same_counts(name):
+    cpu, meta = DEVICE_BUILDERS[name]("cpu"), DEVICE_BUILDERS[name]("meta")
+    assert meta.device.type == "meta" and cpu.device.type == "cpu"
+    assert (meta.num_parameters, meta.flops(), meta.structure) == (cpu.num_parameters, cpu.flops(), cpu.structure)

@@ -217,7 +217,7 @@ def _fourier(n: int, *, inverse: bool = False, scale: float = 1.0, pre=None, pos
         if input_perm is not None:
             perm[:n] = input_perm
         factors.append(Butterfly.from_twiddle(twiddle.to(device=device, dtype=dtype), n, n))
-        factors.append(Permutation.from_perm(perm[br].to(device), n, n, device=device, dtype=dtype))
+        factors.append(Permutation.from_perm(perm[br], n, n, device=device, dtype=dtype))
     else:
         sign = 1.0 if inverse else -1.0
         index = torch.arange(n, dtype=torch.float64)
@@ -228,7 +228,7 @@ def _fourier(n: int, *, inverse: bool = False, scale: float = 1.0, pre=None, pos
         kernel = chirp.conj()  # T[j, k] = conj(chirp)[|j - k|]: symmetric Toeplitz
         factors.append(_toeplitz_kmatrix(kernel, kernel, pre_full, post_full, dtype=dtype, device=device))
         if input_perm is not None:
-            factors.append(Permutation.from_perm(input_perm.to(device), device=device, dtype=dtype))
+            factors.append(Permutation.from_perm(input_perm, device=device, dtype=dtype))
     return factors[0] if len(factors) == 1 else Product(*factors)
 
 
@@ -403,7 +403,7 @@ def dft2(n1: int, n2: int, *, dtype=None, device=None) -> StructuredLinear:
     index = torch.arange(n)
     perm = bit_reversal_permutation(n1)[index // n2] * n2 + bit_reversal_permutation(n2)[index % n2]
     butterfly = Butterfly.from_twiddle(twiddle.to(device=device, dtype=dtype))
-    return _layer(Product(butterfly, Permutation.from_perm(perm.to(device), device=device, dtype=dtype)))
+    return _layer(Product(butterfly, Permutation.from_perm(perm, device=device, dtype=dtype)))
 
 
 # ----------------------------------------------------------------------------- Hadamard, Haar
@@ -450,8 +450,8 @@ def _haar_level(size: int, *, dtype, device) -> Sparse:
         rows.append(torch.tensor([half - 1]))
         cols.append(torch.tensor([size - 1]))
         values.append(torch.ones(1, dtype=torch.float64))
-    values = torch.cat(values).to(device=device, dtype=dtype)
-    return Sparse.from_entries(torch.cat(rows), torch.cat(cols), values, size, size)
+    step = Sparse.from_entries(torch.cat(rows), torch.cat(cols), torch.cat(values).to(dtype), size, size)
+    return step.to(device)
 
 
 def haar(n: int, *, dtype=None, device=None) -> StructuredLinear:
@@ -587,7 +587,7 @@ def fastfood(n: int, seed: int = 0, *, dtype=None, device=None) -> StructuredLin
     first = _scale_inputs(H, True, draws["B"])
     second = _scale_outputs(_scale_inputs(H, True, draws["G"]), True, draws["S"])
     make = lambda tw, n_in, n_out: Butterfly.from_twiddle(tw.to(device=device, dtype=dtype), n_in, n_out)  # noqa: E731
-    factors = (make(second, size, n), Permutation.from_perm(draws["perm"].to(device), device=device, dtype=dtype), make(first, n, size))
+    factors = (make(second, size, n), Permutation.from_perm(draws["perm"], device=device, dtype=dtype), make(first, n, size))
     return _layer(Product(*factors))
 
 
