@@ -245,7 +245,7 @@ def cyclic_transforms(f: complex, n: int, real: bool, dtype: torch.dtype, device
 KRYLOV_BLOCK_BYTES = 1 << 21
 
 
-def _by_row_blocks(block, x: torch.Tensor, rank: int) -> torch.Tensor:
+def by_row_blocks(block, x: torch.Tensor, rank: int) -> torch.Tensor:
     """``block(x)`` evaluated on blocks of rows whose ``(rows, rank, n)`` intermediates take about
     :data:`KRYLOV_BLOCK_BYTES`: each block's elementwise steps (spectral products, twists,
     unpacking, the rank sum) then run on data still in the L2/L3 cache instead of streaming
@@ -258,7 +258,7 @@ def _by_row_blocks(block, x: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.cat([block(part) for part in x.split(rows)])
 
 
-def _spectral_dot(spectra: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def spectral_dot(spectra: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``Σ_i spectra[:, i] ⊙ weights[i]`` for ``spectra`` ``(B, r, F)``, ``weights`` ``(r, F)``:
     accumulated term by term into one ``(B, F)`` buffer (no ``(B, r, F)`` product to allocate, write
     and re-read: the sum is memory-bound)."""
@@ -277,7 +277,7 @@ def f_circulant_krylov_multiply(G: torch.Tensor, H: torch.Tensor, x: torch.Tenso
     and inverted once: ``2r + 2`` transforms per row, each of the cost of a real FFT of ``n``
     points for real tensors (``n`` even), i.e. ``O(r n log n)`` (SPEC.md §4.10). The generator
     spectra are computed once per call and the rows are processed in cache-sized blocks
-    (:func:`_by_row_blocks`). Other ``f, g``
+    (:func:`by_row_blocks`). Other ``f, g``
     use linear convolutions of length ``L = convolution_length(n)`` folded modulo ``Xⁿ - f``."""
     empty = _empty_rows(x, G, width=x.shape[-1])
     if empty is not None:
@@ -296,9 +296,9 @@ def f_circulant_krylov_multiply(G: torch.Tensor, H: torch.Tensor, x: torch.Tenso
 
         def block(rows: torch.Tensor) -> torch.Tensor:
             inner = inner_inverse(inner_forward(rows)[:, None, :] * inner_weights)  # (b, r, n)
-            return outer_inverse(_spectral_dot(outer_forward(inner), outer_weights))
+            return outer_inverse(spectral_dot(outer_forward(inner), outer_weights))
 
-        return _by_row_blocks(block, x, G.shape[0])
+        return by_row_blocks(block, x, G.shape[0])
     forward, inverse = (torch.fft.rfft, torch.fft.irfft) if real else (torch.fft.fft, torch.fft.ifft)
 
     def invert(spectrum, length):

@@ -4,19 +4,23 @@
 ``Aⁿ = (Π_j a_j) I``); ``K(A, g) = [g, Ag, …, A^{n-1} g]``. Column ``t`` of ``K(A, g)`` holds
 ``g_j · W(j, j+t)`` at row ``(j + t) mod n``, where ``W(j, k) = Π_{l=j}^{k-1} a_{l mod n}``.
 
-Unrolling the cycle to length ``2n`` (``a`` repeated, ``g`` and ``v`` zero-padded) turns both
-products into *weighted lower-triangular convolutions*
+Entries that do not wrap around the cycle (``j <= k``) form *weighted lower-triangular
+convolutions*
 
-    ``K(A, g) v``:   ``z_k = Σ_{j<=k} W(j, k) g_j v_{k-j}``,  ``y_k = z_k + z_{k+n}``;
-    ``K(A, g)ᵀ y``:  ``out_t = Σ_j W(j, j+t) g_j ỹ_{j+t}``,    ``ỹ = (y, y)``,
+    ``K(A, g) v``:   ``z_k = Σ_{j<=k} W(j, k) g_j v_{k-j}``;
+    ``K(A, g)ᵀ y``:  ``out_t = Σ_{j+t<n} W(j, j+t) g_j y_{j+t}``,
 
 which a divide and conquer evaluates in ``O(n log² n)``: for ``j`` in the left half of a block
 and ``k`` in the right half, ``W(j, k) = α_j β_k`` with ``α`` the suffix products of the left half
 and ``β`` the prefix products of the right half, so the cross term is one FFT convolution
 (correlation for the transpose) per block, and all blocks of a level are transformed at once.
-Blocks of ``BASE`` entries are done directly. Per row: ``O(r n log² n)`` for ``r`` generators
-(summed in the frequency domain). The reference materialises the Krylov matrices
-(``O(r n²)`` memory): it is used only by ``to_dense`` and the parity tests.
+Blocks of ``BASE`` entries are done directly. The wrapped entries (``j > k``, through the corner
+``a_{n-1}``) weigh ``α_j β_k`` with ``α`` the suffix and ``β`` the prefix products of the whole
+cycle: one more convolution (correlation) of length ``2L`` per row, sharing its transform with
+the top level. Per row: ``O(r n log² n)`` for ``r`` generators (summed in the frequency domain);
+the generator-side spectra are computed once per call and the rows go through in cache-sized
+blocks. The reference materialises the Krylov matrices (``O(r n²)`` memory): it is used only by
+``to_dense`` and the parity tests.
 
 Numerics: ``α, β`` are products of up to ``n`` operator entries; operators whose partial products
 leave the dtype's range (e.g. entries far from 1 in magnitude at large ``n``) overflow, exactly as
@@ -29,7 +33,7 @@ import math
 
 import torch
 
-from .circulant import fft_flops
+from .circulant import by_row_blocks, fft_flops, spectral_dot
 
 #: block size of the direct base case of the divide and conquer
 BASE = 16
@@ -82,98 +86,131 @@ def _half_products(a: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _spectra(real: bool):
+    """``(forward, inverse)`` of length ``size``: real FFTs for real data, complex otherwise."""
     if real:
-        return torch.fft.rfft, lambda s, n: torch.fft.irfft(s, n=n)
-    return torch.fft.fft, lambda s, n: torch.fft.ifft(s, n=n)
+        return torch.fft.rfft, lambda s, size: torch.fft.irfft(s, n=size)
+    return torch.fft.fft, lambda s, size: torch.fft.ifft(s, n=size)
 
 
-def lower_weighted_convolution(a: torch.Tensor, G: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """``z[b, k] = Σ_i Σ_{j<=k} W(j, k) G[i, j] V[b, i, k-j]`` (``a``: ``(L,)``, ``G``: ``(r, L)``,
-    ``V``: ``(B, r, L)``) by divide and conquer, ``O(r L log² L)`` per row."""
-    total = a.shape[-1]
-    length = _blocks(total)
-    pad = length - total
-    if pad:
-        a = torch.cat([a, torch.ones(pad, dtype=a.dtype, device=a.device)])
-        G = torch.nn.functional.pad(G, (0, pad))
-        V = torch.nn.functional.pad(V, (0, pad))
-    batch, rank = V.shape[0], G.shape[0]
-    real = not (a.is_complex() or G.is_complex() or V.is_complex())
-    forward, inverse = _spectra(real)
-    # base case: within blocks of BASE entries
-    weights = _within_block_weights(a.reshape(-1, BASE))  # (nb, k, j)
-    offsets = torch.arange(BASE, device=a.device)
-    diff = offsets[:, None] - offsets[None, :]
-    toeplitz = V[..., diff.clamp_min(0)] * (diff >= 0)  # (B, r, k, j)
-    weighted = weights[None] * G.reshape(rank, -1, 1, BASE)  # (r, nb, k, j)
-    z = torch.einsum("rnkj,brkj->bnk", weighted, toeplitz).reshape(batch, length)
+def _pad(t: torch.Tensor, length: int, value: float = 0.0) -> torch.Tensor:
+    """``t`` padded along its last dimension to ``length`` entries with ``value``."""
+    pad = length - t.shape[-1]
+    return torch.nn.functional.pad(t, (0, pad), value=value) if pad else t
+
+
+def _level_generators(a: torch.Tensor, G: torch.Tensor, forward, flip: bool) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(size, spectrum of α ⊙ g over the left halves, β over the right halves)`` for every
+    divide-and-conquer level (``α ⊙ g`` reversed when ``flip``, for correlations); the generator
+    side has no batch dimension, so this is computed once per call."""
+    rank, length = G.shape
+    levels = []
     size = 2 * BASE
     while size <= length:
         half = size // 2
         alpha, beta = _half_products(a, size)
-        u = G.reshape(rank, -1, 2, half)[:, :, 0, :] * alpha  # (r, nb, h)
-        spectrum = torch.einsum("rnf,brf->bnf", forward(u, n=size), forward(V[..., :size], n=size))
-        cross = inverse(spectrum, size)[..., half:] * beta  # (B, nb, h)
-        z = z.reshape(batch, -1, 2, half)
-        z = torch.stack([z[:, :, 0], z[:, :, 1] + cross], dim=2).reshape(batch, length)
+        left = G.reshape(rank, -1, 2, half)[:, :, 0, :] * alpha  # (r, nb, h)
+        levels.append((size, forward(left.flip(-1) if flip else left, n=size), beta))
         size *= 2
-    return z[:, :total]
+    return levels
 
 
-def lower_weighted_correlation(a: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, width: int) -> torch.Tensor:
-    """``out[b, i, t] = Σ_j W(j, j+t) G[i, j] Y[b, j+t]`` for ``t < width`` (``a``: ``(L,)``,
-    ``G``: ``(r, L)``, ``Y``: ``(B, L)``): the transpose of :func:`lower_weighted_convolution`,
-    same divide and conquer with correlations, ``O(r L log² L)`` per row."""
-    total = a.shape[-1]
-    length = _blocks(total)
-    pad = length - total
-    if pad:
-        a = torch.cat([a, torch.ones(pad, dtype=a.dtype, device=a.device)])
-        G = torch.nn.functional.pad(G, (0, pad))
-        Y = torch.nn.functional.pad(Y, (0, pad))
-    batch, rank = Y.shape[0], G.shape[0]
-    real = not (a.is_complex() or G.is_complex() or Y.is_complex())
-    forward, inverse = _spectra(real)
-    weights = _within_block_weights(a.reshape(-1, BASE))
-    offsets = torch.arange(BASE, device=a.device)
-    diff = offsets[:, None] - offsets[None, :]
-    products = torch.einsum("nkj,rnj,bnk->brkj", weights, G.reshape(rank, -1, BASE), Y.reshape(batch, -1, BASE))
-    # sum along the diagonals k - j = t of each (k, j) block (upper entries of weights are zero)
-    lag = (diff.reshape(-1, 1) == offsets[None, :]).to(products.dtype)  # (k·j, t)
-    out = torch.nn.functional.pad(products.reshape(batch, rank, -1) @ lag, (0, length - BASE))
-    size = 2 * BASE
-    while size <= length:
-        half = size // 2
-        alpha, beta = _half_products(a, size)
-        u = (G.reshape(rank, -1, 2, half)[:, :, 0, :] * alpha).flip(-1)  # reversed left halves
-        w = torch.nn.functional.pad(Y.reshape(batch, -1, 2, half)[:, :, 1, :] * beta, (half, 0))
-        spectrum = torch.einsum("rnf,bnf->brf", forward(u, n=size), forward(w, n=size))
-        circular = inverse(spectrum, size)  # entry (h - 1 + t) mod size holds lag t
-        lags = torch.roll(circular, -(half - 1), dims=-1)
-        out = out + torch.nn.functional.pad(lags, (0, length - size))
-        size *= 2
-    return out[..., :width]
+def _cyclic_products(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(α, β)`` of the wrap-around: ``α_j = Π_{l=j}^{n-1} a_l``, ``β_k = Π_{l<k} a_l``."""
+    alpha = a.flip(-1).cumprod(-1).flip(-1)
+    beta = torch.cat([torch.ones_like(a[:1]), a[:-1].cumprod(-1)])
+    return alpha, beta
 
 
 def subdiagonal_krylov_multiply(a: torch.Tensor, G: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """``Σ_i K(A, g_i) v_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)``, ``V``: ``(B, r, n)`` ->
-    ``(B, n)``; ``O(r n log² n)`` per row (module docstring)."""
+    ``(B, n)``; ``O(r n log² n)`` per row (module docstring).
+
+    Entries of ``K(A, g)`` that do not wrap around the cycle form the weighted lower-triangular
+    convolution ``z_k = Σ_{j<=k} W(j, k) g_j v_{k-j}``, done by divide and conquer over blocks of
+    ``size = 2·BASE, …, L`` (``L >= n`` the padded length): per level, ``α ⊙ g`` of every left half
+    is transformed once per call (:func:`_level_generators`), the first ``size`` entries of each
+    ``v_i`` once per row, the rank sum is accumulated in the frequency domain and inverted once
+    per block. Wrapped entries (row ``k``, source ``j > k``) weigh ``α_j β_k``
+    (:func:`_cyclic_products`): ``β ⊙ ((α ⊙ g) * v)[n:]``, a linear convolution of length ``2L``
+    whose transform of ``v`` also serves the top level (its even bins are the length-``L``
+    spectrum of the zero-padded ``v``). Rows go through in cache-sized blocks
+    (:func:`~structmat.ops.circulant.by_row_blocks`)."""
     n = a.shape[-1]
     if V.shape[0] == 0:  # FFT libraries reject empty transforms
         return V.new_zeros(0, n)
-    z = lower_weighted_convolution(
-        a.repeat(2), torch.nn.functional.pad(G, (0, n)), torch.nn.functional.pad(V, (0, n))
-    )
-    return z[:, :n] + z[:, n:]
+    rank = G.shape[0]
+    forward, inverse = _spectra(not (a.is_complex() or G.is_complex() or V.is_complex()))
+    length = _blocks(n)
+    padded_a, padded_G = _pad(a, length, 1.0), _pad(G, length)
+    offsets = torch.arange(BASE, device=a.device)
+    diff = offsets[:, None] - offsets[None, :]
+    # base case: W within blocks of BASE entries times g_j, as (r, nb, k, j)
+    weighted = _within_block_weights(padded_a.reshape(-1, BASE))[None] * padded_G.reshape(rank, -1, 1, BASE)
+    levels = _level_generators(padded_a, padded_G, forward, flip=False)
+    alpha, beta = _cyclic_products(a)
+    wrapped = forward(alpha * G, n=2 * length)  # (r, F₂)
+
+    def block(rows: torch.Tensor) -> torch.Tensor:
+        batch = rows.shape[0]
+        padded = _pad(rows, length)
+        toeplitz = padded[..., diff.clamp_min(0)] * (diff >= 0)  # (b, r, k, j)
+        z = torch.einsum("rnkj,brkj->bnk", weighted, toeplitz).reshape(batch, length)
+        data_doubled = forward(rows, n=2 * length)  # (b, r, F₂)
+        for size, generator, level_beta in levels:
+            half = size // 2
+            data = data_doubled[..., ::2] if size == length else forward(padded[..., :size], n=size)
+            spectrum = spectral_dot(data[:, :, None, :], generator)  # (b, nb, F)
+            z.view(batch, -1, 2, half)[:, :, 1].addcmul_(inverse(spectrum, size)[..., half:], level_beta)
+        z = z[:, :n]
+        if n > 1:
+            wrap = inverse(spectral_dot(data_doubled, wrapped), 2 * length)[:, n : 2 * n - 1]
+            z[:, :-1].addcmul_(wrap, beta[:-1])
+        return z
+
+    return by_row_blocks(block, V, rank)
 
 
 def subdiagonal_krylov_transpose_multiply(a: torch.Tensor, G: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """``[K(A, g_i)ᵀ y]_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)``, ``Y``: ``(B, n)`` ->
-    ``(B, r, n)``; ``O(r n log² n)`` per row (module docstring)."""
+    ``(B, r, n)``; ``O(r n log² n)`` per row: the transpose of :func:`subdiagonal_krylov_multiply`
+    with correlations, ``out_t = Σ_j W(j, j+t) g_j y_{j+t}`` by the same divide and conquer (the
+    block sum of each level accumulated in the frequency domain), plus the wrapped entries
+    ``out_t += Σ_j (α ⊙ g)_j (β ⊙ y)_{j+t-n}``, a correlation of length ``2L`` inverted together
+    with the top level (its spectrum, doubled, on the even bins). Rows in cache-sized blocks."""
     n = a.shape[-1]
+    rank = G.shape[0]
     if Y.shape[0] == 0:
-        return Y.new_zeros(0, G.shape[0], n)
-    return lower_weighted_correlation(a.repeat(2), torch.nn.functional.pad(G, (0, n)), Y.repeat(1, 2), n)
+        return Y.new_zeros(0, rank, n)
+    forward, inverse = _spectra(not (a.is_complex() or G.is_complex() or Y.is_complex()))
+    length = _blocks(n)
+    padded_a, padded_G = _pad(a, length, 1.0), _pad(G, length)
+    offsets = torch.arange(BASE, device=a.device)
+    diff = offsets[:, None] - offsets[None, :]
+    weighted = _within_block_weights(padded_a.reshape(-1, BASE))[None] * padded_G.reshape(rank, -1, 1, BASE)
+    # sum along the diagonals k - j = t of each (k, j) block (upper entries of weights are zero)
+    lag = (diff.reshape(-1, 1) == offsets[None, :]).to(weighted.dtype)  # (k·j, t)
+    levels = _level_generators(padded_a, padded_G, forward, flip=True)
+    alpha, beta = _cyclic_products(a)
+    wrapped = forward((alpha * G).flip(-1), n=2 * length)  # (r, F₂)
+
+    def block(rows: torch.Tensor) -> torch.Tensor:
+        batch = rows.shape[0]
+        padded = _pad(rows, length)
+        products = torch.einsum("rnkj,bnk->brkj", weighted, padded.reshape(batch, -1, BASE))
+        out = _pad(products.reshape(batch, rank, -1) @ lag, length)  # (b, r, L)
+        spectrum = forward(rows * beta, n=2 * length)[:, None, :] * wrapped  # wrap, (b, r, F₂)
+        for size, generator, level_beta in levels:
+            half = size // 2
+            data = forward(padded.reshape(batch, -1, 2, half)[:, :, 1, :] * level_beta, n=size)  # (b, nb, F)
+            level = torch.stack([(data * generator[i]).sum(1) for i in range(rank)], dim=1)  # (b, r, F)
+            if size == length:  # inverted with the wrap: 2·level on the even bins of the 2L grid
+                spectrum[..., ::2].add_(level, alpha=2)
+            else:  # entry t - 1 holds lag t (left half j, right half j + t)
+                out[..., 1:size].add_(inverse(level, size)[..., : size - 1])
+        out[..., 1:].add_(inverse(spectrum, 2 * length)[..., : length - 1])
+        return out[..., :n]
+
+    return by_row_blocks(block, Y, rank)
 
 
 def subdiagonal_krylov_multiply_reference(a: torch.Tensor, G: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -190,17 +227,18 @@ def subdiagonal_krylov_transpose_multiply_reference(a: torch.Tensor, G: torch.Te
 
 def subdiagonal_krylov_flops(n: int, rank: int, dtype: torch.dtype) -> int:
     """Real flops per row of one :func:`subdiagonal_krylov_multiply` (or its transpose) with
-    ``rank`` generators: the direct base case (``rank · L · BASE`` multiply-adds) plus, per
-    divide-and-conquer level, ``rank + 1`` forward FFTs, one inverse FFT and ``rank`` spectral
-    products per block (``L`` = the unrolled length ``2n`` rounded up to ``BASE · 2^k``)."""
+    ``rank`` generators: the direct base case (``rank · L · BASE`` multiply-adds), per
+    divide-and-conquer level a transform of ``rank`` prefixes (correlation: one per block) and one
+    inverse per block with ``rank`` spectral products, and the wrap-around convolution of length
+    ``2L`` (``rank + 1`` transforms; ``L`` = ``n`` rounded up to ``BASE · 2^k``)."""
     real = not dtype.is_complex
     mul_add = 2 if real else 8
-    length = _blocks(2 * n)
-    total = rank * length * BASE * mul_add
+    length = _blocks(n)
+    bins = (lambda size: size // 2 + 1) if real else (lambda size: size)
+    total = rank * length * BASE * mul_add + (rank + 1) * fft_flops(2 * length, real) + rank * bins(2 * length) * 8
     size = 2 * BASE
     while size <= length:
         blocks = length // size
-        bins = size // 2 + 1 if real else size
-        total += blocks * ((rank + 2) * fft_flops(size, real) + rank * bins * 8)
+        total += (rank + blocks) * fft_flops(size, real) + rank * blocks * bins(size) * 8
         size *= 2
     return int(math.ceil(total))
