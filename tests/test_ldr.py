@@ -244,3 +244,18 @@ def test_vandermonde_overflow_warns():
         layer.nodes[1] = 4.0
     with pytest.warns(RuntimeWarning, match="overflows"):
         layer(torch.randn(2, 100))
+
+
+def test_bench_ldr_rows():
+    from structmat.experiments.bench_ldr import TORCH_STRUCTURED, run, torch_structured_layers
+
+    rows = run(quick=True, sizes=[64])
+    by_name = {row["structure"]: row for row in rows}
+    assert by_name["toeplitz_like"]["params"] == 2 * 4 * 64 and by_name["ldr_sd"]["n"] == 64
+    assert all(row["structured_s"] > 0 and row["speedup"] > 0 for row in rows)
+    installed = torch_structured_layers() is not None
+    for name, row in by_name.items():
+        timed = installed and name in TORCH_STRUCTURED
+        assert (row["torch_structured_s"] is not None) == timed
+        if timed:
+            assert row["torch_structured_s"] > 0 and row["speedup_vs_torch_structured"] > 0
