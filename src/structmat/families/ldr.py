@@ -42,6 +42,7 @@ from ..core.init import normal_
 from ..core.registry import OptionRange, Sample
 from ..core.sizes import pad_last, truncate_last
 from ..ops.circulant import (
+    by_row_blocks,
     convolution_length,
     f_circulant_krylov_multiply,
     f_circulant_matrix,
@@ -53,8 +54,8 @@ from ..ops.krylov import (
     krylov_matrix,
     subdiagonal_apply,
     subdiagonal_krylov_flops,
-    subdiagonal_krylov_multiply,
-    subdiagonal_krylov_transpose_multiply,
+    subdiagonal_krylov_multiplier,
+    subdiagonal_krylov_transpose_multiplier,
     subdiagonal_transpose_apply,
 )
 from .cauchy import cauchy_rows, hilbert_nodes
@@ -497,7 +498,8 @@ class LDRSubdiagonal(DisplacementRankMatrix):
     initialised to ``A = Z₁``, ``B = Z₋₁`` (the Hankel-like operators). ``N = max(m, n)``,
     corner-embedded. Multiply by the divide-and-conquer Krylov products of
     :mod:`structmat.ops.krylov`: ``K(Bᵀ, h)ᵀ x = K(A', J h)ᵀ J x`` with ``A' = J Bᵀ J``
-    subdiagonal, then ``Σ_i K(A, g_i) u_i``; ``O(r N log² N)`` per row. ``rank`` in ``[1, N]``.
+    subdiagonal, then ``Σ_i K(A, g_i) u_i``, both on each cache-sized block of rows;
+    ``O(r N log² N)`` per row. ``rank`` in ``[1, N]``.
     """
 
     def __init__(self, in_features: int, out_features: int, *, rank: int | None = None, device=None, dtype=None) -> None:
@@ -521,12 +523,21 @@ class LDRSubdiagonal(DisplacementRankMatrix):
         return torch.cat([b[:-1].flip(0), b[-1:]])
 
     def _square_forward(self, x: torch.Tensor) -> torch.Tensor:
-        inner = subdiagonal_krylov_transpose_multiply(self._mirrored_b(), self.right_generators.flip(-1), x.flip(-1))
-        return subdiagonal_krylov_multiply(self.subdiagonal_a, self.left_generators, inner)
+        if x.shape[0] == 0:  # FFT libraries reject empty transforms
+            return x.new_zeros(0, self.size)
+        complex_rows = x.is_complex()
+        inner = subdiagonal_krylov_transpose_multiplier(self._mirrored_b(), self.right_generators.flip(-1), complex_rows)
+        outer = subdiagonal_krylov_multiplier(self.subdiagonal_a, self.left_generators, complex_rows)
+        # both products on each cache-sized block of rows: the (rows, r, N) middle stays in cache
+        return by_row_blocks(lambda rows: outer(inner(rows.flip(-1))), x, self.rank)
 
     def _square_transpose(self, y: torch.Tensor) -> torch.Tensor:
-        inner = subdiagonal_krylov_transpose_multiply(self.subdiagonal_a, self.left_generators, y)
-        return subdiagonal_krylov_multiply(self._mirrored_b(), self.right_generators.flip(-1), inner).flip(-1)
+        if y.shape[0] == 0:
+            return y.new_zeros(0, self.size)
+        complex_rows = y.is_complex()
+        inner = subdiagonal_krylov_transpose_multiplier(self.subdiagonal_a, self.left_generators, complex_rows)
+        outer = subdiagonal_krylov_multiplier(self._mirrored_b(), self.right_generators.flip(-1), complex_rows)
+        return by_row_blocks(lambda rows: outer(inner(rows)).flip(-1), y, self.rank)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return truncate_last(self._square_forward(pad_last(x, self.size)), self.out_features)

@@ -121,9 +121,11 @@ def _cyclic_products(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return alpha, beta
 
 
-def subdiagonal_krylov_multiply(a: torch.Tensor, G: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """``Σ_i K(A, g_i) v_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)``, ``V``: ``(B, r, n)`` ->
-    ``(B, n)``; ``O(r n log² n)`` per row (module docstring).
+def subdiagonal_krylov_multiplier(a: torch.Tensor, G: torch.Tensor, complex_rows: bool = False):
+    """The map ``V -> Σ_i K(A, g_i) v_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)`` on a block of
+    rows ``V``: ``(b, r, n)`` -> ``(b, n)`` (``b >= 1``), with everything that depends only on
+    ``a`` and ``G`` computed here, once (``complex_rows``: the rows will be complex);
+    ``O(r n log² n)`` per row (module docstring).
 
     Entries of ``K(A, g)`` that do not wrap around the cycle form the weighted lower-triangular
     convolution ``z_k = Σ_{j<=k} W(j, k) g_j v_{k-j}``, done by divide and conquer over blocks of
@@ -133,19 +135,17 @@ def subdiagonal_krylov_multiply(a: torch.Tensor, G: torch.Tensor, V: torch.Tenso
     per block. Wrapped entries (row ``k``, source ``j > k``) weigh ``α_j β_k``
     (:func:`_cyclic_products`): ``β ⊙ ((α ⊙ g) * v)[n:]``, a linear convolution of length ``2L``
     whose transform of ``v`` also serves the top level (its even bins are the length-``L``
-    spectrum of the zero-padded ``v``). Rows go through in cache-sized blocks
-    (:func:`~structmat.ops.circulant.by_row_blocks`)."""
+    spectrum of the zero-padded ``v``)."""
     n = a.shape[-1]
-    if V.shape[0] == 0:  # FFT libraries reject empty transforms
-        return V.new_zeros(0, n)
     rank = G.shape[0]
-    forward, inverse = _spectra(not (a.is_complex() or G.is_complex() or V.is_complex()))
+    forward, inverse = _spectra(not (a.is_complex() or G.is_complex() or complex_rows))
     length = _blocks(n)
     padded_a, padded_G = _pad(a, length, 1.0), _pad(G, length)
     offsets = torch.arange(BASE, device=a.device)
     diff = offsets[:, None] - offsets[None, :]
-    # base case: W within blocks of BASE entries times g_j, as (r, nb, k, j)
-    weighted = _within_block_weights(padded_a.reshape(-1, BASE))[None] * padded_G.reshape(rank, -1, 1, BASE)
+    # base case: W within blocks of BASE entries times g_j, as one (r·j, nb) matrix per k
+    weighted = _within_block_weights(padded_a.reshape(-1, BASE))[None] * padded_G.reshape(rank, -1, 1, BASE)  # (r, nb, k, j)
+    weighted = weighted.permute(2, 0, 3, 1).reshape(BASE, rank * BASE, -1)
     levels = _level_generators(padded_a, padded_G, forward, flip=False)
     alpha, beta = _cyclic_products(a)
     wrapped = forward(alpha * G, n=2 * length)  # (r, F₂)
@@ -154,7 +154,8 @@ def subdiagonal_krylov_multiply(a: torch.Tensor, G: torch.Tensor, V: torch.Tenso
         batch = rows.shape[0]
         padded = _pad(rows, length)
         toeplitz = padded[..., diff.clamp_min(0)] * (diff >= 0)  # (b, r, k, j)
-        z = torch.einsum("rnkj,brkj->bnk", weighted, toeplitz).reshape(batch, length)
+        toeplitz = toeplitz.permute(2, 0, 1, 3).reshape(BASE, batch, rank * BASE)
+        z = torch.bmm(toeplitz, weighted).permute(1, 2, 0).reshape(batch, length)  # (k, b, nb) -> (b, L)
         data_doubled = forward(rows, n=2 * length)  # (b, r, F₂)
         for size, generator, level_beta in levels:
             half = size // 2
@@ -167,26 +168,38 @@ def subdiagonal_krylov_multiply(a: torch.Tensor, G: torch.Tensor, V: torch.Tenso
             z[:, :-1].addcmul_(wrap, beta[:-1])
         return z
 
-    return by_row_blocks(block, V, rank)
+    return block
 
 
-def subdiagonal_krylov_transpose_multiply(a: torch.Tensor, G: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """``[K(A, g_i)ᵀ y]_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)``, ``Y``: ``(B, n)`` ->
-    ``(B, r, n)``; ``O(r n log² n)`` per row: the transpose of :func:`subdiagonal_krylov_multiply`
+def subdiagonal_krylov_multiply(a: torch.Tensor, G: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """``Σ_i K(A, g_i) v_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)``, ``V``: ``(B, r, n)`` ->
+    ``(B, n)``: :func:`subdiagonal_krylov_multiplier` on cache-sized blocks of rows
+    (:func:`~structmat.ops.circulant.by_row_blocks`); ``O(r n log² n)`` per row."""
+    if V.shape[0] == 0:  # FFT libraries reject empty transforms
+        return V.new_zeros(0, a.shape[-1])
+    return by_row_blocks(subdiagonal_krylov_multiplier(a, G, V.is_complex()), V, G.shape[0])
+
+
+
+
+def subdiagonal_krylov_transpose_multiplier(a: torch.Tensor, G: torch.Tensor, complex_rows: bool = False):
+    """The map ``Y -> [K(A, g_i)ᵀ y]_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)`` on a block of rows
+    ``Y``: ``(b, n)`` -> ``(b, r, n)`` (``b >= 1``), the ``a``/``G`` side computed here, once
+    (``complex_rows`` as in :func:`subdiagonal_krylov_multiplier`);
+    ``O(r n log² n)`` per row: the transpose of :func:`subdiagonal_krylov_multiplier`
     with correlations, ``out_t = Σ_j W(j, j+t) g_j y_{j+t}`` by the same divide and conquer (the
     block sum of each level accumulated in the frequency domain), plus the wrapped entries
     ``out_t += Σ_j (α ⊙ g)_j (β ⊙ y)_{j+t-n}``, a correlation of length ``2L`` inverted together
-    with the top level (its spectrum, doubled, on the even bins). Rows in cache-sized blocks."""
+    with the top level (its spectrum, doubled, on the even bins)."""
     n = a.shape[-1]
     rank = G.shape[0]
-    if Y.shape[0] == 0:
-        return Y.new_zeros(0, rank, n)
-    forward, inverse = _spectra(not (a.is_complex() or G.is_complex() or Y.is_complex()))
+    forward, inverse = _spectra(not (a.is_complex() or G.is_complex() or complex_rows))
     length = _blocks(n)
     padded_a, padded_G = _pad(a, length, 1.0), _pad(G, length)
     offsets = torch.arange(BASE, device=a.device)
     diff = offsets[:, None] - offsets[None, :]
-    weighted = _within_block_weights(padded_a.reshape(-1, BASE))[None] * padded_G.reshape(rank, -1, 1, BASE)
+    weighted = _within_block_weights(padded_a.reshape(-1, BASE))[None] * padded_G.reshape(rank, -1, 1, BASE)  # (r, nb, k, j)
+    weighted = weighted.permute(2, 1, 0, 3).reshape(BASE, -1, rank * BASE)  # (k, nb, r·j)
     # sum along the diagonals k - j = t of each (k, j) block (upper entries of weights are zero)
     lag = (diff.reshape(-1, 1) == offsets[None, :]).to(weighted.dtype)  # (k·j, t)
     levels = _level_generators(padded_a, padded_G, forward, flip=True)
@@ -196,8 +209,9 @@ def subdiagonal_krylov_transpose_multiply(a: torch.Tensor, G: torch.Tensor, Y: t
     def block(rows: torch.Tensor) -> torch.Tensor:
         batch = rows.shape[0]
         padded = _pad(rows, length)
-        products = torch.einsum("rnkj,bnk->brkj", weighted, padded.reshape(batch, -1, BASE))
-        out = _pad(products.reshape(batch, rank, -1) @ lag, length)  # (b, r, L)
+        products = torch.bmm(padded.reshape(batch, -1, BASE).permute(2, 0, 1), weighted)  # (k, b, r·j)
+        products = products.reshape(BASE, batch, rank, BASE).permute(1, 2, 0, 3).reshape(batch, rank, -1)
+        out = _pad(products @ lag, length)  # (b, r, L)
         spectrum = forward(rows * beta, n=2 * length)[:, None, :] * wrapped  # wrap, (b, r, F₂)
         for size, generator, level_beta in levels:
             half = size // 2
@@ -210,7 +224,16 @@ def subdiagonal_krylov_transpose_multiply(a: torch.Tensor, G: torch.Tensor, Y: t
         out[..., 1:].add_(inverse(spectrum, 2 * length)[..., : length - 1])
         return out[..., :n]
 
-    return by_row_blocks(block, Y, rank)
+    return block
+
+
+def subdiagonal_krylov_transpose_multiply(a: torch.Tensor, G: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """``[K(A, g_i)ᵀ y]_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)``, ``Y``: ``(B, n)`` ->
+    ``(B, r, n)``: :func:`subdiagonal_krylov_transpose_multiplier` on cache-sized blocks of rows;
+    ``O(r n log² n)`` per row."""
+    if Y.shape[0] == 0:
+        return Y.new_zeros(0, G.shape[0], a.shape[-1])
+    return by_row_blocks(subdiagonal_krylov_transpose_multiplier(a, G, Y.is_complex()), Y, G.shape[0])
 
 
 def subdiagonal_krylov_multiply_reference(a: torch.Tensor, G: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
