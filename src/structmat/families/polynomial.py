@@ -373,9 +373,14 @@ class OrthogonalPolynomial(StructuredMatrix):
         zeros = torch.zeros(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
 
         def segment(start: int, stop: int, beta1, beta2, x, a, b, gamma):
-            # β_t = c_t + (a_t z + b_t) β_{t+1} + γ_{t+1} β_{t+2}, t = stop-1 … start
-            for t in range(stop - 1, start - 1, -1):
-                beta1, beta2 = x[:, t : t + 1] + (a[t] * z + b[t]) * beta1 + gamma[t + 1] * beta2, beta1
+            # β_t = c_t + (a_t z + b_t) β_{t+1} + γ_{t+1} β_{t+2}, t = stop-1 … start; the segment's
+            # (a_t z + b_t) rows are formed at once, and each step makes two passes over the (B, m)
+            # state into one new buffer (a step costs two kernels, not eight small ones)
+            factors = (a[start:stop, None] * z + b[start:stop, None]).unbind(0)
+            columns = x[:, start:stop, None].unbind(1)
+            gammas = gamma[start + 1 : stop + 1].unbind(0)
+            for t in reversed(range(stop - start)):
+                beta1, beta2 = torch.addcmul(columns[t], factors[t], beta1).addcmul_(gammas[t], beta2), beta1
             return beta1, beta2
 
         state = (zeros, zeros)
@@ -389,12 +394,15 @@ class OrthogonalPolynomial(StructuredMatrix):
         ones = torch.ones_like(z)
 
         def segment(start: int, stop: int, p, p_prev, y, a, b, gamma):
-            # (Tᵀ u)_i = Σ_j u_j p_i(z_j); p_{i+1} = (a_i z + b_i) p_i + γ_i p_{i-1}
-            columns = []
-            for i in range(start, stop):
-                columns.append(y @ p)
-                p, p_prev = (a[i] * z + b[i]) * p + gamma[i] * p_prev, p
-            return p, p_prev, torch.stack(columns, dim=1)
+            # (Tᵀ u)_i = Σ_j u_j p_i(z_j); p_{i+1} = (a_i z + b_i) p_i + γ_i p_{i-1}: the segment's
+            # values p_i(z) (m × segment, O(m √n) memory) by the recurrence, then one product with y
+            factors = (a[start:stop, None] * z + b[start:stop, None]).unbind(0)
+            gammas = gamma[start:stop].unbind(0)
+            values = []
+            for i in range(stop - start):
+                values.append(p)
+                p, p_prev = torch.addcmul(gammas[i] * p_prev, factors[i], p), p
+            return p, p_prev, y @ torch.stack(values, dim=1)
 
         p, p_prev, blocks = ones, torch.zeros_like(ones), []
         for start, stop in _segments(self.in_features):
