@@ -173,10 +173,8 @@ def test_divide_and_conquer_krylov_matches_reference(dtype, n):
 def test_krylov_products_in_row_blocks_with_gradients(monkeypatch, dtype, n):
     """Rows in several cache-sized blocks (the last ragged) give the reference products, and the
     gradients with respect to the operator, the generators and the input match too."""
-    from structmat.ops import circulant
-
     rank, batch = 2, 7
-    monkeypatch.setattr(circulant, "KRYLOV_BLOCK_BYTES", 3 * rank * n * torch.empty((), dtype=dtype).element_size())
+    monkeypatch.setattr(krylov, "SUBDIAGONAL_BLOCK_BYTES", 3 * rank * n * torch.empty((), dtype=dtype).element_size())
     a = (1 + 0.3 * torch.randn(n, dtype=dtype)).requires_grad_()
     G = torch.randn(rank, n, dtype=dtype, requires_grad=True)
     V = torch.randn(batch, rank, n, dtype=dtype, requires_grad=True)
@@ -192,6 +190,19 @@ def test_krylov_products_in_row_blocks_with_gradients(monkeypatch, dtype, n):
         expected_grads = torch.autograd.grad((expected * weights.conj()).real.sum(), inputs)
         for grad, expected_grad in zip(grads, expected_grads):
             assert rel_error(grad, expected_grad) <= 1e-10
+
+
+def test_ldr_sd_in_row_blocks_matches_dense(monkeypatch):
+    """The layer runs both Krylov products per block of rows: several blocks, both directions."""
+    monkeypatch.setattr(krylov, "SUBDIAGONAL_BLOCK_BYTES", 2 * 3 * 20 * 8)
+    layer = LDRSubdiagonal(20, 13, rank=3, dtype=F64)
+    with torch.no_grad():
+        layer.subdiagonal_a.copy_(1 + 0.1 * torch.randn(20, dtype=F64))
+        layer.subdiagonal_b.copy_(1 + 0.1 * torch.randn(20, dtype=F64))
+    M = layer.to_dense()
+    x, y = torch.randn(7, 20, dtype=F64), torch.randn(5, 13, dtype=F64)
+    assert rel_error(layer(x), x @ M.T) <= 1e-12
+    assert rel_error(layer.transpose()(y), y @ M) <= 1e-12
 
 
 @pytest.mark.parametrize("transpose", [False, True])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 import warnings
 
 import torch
@@ -55,10 +56,11 @@ def torch_structured_layers():
     return layers
 
 
-def run(console: Console | None = None, quick: bool = False, sizes: list[int] | None = None) -> list[dict]:
+def run(console: Console | None = None, quick: bool = False, sizes: list[int] | None = None, clock=time.perf_counter) -> list[dict]:
     """Time each registered candidate, ``nn.Linear`` and the torch-structured layers at each ``n``
-    in ``sizes`` (default ``[1024, 4096]``, ``[1024]`` with ``quick``); print a Rich table and
-    return the rows."""
+    in ``sizes`` (default ``[1024, 4096]``, ``[1024]`` with ``quick``) on ``clock`` (wall time;
+    ``time.thread_time`` with one thread gives CPU times that hold on a shared machine); print a
+    Rich table and return the rows."""
     console = console or Console()
     sizes = sizes or ([1024] if quick else [1024, 4096])
     batch = 256
@@ -69,17 +71,17 @@ def run(console: Console | None = None, quick: bool = False, sizes: list[int] | 
     for n in sizes:
         x = torch.randn(batch, n)
         linear = torch.nn.Linear(n, n)
-        t_linear = time_forward(linear, x, repeat=repeat)
+        t_linear = time_forward(linear, x, repeat=repeat, clock=clock)
         for name, options in CANDIDATES:
             if name not in known:
                 continue
             layer = StructuredLinear(n, n, name, **options)
-            t_layer = time_forward(layer, x, repeat=repeat)
+            t_layer = time_forward(layer, x, repeat=repeat, clock=clock)
             t_reference = None
             if reference is not None and name in TORCH_STRUCTURED:
                 class_name, reference_options = TORCH_STRUCTURED[name]
                 reference_layer = getattr(reference, class_name)(layer_size=n, **reference_options)
-                t_reference = time_forward(reference_layer, x, repeat=repeat)
+                t_reference = time_forward(reference_layer, x, repeat=repeat, clock=clock)
             rows.append(
                 {
                     "structure": name,
@@ -94,7 +96,8 @@ def run(console: Console | None = None, quick: bool = False, sizes: list[int] | 
                     "speedup_vs_torch_structured": None if t_reference is None else t_reference / t_layer,
                 }
             )
-    table = Table(title=f"LDR / transform layers vs nn.Linear: inference forward, float32, batch {batch}")
+    title = f"LDR / transform layers vs nn.Linear: inference forward, float32, batch {batch}, {torch.get_num_threads()} thread(s)"
+    table = Table(title=title)
     columns = ["structure", "n", "params", "structured ms", "nn.Linear ms", "speed-up", "torch-structured ms", "vs torch-structured"]
     for column in columns:
         table.add_column(column, justify="right")

@@ -13,8 +13,12 @@ from typing import Callable
 import torch
 
 
-def time_call(fn: Callable[[], object], repeat: int = 5, min_time: float = 0.05, warmup: int = 1) -> float:
-    """Median seconds per call of ``fn`` (each sample loops until ``min_time`` has elapsed)."""
+def time_call(
+    fn: Callable[[], object], repeat: int = 5, min_time: float = 0.05, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Median seconds per call of ``fn`` (each sample loops until ``min_time`` has elapsed on
+    ``clock``: wall time by default, ``time.thread_time`` for single-thread CPU time, which is
+    robust to other jobs on a shared machine)."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -22,11 +26,11 @@ def time_call(fn: Callable[[], object], repeat: int = 5, min_time: float = 0.05,
     gc.disable()
     try:
         for _ in range(repeat):
-            calls, start = 0, time.perf_counter()
+            calls, start = 0, clock()
             while True:
                 fn()
                 calls += 1
-                elapsed = time.perf_counter() - start
+                elapsed = clock() - start
                 if elapsed >= min_time:
                     break
             samples.append(elapsed / calls)

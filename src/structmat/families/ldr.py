@@ -42,7 +42,6 @@ from ..core.init import normal_
 from ..core.registry import OptionRange, Sample
 from ..core.sizes import pad_last, truncate_last
 from ..ops.circulant import (
-    by_row_blocks,
     convolution_length,
     f_circulant_krylov_multiply,
     f_circulant_matrix,
@@ -56,6 +55,7 @@ from ..ops.krylov import (
     subdiagonal_krylov_flops,
     subdiagonal_krylov_multiplier,
     subdiagonal_krylov_transpose_multiplier,
+    subdiagonal_row_blocks,
     subdiagonal_transpose_apply,
 )
 from .cauchy import cauchy_rows, hilbert_nodes
@@ -529,7 +529,7 @@ class LDRSubdiagonal(DisplacementRankMatrix):
         inner = subdiagonal_krylov_transpose_multiplier(self._mirrored_b(), self.right_generators.flip(-1), complex_rows)
         outer = subdiagonal_krylov_multiplier(self.subdiagonal_a, self.left_generators, complex_rows)
         # both products on each cache-sized block of rows: the (rows, r, N) middle stays in cache
-        return by_row_blocks(lambda rows: outer(inner(rows.flip(-1))), x, self.rank)
+        return subdiagonal_row_blocks(lambda rows: outer(inner(rows.flip(-1))), x, self.rank)
 
     def _square_transpose(self, y: torch.Tensor) -> torch.Tensor:
         if y.shape[0] == 0:
@@ -537,7 +537,7 @@ class LDRSubdiagonal(DisplacementRankMatrix):
         complex_rows = y.is_complex()
         inner = subdiagonal_krylov_transpose_multiplier(self.subdiagonal_a, self.left_generators, complex_rows)
         outer = subdiagonal_krylov_multiplier(self._mirrored_b(), self.right_generators.flip(-1), complex_rows)
-        return by_row_blocks(lambda rows: outer(inner(rows)).flip(-1), y, self.rank)
+        return subdiagonal_row_blocks(lambda rows: outer(inner(rows)).flip(-1), y, self.rank)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return truncate_last(self._square_forward(pad_last(x, self.size)), self.out_features)
