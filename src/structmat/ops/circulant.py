@@ -258,7 +258,14 @@ def by_row_blocks(block, x: torch.Tensor, rank: int, block_bytes: int | None = N
     rows = max(1, budget // (rank * x.shape[-1] * x.element_size()))
     if x.shape[0] <= rows:
         return block(x)
-    return torch.cat([block(part) for part in x.split(rows)])
+    # each block written into the output as it is produced (no list of block results, then a
+    # copy: a smaller peak, so the allocator keeps the memory between calls)
+    first = block(x[:rows])
+    out = first.new_empty((x.shape[0], *first.shape[1:]))
+    out[:rows] = first
+    for start in range(rows, x.shape[0], rows):
+        out[start : start + rows] = block(x[start : start + rows])
+    return out
 
 
 def spectral_dot(spectra: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
