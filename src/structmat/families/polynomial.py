@@ -229,7 +229,8 @@ class OrthogonalPolynomial(StructuredMatrix):
 
     Parameters: ``a, b`` (``n-1`` each) and ``gamma`` (``n-2``, steps ``1..n-2``). Costs: fast
     ``O(n log² n + m log m)`` per row after an ``O(n log² n)`` parameter-only tree, memory
-    ``O(n + m)`` per row; Clenshaw ``O(n m)`` per row, memory ``O(m)``. Accuracy (relative to
+    ``O(n + m)`` per row; Clenshaw ``O(n m)`` per row, memory ``O(m)`` per row (plus an
+    ``m × √n`` tile of polynomial values for the transpose). Accuracy (relative to
     float64 Clenshaw, random coefficients): see ``docs/families/polynomial.md``; the fast path
     is used by ``"auto"`` only within :data:`FAST_PATH_MAX_DEGREE`.
 
