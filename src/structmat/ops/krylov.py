@@ -226,7 +226,10 @@ def subdiagonal_krylov_transpose_multiplier(a: torch.Tensor, G: torch.Tensor, co
         for size, generator, level_beta in levels:
             half = size // 2
             data = forward(padded.reshape(batch, -1, 2, half)[:, :, 1, :] * level_beta, n=size)  # (b, nb, F)
-            level = torch.stack([(data * generator[i]).sum(1) for i in range(rank)], dim=1)  # (b, r, F)
+            if data.shape[1] <= rank:  # few blocks (top levels): accumulate over the blocks
+                level = spectral_dot(data[:, :, None, :], generator.transpose(0, 1))  # (b, r, F)
+            else:
+                level = torch.stack([(data * generator[i]).sum(1) for i in range(rank)], dim=1)
             if size == length:  # inverted with the wrap: 2·level on the even bins of the 2L grid
                 spectrum[..., ::2].add_(level, alpha=2)
             else:  # entry t - 1 holds lag t (left half j, right half j + t)
