@@ -175,6 +175,7 @@ def test_krylov_products_in_row_blocks_with_gradients(monkeypatch, dtype, n):
     gradients with respect to the operator, the generators and the input match too."""
     rank, batch = 2, 7
     monkeypatch.setattr(krylov, "SUBDIAGONAL_BLOCK_BYTES", 3 * rank * n * torch.empty((), dtype=dtype).element_size())
+    monkeypatch.setattr(C, "MIN_BLOCK_ROWS", 1)
     a = (1 + 0.3 * torch.randn(n, dtype=dtype)).requires_grad_()
     G = torch.randn(rank, n, dtype=dtype, requires_grad=True)
     V = torch.randn(batch, rank, n, dtype=dtype, requires_grad=True)
@@ -195,6 +196,7 @@ def test_krylov_products_in_row_blocks_with_gradients(monkeypatch, dtype, n):
 def test_ldr_sd_in_row_blocks_matches_dense(monkeypatch):
     """The layer runs both Krylov products per block of rows: several blocks, both directions."""
     monkeypatch.setattr(krylov, "SUBDIAGONAL_BLOCK_BYTES", 2 * 3 * 20 * 8)
+    monkeypatch.setattr(C, "MIN_BLOCK_ROWS", 1)
     layer = LDRSubdiagonal(20, 13, rank=3, dtype=F64)
     with torch.no_grad():
         layer.subdiagonal_a.copy_(1 + 0.1 * torch.randn(20, dtype=F64))

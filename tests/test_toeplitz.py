@@ -64,6 +64,7 @@ def test_krylov_sum_in_row_blocks_matches_reference(monkeypatch, dtype, f, g):
     the gradients through the blocks too."""
     n, rank, batch = 12, 3, 11
     monkeypatch.setattr(C, "KRYLOV_BLOCK_BYTES", 4 * rank * n * torch.empty((), dtype=dtype).element_size())
+    monkeypatch.setattr(C, "MIN_BLOCK_ROWS", 1)
     G = torch.randn(rank, n, dtype=dtype, requires_grad=True)
     H = torch.randn(rank, n, dtype=dtype, requires_grad=True)
     x = torch.randn(batch, n, dtype=dtype)

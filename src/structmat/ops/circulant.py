@@ -242,20 +242,23 @@ def cyclic_transforms(f: complex, n: int, real: bool, dtype: torch.dtype, device
 
 
 #: bytes of the ``(rows, r, n)`` intermediate of one block of rows in :func:`f_circulant_krylov_multiply`
-#: (measured, single thread, batch 256, r = 4: 2^19 to 2^20 is best at n = 1024 and 4096; larger
-#: blocks leave the cache and their temporaries are mapped afresh by the allocator on every call)
+#: (measured, batch 256, r = 4, 1 and 2 threads: 32 rows at n = 1024, 16 rows at n = 4096 are best
+#: or near best; larger blocks leave the cache and their temporaries tend to be mapped afresh by
+#: the allocator on every call, smaller ones pay more per-call overhead and split poorly over threads)
 KRYLOV_BLOCK_BYTES = 1 << 19
+#: fewest rows per block (long rows: per-call overhead and thread splitting)
+MIN_BLOCK_ROWS = 16
 
 
 def by_row_blocks(block, x: torch.Tensor, rank: int, block_bytes: int | None = None) -> torch.Tensor:
     """``block(x)`` evaluated on blocks of rows whose ``(rows, rank, n)`` intermediates take about
-    ``block_bytes`` (default :data:`KRYLOV_BLOCK_BYTES`): each block's elementwise steps (spectral
+    ``block_bytes`` (default :data:`KRYLOV_BLOCK_BYTES`; at least :data:`MIN_BLOCK_ROWS` rows): each block's elementwise steps (spectral
     products, twists, unpacking, the rank sum) then run on data still in the L2/L3 cache instead
     of streaming ``rank`` full-batch arrays through memory, and the temporaries stay small enough
     to be recycled by the allocator rather than mapped afresh (page faults) on every call. Rows
     are independent, so the result is that of one call on ``x``."""
     budget = KRYLOV_BLOCK_BYTES if block_bytes is None else block_bytes
-    rows = max(1, budget // (rank * x.shape[-1] * x.element_size()))
+    rows = max(MIN_BLOCK_ROWS, budget // (rank * x.shape[-1] * x.element_size()))
     if x.shape[0] <= rows:
         return block(x)
     # each block written into the output as it is produced (no list of block results, then a
