@@ -242,12 +242,12 @@ def cyclic_transforms(f: complex, n: int, real: bool, dtype: torch.dtype, device
 
 
 #: bytes of the ``(rows, r, n)`` intermediate of one block of rows in :func:`f_circulant_krylov_multiply`
-#: (measured, batch 256, r = 4, 1 and 2 threads: 32 rows at n = 1024, 16 rows at n = 4096 are best
-#: or near best; larger blocks leave the cache and their temporaries tend to be mapped afresh by
+#: (measured, batch 256, r = 4, float32: 32 rows are best or near best at n = 1024 and 4096 with 1
+#: and 2 threads; larger blocks leave the cache and their temporaries tend to be mapped afresh by
 #: the allocator on every call, smaller ones pay more per-call overhead and split poorly over threads)
 KRYLOV_BLOCK_BYTES = 1 << 19
 #: fewest rows per block (long rows: per-call overhead and thread splitting)
-MIN_BLOCK_ROWS = 16
+MIN_BLOCK_ROWS = 32
 
 
 def by_row_blocks(block, x: torch.Tensor, rank: int, block_bytes: int | None = None) -> torch.Tensor:
