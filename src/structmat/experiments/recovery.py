@@ -144,7 +144,7 @@ class FitSettings:
     tol: float = 1e-5
     seed: int = 0
     bp_permutation: str = "learned"
-    bp_trials: tuple = ((8, 16), (16, 16), (32, 16), (64, 8), (128, 8), (256, 8), (512, 4), (1024, 4))
+    bp_trials: tuple = ((8, 16), (16, 16), (32, 16), (64, 8), (128, 8), (256, 4), (512, 4), (1024, 4))
     bp_logit_scale: float = 1.0
     bp_probes: int = 16
     probe_from: int = 64
