@@ -112,7 +112,7 @@ def test_family_without_closed_form_is_fitted_and_fixed_family_is_built():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)).double()
     _, summary = sm.structurize(model, "kaleidoscope", include="0", projection={"steps": 200, "lbfgs_steps": 0}, return_summary=True)
     report = summary.layers[0]
-    assert report.method.startswith("fit") and report.rel_error < 0.99
+    assert report.method in ("fit", "hierarchical+fit") and report.rel_error < 0.99  # K-matrices: hierarchical warm start, then the fit
     assert isinstance(model[0], StructuredLinear) and model[0].structure == "kaleidoscope"
     _, fixed = sm.structurize(model, "permutation", include="2", return_summary=True)
     assert fixed.layers[0].method == "reinitialised" and fixed.layers[0].params_after == 0
