@@ -117,6 +117,7 @@ def factor_bp(E: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) ->
     while m > 2:
         h = m // 2
         subsets, gathers = _distinct_gate_gathers(m) if search else ([0], torch.arange(m)[None])
+        gathers = gathers.to(E.device)
         candidates = blocks[:, :, gathers].permute(0, 2, 1, 3)  # (K, C, m, m) = MQ[:, σ_S]
         kept, count = blocks.shape[0], len(subsets)
         # stacks[k, s, i, 2r + c, j] = candidate[r·h + i, c·h + j]
@@ -124,7 +125,7 @@ def factor_bp(E: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) ->
         u, v, discarded = rank_one_rows(stacks)
         totals = (errors[:, None] + discarded.sum(-1)).reshape(-1)
         order = torch.argsort(totals, stable=True)[: min(beam, totals.numel())]
-        parent, choice = order // count, order % count
+        parent, choice = (order // count).cpu(), (order % count).cpu()
         errors = totals[order]
         blocks = v.reshape(kept * count, h, h)[order]
         trail.append((parent, torch.tensor(subsets)[choice], u.reshape(kept * count, h, 2, 2)[order]))
@@ -168,7 +169,7 @@ def bp_from_dense(
         if permutation == "learned":
             layer.logits.fill_(-HARD_LOGIT)
         # T = B_k P_k (P_{k−1} ⋯ P_1) with identity inner butterflies: factor T (P_{k−1} ⋯ P_1)⁻¹
-        inner = torch.arange(layer.size)
+        inner = torch.arange(layer.size, device=W.device)
         permutations = layer.hard_permutations()
         for perm in permutations[:-1]:
             inner = inner[perm]
