@@ -123,7 +123,7 @@ def test_default_recovery_grid(tmp_path):
     recovered = {"dft": 256, "hadamard": 256, "hartley": 16, "dct": 8, "dst": 16}
     for r in rows:
         assert r["permutation_mass"] >= 0.99, r
-        assert r["rounded_rmse"] == pytest.approx(r["rmse"], rel=1e-6, abs=1e-12), r
+        assert r["rounded_rmse"] == pytest.approx(r["rmse"], rel=1e-3, abs=1e-12), r  # SGD gates at ±20: 2e-9 leak each
         if r["n"] <= recovered.get(r["target"], 0):
             assert r["rmse"] < 1e-4, r
         elif r["target"] in ("legendre", "randn"):
