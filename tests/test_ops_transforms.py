@@ -15,7 +15,7 @@ from helpers import rel_error
 DTYPES = [torch.float64, torch.complex128]
 
 
-@pytest.mark.parametrize("n", [1, 2, 4, 8, 64, 1024])
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16, 32, 64, 128, 1024])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_hadamard_matches_scipy_and_reference(n, dtype):
     x = torch.randn(3, 2, n, dtype=dtype)
