@@ -12,8 +12,8 @@
   permutations between them, as in the ACDC paper. The DCT works for any length, so the size is
   ``N = max(in_features, out_features)`` (corner embedding, SPEC.md §1.6).
 
-Both multiply through the fast kernels of :mod:`structmat.ops.hadamard` and
-:mod:`structmat.ops.dct` and never form the matrix; their transposes run the factors in reverse
+Both multiply through fast kernels (:mod:`structmat.ops.fastfood`: the whole Fastfood chain in one
+fused CPU kernel; :mod:`structmat.ops.dct`) and never form the matrix; their transposes run the factors in reverse
 order (each factor is symmetric or orthogonal, SPEC.md §2.3).
 """
 
@@ -31,7 +31,8 @@ from ..core.init import normal_
 from ..core.registry import OptionRange, Sample
 from ..core.sizes import ceil_div, next_power_of_two, pad_last, truncate_last
 from ..ops.dct import dct2, dct3, dct_flops
-from ..ops.hadamard import hadamard_flops, hadamard_transform
+from ..ops.fastfood import fastfood_multiply, fastfood_multiply_transpose
+from ..ops.hadamard import hadamard_flops
 
 
 def _random_permutations(count: int, n: int, seed: int, device) -> torch.Tensor:
@@ -98,19 +99,11 @@ class Fastfood(StructuredMatrix):
             self.S.fill_(1.0 / math.sqrt(3.0 * self.size * self.in_features))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = pad_last(x, self.size).unsqueeze(1) * self.B  # (batch, K, N)
-        u = hadamard_transform(u)
-        u = torch.gather(u, 2, self.permutation.expand(u.shape[0], -1, -1)) * self.G
-        u = hadamard_transform(u) * self.S
-        return truncate_last(u.reshape(x.shape[0], self.blocks * self.size), self.out_features)
+        return fastfood_multiply(x, self.S, self.G, self.B, self.permutation, self.out_features)
 
     def _forward_transpose(self, y: torch.Tensor) -> torch.Tensor:
-        # Vᵀ = B H Πᵀ G H S (H and the diagonals are symmetric)
-        u = pad_last(y, self.blocks * self.size).reshape(y.shape[0], self.blocks, self.size) * self.S
-        u = hadamard_transform(u) * self.G
-        u = torch.zeros_like(u).scatter(2, self.permutation.expand(u.shape[0], -1, -1), u)
-        u = hadamard_transform(u) * self.B
-        return truncate_last(u.sum(dim=1), self.in_features)
+        # Vᵀ = B H Πᵀ G H S per block (H and the diagonals are symmetric)
+        return fastfood_multiply_transpose(y, self.S, self.G, self.B, self.permutation, self.in_features)
 
     def to_dense(self) -> torch.Tensor:
         H = _sylvester_hadamard(self.size, self.dtype, self.device)

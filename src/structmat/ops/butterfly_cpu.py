@@ -23,7 +23,6 @@ Compiled signatures: one per dtype (float32/64, complex64/128) and kernel, cache
 from __future__ import annotations
 
 import functools
-import types
 
 import numba
 import numpy as np
@@ -32,6 +31,7 @@ from numba import njit, prange
 
 from .backend import numpy_view
 from .butterfly import FUSED_BACKENDS, butterfly_schedule
+from .numba_rows import compile_variant
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 #: target size in bytes of one chunk's two ping-pong buffers (about the L2 size)
@@ -321,20 +321,12 @@ def _backward_chunks(tw, x, grad, grad_tw_parts, grad_x, blocks, levels, strides
                 _store(grad_x, g, row0, cols, s if stacks_in > 1 else 0, stacks_in == 1 and s > 0)
 
 
-def _compiled(fn, parallel: bool):
-    """``fn`` compiled serial or parallel. Numba's on-disk cache is keyed by the function's
-    qualified name, so each variant gets its own name (otherwise one would load the other)."""
-    variant = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_{'parallel' if parallel else 'serial'}")
-    variant.__qualname__ = variant.__name__
-    return njit(cache=True, parallel=parallel, fastmath=_FASTMATH)(variant)
-
-
 # Each kernel is compiled twice: parallel over chunks, and serial for a single chunk (small
 # batches), where waking the thread pool would cost more than the work.
-_forward_parallel = _compiled(_forward_chunks, parallel=True)
-_forward_serial = _compiled(_forward_chunks, parallel=False)
-_backward_parallel = _compiled(_backward_chunks, parallel=True)
-_backward_serial = _compiled(_backward_chunks, parallel=False)
+_forward_parallel = compile_variant(_forward_chunks, parallel=True, fastmath=_FASTMATH)
+_forward_serial = compile_variant(_forward_chunks, parallel=False, fastmath=_FASTMATH)
+_backward_parallel = compile_variant(_backward_chunks, parallel=True, fastmath=_FASTMATH)
+_backward_serial = compile_variant(_backward_chunks, parallel=False, fastmath=_FASTMATH)
 
 
 @functools.lru_cache(maxsize=256)

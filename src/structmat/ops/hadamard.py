@@ -9,7 +9,7 @@ Backends:
 
 * ``reference`` -- pure PyTorch: ``log2 n`` butterfly stages, each a reshape to
   ``(rows, n / 2h, 2, h)`` and one sum/difference (SPEC.md §1.4 stride-``h`` pairing);
-* ``cpu`` -- a fused Numba kernel (parallel over rows for large inputs, cached compilation) that runs all stages
+* ``cpu`` -- a fused Numba kernel (:mod:`structmat.ops.hadamard_cpu`; parallel over rows for large inputs, cached compilation) that runs all stages
   in place on one row while it sits in cache; complex input is transformed as its real and
   imaginary parts.
 
@@ -21,14 +21,12 @@ the gradient), so ``torch.compile`` and ``gradcheck`` go through it.
 
 from __future__ import annotations
 
-import numba
-import numpy as np
 import torch
 
 from ..core.errors import describe
 from ..core.sizes import is_power_of_two
 from .backend import choose
-from .numba_rows import row_kernel
+from .hadamard_cpu import hadamard_rows_inplace
 
 __all__ = ["hadamard_transform", "hadamard_reference", "hadamard_flops"]
 
@@ -57,55 +55,16 @@ def hadamard_reference(x: torch.Tensor) -> torch.Tensor:
     return y.reshape(*lead, n)
 
 
-@row_kernel
-def _hadamard_rows_inplace(rows: np.ndarray) -> None:  # pragma: no cover - compiled
-    """In-place unnormalised WHT of every row: the strides 1, 2, 4 as one unrolled 8-point
-    transform per block of 8, then two strides per sweep (radix 4; the inner loop runs over
-    contiguous entries and vectorises), a last radix-2 sweep when an odd number of strides is left.
-    Sweeps over a row are ``3 + ⌈(log2 n - 3) / 2⌉`` instead of ``log2 n``."""
-    count, n = rows.shape
-    for r in numba.prange(count):
-        row = rows[r]
-        h = 1
-        if n >= 8:
-            for s in range(0, n, 8):
-                b0, b1 = row[s] + row[s + 1], row[s] - row[s + 1]
-                b2, b3 = row[s + 2] + row[s + 3], row[s + 2] - row[s + 3]
-                b4, b5 = row[s + 4] + row[s + 5], row[s + 4] - row[s + 5]
-                b6, b7 = row[s + 6] + row[s + 7], row[s + 6] - row[s + 7]
-                c0, c2, c1, c3 = b0 + b2, b0 - b2, b1 + b3, b1 - b3
-                c4, c6, c5, c7 = b4 + b6, b4 - b6, b5 + b7, b5 - b7
-                row[s], row[s + 4] = c0 + c4, c0 - c4
-                row[s + 1], row[s + 5] = c1 + c5, c1 - c5
-                row[s + 2], row[s + 6] = c2 + c6, c2 - c6
-                row[s + 3], row[s + 7] = c3 + c7, c3 - c7
-            h = 8
-        while 4 * h <= n:
-            for start in range(0, n, 4 * h):
-                for i in range(start, start + h):
-                    a, b, c, d = row[i], row[i + h], row[i + 2 * h], row[i + 3 * h]
-                    ab0, ab1, cd0, cd1 = a + b, a - b, c + d, c - d
-                    row[i], row[i + 2 * h] = ab0 + cd0, ab0 - cd0
-                    row[i + h], row[i + 3 * h] = ab1 + cd1, ab1 - cd1
-            h *= 4
-        while h < n:
-            for start in range(0, n, 2 * h):
-                for i in range(start, start + h):
-                    a, b = row[i], row[i + h]
-                    row[i], row[i + h] = a + b, a - b
-            h *= 2
-
-
 def _hadamard_numba(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
     if x.is_complex():
         # (rows, n) complex -> (2 rows, n) real: real parts, then imaginary parts
         parts = torch.view_as_real(x.reshape(-1, n)).movedim(-1, 0).contiguous()
-        _hadamard_rows_inplace(parts.reshape(-1, n).numpy())
+        hadamard_rows_inplace(parts.reshape(-1, n).numpy())
         return torch.view_as_complex(parts.movedim(0, -1).contiguous()).reshape(x.shape)
     out = x.reshape(-1, n).clone(memory_format=torch.contiguous_format)
     if out.numel():
-        _hadamard_rows_inplace(out.numpy())
+        hadamard_rows_inplace(out.numpy())
     return out.reshape(x.shape)
 
 

@@ -8,18 +8,31 @@ build: for small inputs, waking the thread pool costs more than the work itself.
 
 from __future__ import annotations
 
+import types
+
 import numba
 
 #: smallest first-argument size (elements) for which the parallel build is used
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
+def compile_variant(fn, parallel: bool, **options):
+    """``fn`` compiled with ``numba.njit(cache=True, parallel=parallel, **options)`` under its own
+    name. Numba's on-disk cache is keyed by the function's qualified name and signature, not by
+    the compilation flags, so two builds of one function would share a cache entry (the build
+    compiled first would be loaded for both); each variant gets a name suffix instead."""
+    variant = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_{'parallel' if parallel else 'serial'}")
+    variant.__qualname__ = variant.__name__
+    variant.__doc__ = fn.__doc__
+    return numba.njit(cache=True, parallel=parallel, **options)(variant)
+
+
 class RowKernel:
     """A row-parallel kernel with a serial build for small inputs (see the module docstring)."""
 
     def __init__(self, fn) -> None:
-        self.parallel = numba.njit(parallel=True, cache=True)(fn)
-        self.serial = numba.njit(cache=True)(fn)
+        self.parallel = compile_variant(fn, parallel=True)
+        self.serial = compile_variant(fn, parallel=False)
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
 
