@@ -114,3 +114,16 @@ def test_bad_input():
         fastfood_multiply_transpose(torch.randn(2, 16, dtype=torch.float64), *params, permutation, 9)
     with pytest.raises(ValueError, match="S, G, B, permutation"):
         fastfood_multiply(torch.randn(2, 8, dtype=torch.float64), params[0], params[1][:, :4], params[2], permutation, 8)
+
+
+def test_bench_fastfood_rows():
+    from structmat.experiments.bench_fastfood import run
+    from structmat.experiments.bench_ldr import torch_structured_layers
+
+    saved = (torch.get_num_threads(), numba.get_num_threads())
+    rows = run(quick=True, sizes=[64], threads=[1])
+    assert (torch.get_num_threads(), numba.get_num_threads()) == saved  # thread counts restored
+    assert [(r["n"], r["threads"], r["pass"]) for r in rows] == [(64, 1, "forward"), (64, 1, "forward+backward")]
+    assert all(r["fused_s"] > 0 and r["op_by_op_s"] > 0 for r in rows)
+    installed = torch_structured_layers() is not None
+    assert all((r["torch_structured_s"] is not None) == installed for r in rows)
