@@ -156,6 +156,19 @@ def _backward(ctx, grad):
 _fastfood_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _FusedFastfood(torch.autograd.Function):
+    """The custom ops as an ``autograd.Function`` with ``setup_context``: the form that
+    ``torch.func`` transforms (``grad``, ``vjp``) accept; eager autograd and ``torch.compile``
+    see the same two ops."""
+
+    @staticmethod
+    def forward(x, S, G, B, permutation, features, transpose):
+        return _fastfood_op(x, S, G, B, permutation, features, transpose)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 
@@ -184,7 +197,7 @@ def _multiply(t, S, G, B, permutation, features: int, transpose: bool) -> torch.
         # eager inference: the kernel directly (custom-op dispatch costs tens of microseconds)
         tensors = (p.contiguous() for p in (t, S, G, B, permutation))
         return _fused_forward(*tensors, features, transpose)
-    return _fastfood_op(t, S, G, B, permutation, features, transpose)
+    return _FusedFastfood.apply(t, S, G, B, permutation, features, transpose)
 
 
 def fastfood_multiply(x: torch.Tensor, S, G, B, permutation, out_features: int) -> torch.Tensor:
