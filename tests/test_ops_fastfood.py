@@ -122,6 +122,8 @@ def test_bad_input():
         fastfood_multiply(torch.randn(2, 8, dtype=torch.float64), *params, permutation, 17)
     with pytest.raises(ValueError, match="in_features"):
         fastfood_multiply_transpose(torch.randn(2, 16, dtype=torch.float64), *params, permutation, 9)
+    with pytest.raises(ValueError, match=r"permutation: expected entries in \[0, 8\)"):
+        fastfood_multiply(torch.randn(2, 8, dtype=torch.float64), *params, permutation + 1, 8)
     with pytest.raises(ValueError, match="S, G, B, permutation"):
         fastfood_multiply(torch.randn(2, 8, dtype=torch.float64), params[0], params[1][:, :4], params[2], permutation, 8)
 

@@ -9,10 +9,13 @@ blocks are concatenated and truncated to ``out_features``:
 * :func:`fastfood_multiply` ``(x, S, G, B, permutation, out_features)``: ``x`` ``(batch, n)`` with
   ``n <= N`` -> ``(batch, out_features)``, ``out_features <= K N``;
 * :func:`fastfood_multiply_transpose` ``(y, S, G, B, permutation, in_features)``: ``y``
-  ``(batch, m)`` -> ``(batch, in_features)``, ``y Vᵀ``-free form ``Σ_k B_k H Π_kᵀ G_k H S_k ỹ_k``
-  (``ỹ_k`` the ``k``-th zero-padded slice of ``y``; ``H`` and the diagonals are symmetric).
+  ``(batch, m)`` -> ``(batch, in_features)``, row by row ``Σ_k B_k H Π_kᵀ G_k H S_k ỹ_k``
+  (``ỹ_k`` the ``k``-th zero-padded length-``N`` slice of ``y``; ``H`` and the diagonals are
+  symmetric), truncated.
 
-Cost per row: ``K (2 N log2 N + 3 N)`` real flops (``x 4``-ish for complex), no matrix formed.
+Cost per row: ``K (2 N log2 N + 3 N)`` real flops (complex: twice the additions, six real flops
+per product), no matrix formed; the backward twice the transforms plus three products and three
+accumulations per entry.
 
 Backends (DESIGN.md §4):
 
@@ -34,8 +37,8 @@ Backends (DESIGN.md §4):
 
 Why fused: a chain of separate ops alternates between Numba's and torch's OpenMP thread pools,
 and each pool's workers spin after their region while the other one runs, so the torch
-multiplications between two WHTs ran ~10x slower than alone (2 threads, N = 4096); here one call
-is one parallel region.
+multiplications between two WHTs ran ~10x slower than alone (lead's measurement, 2 threads,
+N = 4096); here one call is one parallel region.
 
 The fused kernels are the ``torch.library`` custom ops ``structmat::fastfood`` and
 ``structmat::fastfood_backward`` (fake implementations and an autograd formula registered, so
@@ -193,6 +196,10 @@ def _multiply(t, S, G, B, permutation, features: int, transpose: bool) -> torch.
     if choose(t, S, G, B, permutation) != "cpu" or dtype not in _FUSED_DTYPES:
         reference = fastfood_transpose_reference if transpose else fastfood_reference
         return reference(t, S, G, B, permutation, features)
+    size = S.shape[1]
+    if not torch.compiler.is_compiling() and permutation.numel() and not 0 <= int(permutation.min()) <= int(permutation.max()) < size:
+        # the kernels index with these entries unchecked: out of range would read/write out of bounds
+        raise ValueError(f"permutation: expected entries in [0, {size}), got min {int(permutation.min())}, max {int(permutation.max())}")
     if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
         # eager inference: the kernel directly (custom-op dispatch costs tens of microseconds)
         tensors = (p.contiguous() for p in (t, S, G, B, permutation))
