@@ -1,6 +1,6 @@
 """Numba CPU kernels built on the in-place Walsh–Hadamard transform (SPEC.md §6.3, §4.13).
 
-* :func:`hadamard_inplace` -- the WHT of one row, inlined into the kernels below;
+* :func:`hadamard_inplace` -- the WHT of one row, called by the kernels below;
 * :func:`hadamard_rows_inplace` -- the WHT of every row (the ``structmat::hadamard`` op of
   :mod:`structmat.ops.hadamard`);
 * :func:`fastfood_rows`, :func:`fastfood_transpose_rows` and their backward kernels
@@ -8,8 +8,9 @@
   chains of :mod:`structmat.ops.fastfood`.
 
 They live in one module because Numba's on-disk cache (``cache=True``) keys a compiled kernel on
-its own source file only: a kernel that inlines :func:`hadamard_inplace` from another file would
-keep loading stale machine code after the WHT changed.
+its own source file only, while the kernel's cached machine code includes the functions it calls:
+a kernel calling :func:`hadamard_inplace` from another file would keep loading a stale WHT after
+it changed.
 
 Every kernel is a :func:`structmat.ops.numba_rows.row_kernel` (parallel and serial builds, the
 serial one for small inputs) and is compiled per dtype (float32/64, complex64/128: the WHT of a
@@ -33,13 +34,16 @@ __all__ = [
 ]
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def hadamard_inplace(row: np.ndarray) -> None:  # pragma: no cover - compiled
-    """In-place unnormalised WHT of one contiguous row (``n`` a power of two), inlined into the
-    calling Numba kernel: the strides 1, 2, 4 as one unrolled 8-point transform per block of 8,
-    then two strides per sweep (radix 4; the inner loop runs over contiguous entries and
-    vectorises), a last radix-2 sweep when an odd number of strides is left. Sweeps over a row
-    are ``3 + ⌈(log2 n - 3) / 2⌉`` instead of ``log2 n``."""
+    """In-place unnormalised WHT of one contiguous row (``n`` a power of two): the strides 1, 2, 4
+    as one unrolled 8-point transform per block of 8, then two strides per sweep (radix 4; the
+    inner loop runs over contiguous slices and vectorises), a last radix-2 sweep when an odd number
+    of strides is left. Sweeps over a row are ``3 + ⌈(log2 n - 3) / 2⌉`` instead of ``log2 n``.
+
+    A called function, not inlined: one call per row costs nothing next to the transform, and
+    inlining it into the Fastfood kernels (two to four times each, per dtype and build)
+    quadrupled their compile time."""
     n = row.shape[0]
     h = 1
     if n >= 8:
@@ -84,9 +88,10 @@ def hadamard_rows_inplace(rows: np.ndarray) -> None:  # pragma: no cover - compi
 
 
 # ---------------------------------------------------------------------------------------------
-# Fastfood chains (module docstring of structmat.ops.fastfood). Each splits the rows into one contiguous range per worker (prange over
-# workers: one parallel region, per-worker scratch and gradient partials, results independent of
-# scheduling). ``first``/``second`` are the worker's two scratch rows of length N.
+# Fastfood chains (module docstring of structmat.ops.fastfood). Each kernel splits the rows into
+# one contiguous range per worker (prange over workers: one parallel region, per-worker scratch
+# and gradient partials, results independent of scheduling). ``first``/``second`` are the
+# worker's two scratch rows of length N.
 
 
 @numba.njit(inline="always")
@@ -95,7 +100,7 @@ def _row_range(worker, workers, batch):  # pragma: no cover - compiled
     return worker * per, min(batch, (worker + 1) * per)
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _chain_forward(x_row, S, G, B, perm, k, first, second):  # pragma: no cover - compiled
     """``first = H B_k x̃`` and ``second = H G_k Π_k first`` (the output before ``S_k``)."""
     n_in, size = x_row.shape[0], first.shape[0]
@@ -109,7 +114,7 @@ def _chain_forward(x_row, S, G, B, perm, k, first, second):  # pragma: no cover 
     hadamard_inplace(second)
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _chain_transpose(y_row, S, G, B, perm, k, first, second):  # pragma: no cover - compiled
     """``first = H S_k ỹ_k`` and ``second = H Π_kᵀ G_k first`` (the output before ``B_k``)."""
     size = first.shape[0]
