@@ -158,7 +158,7 @@ def _all_levels_forward(state, keep, left, right, left_coef, right_coef, offsets
     # Cache blocking: each thread takes a block of batch columns and runs *all* levels on it in
     # two scratch slabs of (max_rows, block) that stay in cache, so the state crosses memory once.
     columns = state.shape[1]
-    block = 16
+    block = 32  # columns per thread task: 16 -> 32 took fft(1024) on 256 vectors from 2.9 to 2.3 ms
     levels = offsets.shape[0] - 1
     for c in numba.prange((columns + block - 1) // block):
         lo = c * block
