@@ -1,12 +1,15 @@
 """The fused Fastfood kernels equal the op-by-op reference (SPEC.md §4.13; issue 8): forward,
 transpose and every gradient, in all four dtypes, stacked blocks, rectangular sizes, any batch."""
 
+import contextlib
+
 import numba
 import pytest
 import torch
 
 import structmat as sm
-from structmat.ops import hadamard_cpu
+from structmat.families.fastfood import Fastfood
+from structmat.ops import hadamard_cpu, use_reference
 from structmat.ops.fastfood import fastfood_multiply, fastfood_multiply_transpose
 
 #: relative tolerance of fused vs reference per dtype (float64 exactness tier, float32 rounding)
@@ -124,8 +127,14 @@ def test_bad_input():
         fastfood_multiply(torch.randn(2, 8, dtype=torch.float64), *params, permutation, 17)
     with pytest.raises(ValueError, match="in_features"):
         fastfood_multiply_transpose(torch.randn(2, 16, dtype=torch.float64), *params, permutation, 9)
-    with pytest.raises(ValueError, match=r"permutation: expected entries in \[0, 8\)"):
-        fastfood_multiply(torch.randn(2, 8, dtype=torch.float64), *params, permutation + 1, 8)
+    for bad in (permutation + 1, torch.zeros_like(permutation)):  # out of range; repeated entries
+        for fn, width in ((fastfood_multiply, 8), (fastfood_multiply_transpose, 16)):
+            for forced in (False, True):
+                with pytest.raises(ValueError, match=r"permutation: expected every row to be a permutation of \[0, 8\)"):
+                    with use_reference() if forced else contextlib.nullcontext():
+                        fn(torch.randn(2, width, dtype=torch.float64), *params, bad, 8)
+    with pytest.raises(ValueError, match="permutation: expected an integer tensor"):
+        fastfood_multiply(torch.randn(2, 8, dtype=torch.float64), *params, permutation.double(), 8)
     with pytest.raises(ValueError, match="S, G, B, permutation"):
         fastfood_multiply(torch.randn(2, 8, dtype=torch.float64), params[0], params[1][:, :4], params[2], permutation, 8)
 
@@ -141,3 +150,18 @@ def test_bench_fastfood_rows():
     assert all(r["fused_s"] > 0 and r["op_by_op_s"] > 0 for r in rows)
     installed = torch_structured_layers() is not None
     assert all((r["torch_structured_s"] is not None) == installed for r in rows)
+
+
+def test_corrupted_permutation_buffer_is_caught_after_load_state_dict():
+    """A checkpoint whose permutation has repeated entries must not reach the unchecked kernels
+    (the validation of a buffer is remembered only until the buffer changes)."""
+    layer = Fastfood(8, 8, dtype=torch.float64)
+    x = torch.randn(3, 8, dtype=torch.float64)
+    layer(x)  # validated and remembered
+    state = layer.state_dict()
+    state["permutation"] = torch.zeros_like(state["permutation"])
+    layer.load_state_dict(state)
+    with pytest.raises(ValueError, match="permutation: expected every row to be a permutation"):
+        layer(x)
+    with torch.no_grad(), pytest.raises(ValueError, match="permutation"):
+        layer(x)

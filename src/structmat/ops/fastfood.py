@@ -48,6 +48,8 @@ differentiable, so double backward needs the reference).
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import torch
 
@@ -92,6 +94,7 @@ def _workers(batch: int) -> int:
 
 
 def _fused_forward(x, S, G, B, permutation, features: int, transpose: bool) -> torch.Tensor:
+    check_permutation_rows(permutation)  # here too: this runs with real tensors under torch.compile
     out = torch.empty(x.shape[0], features, dtype=x.dtype)
     if x.shape[0]:
         kernel = fastfood_transpose_rows if transpose else fastfood_rows
@@ -101,6 +104,7 @@ def _fused_forward(x, S, G, B, permutation, features: int, transpose: bool) -> t
 
 
 def _fused_backward(x, S, G, B, permutation, grad, transpose: bool):
+    check_permutation_rows(permutation)
     workers = _workers(x.shape[0])
     parts = torch.zeros((workers, 3) + tuple(S.shape), dtype=x.dtype)
     grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -177,12 +181,39 @@ class _FusedFastfood(torch.autograd.Function):
 
 
 def _check_parameters(S, G, B, permutation) -> tuple[int, int]:
-    """``(K, N)`` of the diagonals and the permutation (equal shapes ``(K, N)``, ``N`` a power of two)."""
+    """``(K, N)`` of the diagonals and the permutation (equal shapes ``(K, N)``, ``N`` a power of two,
+    every row of ``permutation`` a permutation of ``[0, N)``)."""
     tensors = (S, G, B, permutation)
     shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else describe(t) for t in tensors]
     if not (len(set(shapes)) == 1 and isinstance(shapes[0], tuple) and len(shapes[0]) == 2 and is_power_of_two(shapes[0][1])):
         raise ValueError(f"S, G, B, permutation: expected tensors of one shape (K, N) with N a power of two, got {shapes}")
+    if not torch.compiler.is_compiling():
+        check_permutation_rows(permutation)
     return shapes[0]
+
+
+def check_permutation_rows(permutation: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless every row of the integer tensor ``permutation`` ``(K, N)`` is a
+    permutation of ``[0, N)`` (the fused kernels index and scatter with these entries unchecked).
+    The sort costs ``O(K N log N)``; a tensor that passed is remembered until it is modified
+    (``Tensor._version``), so a layer's buffer is checked once, and again after ``load_state_dict``."""
+    if permutation.is_floating_point() or permutation.is_complex():
+        raise ValueError(f"permutation: expected an integer tensor, got {describe(permutation)}")
+    try:
+        version = permutation._version
+    except RuntimeError:  # inference tensors have no version counter: check every time
+        version = None
+    if permutation.device.type == "meta" or (version is not None and getattr(permutation, "_structmat_checked_version", None) == version):
+        return
+    if permutation.numel():
+        expected = torch.arange(permutation.shape[-1], device=permutation.device)
+        if not torch.equal(torch.sort(permutation, dim=-1).values, expected.expand_as(permutation)):
+            raise ValueError(
+                f"permutation: expected every row to be a permutation of [0, {permutation.shape[-1]}) "
+                f"(no repeated or missing entries), got {describe(permutation)}"
+            )
+    if version is not None:
+        permutation._structmat_checked_version = version
 
 
 def _check_input(name: str, t, max_width: int) -> None:
@@ -191,15 +222,11 @@ def _check_input(name: str, t, max_width: int) -> None:
 
 
 def _multiply(t, S, G, B, permutation, features: int, transpose: bool) -> torch.Tensor:
-    dtype = torch.promote_types(t.dtype, S.dtype)
+    dtype = functools.reduce(torch.promote_types, (S.dtype, G.dtype, B.dtype), t.dtype)
     t, S, G, B = (p.to(dtype) for p in (t, S, G, B))
     if choose(t, S, G, B, permutation) != "cpu" or dtype not in _FUSED_DTYPES:
         reference = fastfood_transpose_reference if transpose else fastfood_reference
         return reference(t, S, G, B, permutation, features)
-    size = S.shape[1]
-    if not torch.compiler.is_compiling() and permutation.numel() and not 0 <= int(permutation.min()) <= int(permutation.max()) < size:
-        # the kernels index with these entries unchecked: out of range would read/write out of bounds
-        raise ValueError(f"permutation: expected entries in [0, {size}), got min {int(permutation.min())}, max {int(permutation.max())}")
     if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
         # eager inference: the kernel directly (custom-op dispatch costs tens of microseconds)
         tensors = (p.contiguous() for p in (t, S, G, B, permutation))
