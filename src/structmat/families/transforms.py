@@ -234,7 +234,7 @@ def _fourier(n: int, *, inverse: bool = False, scale: float = 1.0, pre=None, pos
 
 def structure_name(matrix) -> str:
     """Readable name of a (composite) structured matrix, e.g. ``"real_part(product(butterfly, permutation))"``;
-    ``k`` equal consecutive members are written once as ``"k × name"``."""
+    ``k`` equal consecutive members (of products, sums, direct sums) are written once as ``"k × name"``."""
     children = {
         Product: lambda m: m.factors,
         Sum: lambda m: m.terms,
@@ -246,6 +246,8 @@ def structure_name(matrix) -> str:
     for kind, members in children.items():
         if isinstance(matrix, kind):
             names = [structure_name(f) for f in members(matrix)]
+            if kind is KroneckerProduct:  # two factors, not a repetition
+                return f"{kind.family}({', '.join(names)})"
             runs = [(name, len(list(group))) for name, group in itertools.groupby(names)]
             return f"{kind.family}(" + ", ".join(name if count == 1 else f"{count} × {name}" for name, count in runs) + ")"
     return matrix.family

@@ -134,7 +134,8 @@ def _cyclic_products(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def subdiagonal_krylov_multiplier(a: torch.Tensor, G: torch.Tensor, complex_rows: bool = False):
     """The map ``V -> Σ_i K(A, g_i) v_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)`` on a block of
     rows ``V``: ``(b, r, n)`` -> ``(b, n)`` (``b >= 1``), with everything that depends only on
-    ``a`` and ``G`` computed here, once (``complex_rows``: the rows will be complex);
+    ``a`` and ``G`` computed here, once (``complex_rows``: the rows will be complex -- use complex
+    transforms; the rows, ``a`` and ``G`` must share one dtype, as ``ldr_sd`` ensures by casting);
     ``O(r n log² n)`` per row (module docstring).
 
     Entries of ``K(A, g)`` that do not wrap around the cycle form the weighted lower-triangular
@@ -188,8 +189,6 @@ def subdiagonal_krylov_multiply(a: torch.Tensor, G: torch.Tensor, V: torch.Tenso
     if V.shape[0] == 0:  # FFT libraries reject empty transforms
         return V.new_zeros(0, a.shape[-1])
     return subdiagonal_row_blocks(subdiagonal_krylov_multiplier(a, G, V.is_complex()), V, G.shape[0])
-
-
 
 
 def subdiagonal_krylov_transpose_multiplier(a: torch.Tensor, G: torch.Tensor, complex_rows: bool = False):

@@ -21,7 +21,8 @@ def compile_variant(fn, parallel: bool, **options):
     name. Numba's on-disk cache is keyed by the function's qualified name and signature, not by
     the compilation flags, so two builds of one function would share a cache entry (the build
     compiled first would be loaded for both); each variant gets a name suffix instead."""
-    variant = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_{'parallel' if parallel else 'serial'}")
+    name = f"{fn.__name__}_{'parallel' if parallel else 'serial'}"
+    variant = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     variant.__qualname__ = variant.__name__
     variant.__doc__ = fn.__doc__
     return numba.njit(cache=True, parallel=parallel, **options)(variant)
