@@ -10,12 +10,7 @@ import structmat as sm
 from structmat.fit import RealPart, rmse
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rank2(m, n, dtype=torch.float64, seed=0):

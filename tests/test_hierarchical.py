@@ -20,12 +20,7 @@ from structmat.ops.hierarchical import butterfly_factorisation, rank_one_rows
 DTYPES = [torch.float64, torch.complex128]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_bp(n, dtype, seed, modules=1, permutation="learned"):

@@ -20,13 +20,7 @@ TRAINABLE = [i.name for i in registry.all_infos() if i.trainable and "fixed" not
 FIT_ARGS = dict(steps=20, lbfgs_steps=5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny problems: extra threads only add synchronisation cost on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _first_sample(name):

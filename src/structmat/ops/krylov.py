@@ -131,6 +131,18 @@ def _cyclic_products(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return alpha, beta
 
 
+def _plan(a: torch.Tensor, G: torch.Tensor, complex_rows: bool):
+    """The set-up both subdiagonal multipliers share: the transforms (real unless anything is
+    complex), the padded length ``L``, ``a`` and ``G`` padded to it, the in-block offsets
+    ``0 … BASE−1`` and the base-case weights ``W(j, k) g_j`` within blocks, ``(r, nb, k, j)``."""
+    forward, inverse = _spectra(not (a.is_complex() or G.is_complex() or complex_rows))
+    length = _blocks(a.shape[-1])
+    padded_a, padded_G = _pad(a, length, 1.0), _pad(G, length)
+    offsets = torch.arange(BASE, device=a.device)
+    weighted = _within_block_weights(padded_a.reshape(-1, BASE))[None] * padded_G.reshape(G.shape[0], -1, 1, BASE)
+    return forward, inverse, length, padded_a, padded_G, offsets, weighted
+
+
 def subdiagonal_krylov_multiplier(a: torch.Tensor, G: torch.Tensor, complex_rows: bool = False):
     """The map ``V -> Σ_i K(A, g_i) v_i`` for ``a``: ``(n,)``, ``G``: ``(r, n)`` on a block of
     rows ``V``: ``(b, r, n)`` -> ``(b, n)`` (``b >= 1``), with everything that depends only on
@@ -147,15 +159,10 @@ def subdiagonal_krylov_multiplier(a: torch.Tensor, G: torch.Tensor, complex_rows
     (:func:`_cyclic_products`): ``β ⊙ ((α ⊙ g) * v)[n:]``, a linear convolution of length ``2L``
     whose transform of ``v`` also serves the top level (its even bins are the length-``L``
     spectrum of the zero-padded ``v``)."""
-    n = a.shape[-1]
-    rank = G.shape[0]
-    forward, inverse = _spectra(not (a.is_complex() or G.is_complex() or complex_rows))
-    length = _blocks(n)
-    padded_a, padded_G = _pad(a, length, 1.0), _pad(G, length)
-    offsets = torch.arange(BASE, device=a.device)
+    n, rank = a.shape[-1], G.shape[0]
+    forward, inverse, length, padded_a, padded_G, offsets, weighted = _plan(a, G, complex_rows)
     diff = offsets[:, None] - offsets[None, :]
     # base case: W within blocks of BASE entries times g_j, as one (r·j, nb) matrix per k
-    weighted = _within_block_weights(padded_a.reshape(-1, BASE))[None] * padded_G.reshape(rank, -1, 1, BASE)  # (r, nb, k, j)
     weighted = weighted.permute(2, 0, 3, 1).reshape(BASE, rank * BASE, -1)
     levels = _level_generators(padded_a, padded_G, forward, flip=False)
     alpha, beta = _cyclic_products(a)
@@ -200,14 +207,9 @@ def subdiagonal_krylov_transpose_multiplier(a: torch.Tensor, G: torch.Tensor, co
     block sum of each level accumulated in the frequency domain), plus the wrapped entries
     ``out_t += Σ_j (α ⊙ g)_j (β ⊙ y)_{j+t-n}``, a correlation of length ``2L`` inverted together
     with the top level (its spectrum, doubled, on the even bins)."""
-    n = a.shape[-1]
-    rank = G.shape[0]
-    forward, inverse = _spectra(not (a.is_complex() or G.is_complex() or complex_rows))
-    length = _blocks(n)
-    padded_a, padded_G = _pad(a, length, 1.0), _pad(G, length)
-    offsets = torch.arange(BASE, device=a.device)
+    n, rank = a.shape[-1], G.shape[0]
+    forward, inverse, length, padded_a, padded_G, offsets, weighted = _plan(a, G, complex_rows)
     diff = offsets[:, None] - offsets[None, :]
-    weighted = _within_block_weights(padded_a.reshape(-1, BASE))[None] * padded_G.reshape(rank, -1, 1, BASE)  # (r, nb, k, j)
     weighted = weighted.permute(2, 1, 0, 3).reshape(BASE, -1, rank * BASE)  # (k, nb, r·j)
     # sum along the diagonals k - j = t of each (k, j) block (upper entries of weights are zero)
     lag = (diff.reshape(-1, 1) == offsets[None, :]).to(weighted.dtype)  # (k·j, t)
