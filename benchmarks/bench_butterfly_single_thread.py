@@ -9,7 +9,6 @@ ratios side by side in one process: fused forward, forward+backward (input and t
 
 import os
 import sys
-import time
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
@@ -18,23 +17,14 @@ import torch  # noqa: E402
 from structmat.ops import use_reference  # noqa: E402
 from structmat.ops.butterfly import butterfly_multiply  # noqa: E402
 from structmat.ops.butterfly_cpu import backward_extra_bytes  # noqa: E402
+from structmat.experiments.timing import best_thread_time  # noqa: E402
 
 BATCH = 256
 
 
 def cpu_time(fn, repeat: int = 7) -> float:
     """Best CPU seconds per call of ``fn`` (inner loop of about 20 ms)."""
-    fn()
-    start = time.thread_time()
-    fn()
-    inner = max(1, int(0.02 / max(time.thread_time() - start, 1e-6)))
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.thread_time()
-        for _ in range(inner):
-            fn()
-        best = min(best, (time.thread_time() - start) / inner)
-    return best
+    return best_thread_time(fn, repeat, inner_time=0.02)
 
 
 def main(sizes: list[int]) -> None:

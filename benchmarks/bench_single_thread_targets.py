@@ -14,28 +14,18 @@ of about 50 ms), every ratio measured side by side in one process (robust on a s
 
 import math
 import sys
-import time
 
 import torch
 
 from structmat.core import StructuredLinear
+from structmat.experiments.timing import best_thread_time
 
 BATCH = 256
 
 
 def cpu_time(fn, repeat: int = 7) -> float:
     """Best CPU milliseconds per call of ``fn``."""
-    fn()
-    start = time.thread_time()
-    fn()
-    inner = max(1, int(0.05 / max(time.thread_time() - start, 1e-6)))
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.thread_time()
-        for _ in range(inner):
-            fn()
-        best = min(best, (time.thread_time() - start) / inner)
-    return 1e3 * best
+    return 1e3 * best_thread_time(fn, repeat, inner_time=0.05)
 
 
 def forward_backward(layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor):
