@@ -55,6 +55,28 @@ def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_fused_cpu_many_chunks_per_worker_and_reused_workspace(dtype, monkeypatch):
+    """Small chunks: every worker runs several chunks in its slice of the (reused) workspace."""
+    from structmat.ops import butterfly_cpu
+
+    for name, value in [("CHUNK_BYTES", 1), ("MIN_CHUNK", 8), ("BACKWARD_CHUNK_BYTES", 1), ("MIN_BACKWARD_CHUNK", 8)]:
+        monkeypatch.setattr(butterfly_cpu, name, value)
+    for n, batch in [(64, 61), (16, 45), (64, 61)]:
+        tw = random_twiddle(2, 1, n, dtype).requires_grad_(True)
+        x = torch.randn(batch, 1, n, dtype=dtype).requires_grad_(True)
+        g = torch.randn(batch, 2, n, dtype=dtype)
+        fused = butterfly_multiply(tw, x)
+        grads = torch.autograd.grad(fused, (tw, x), g)
+        with use_reference():
+            ref = butterfly_multiply(tw, x)
+            ref_grads = torch.autograd.grad(ref, (tw, x), g)
+        assert rel_error(fused, ref) <= 1e-10
+        for a, b in zip(grads, ref_grads):
+            assert rel_error(a, b) <= 1e-10
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 def test_fused_kernels_leave_storage_resizable():
     """FSDP2 frees unsharded parameters by resizing their storage to zero: the kernels must not pin
     it (``Tensor.numpy()`` would)."""

@@ -23,6 +23,7 @@ Compiled signatures: one per dtype (float32/64, complex64/128) and kernel, cache
 from __future__ import annotations
 
 import functools
+import threading
 
 import numba
 import numpy as np
@@ -245,19 +246,23 @@ def _step_forward(src, dst, tw, blocks, levels, strides, first, size, cols, tran
         _radix2(src, dst, t1, strides[first], cols, transposed)
 
 
-def _forward_chunks(tw, x, out, blocks, levels, strides, firsts, sizes, transposed, chunk):
+def _forward_chunks(tw, x, out, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk):
+    """Worker ``w`` runs chunks ``w, w + W, ...`` in its ping-pong buffers ``scratch[w]``
+    ``(2, N, chunk)`` (distinct source and target)."""
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     n_chunks = (batch + chunk - 1) // chunk
-    for c in prange(n_chunks):
-        row0 = c * chunk
-        cols = min(chunk, batch - row0)
-        bufs = np.empty((2, n, chunk), dtype=out.dtype)  # ping-pong: distinct source and target
-        for s in range(stacks):
-            _load(bufs[0], x, row0, cols, s if stacks_in > 1 else 0)
-            for step in range(firsts.shape[0]):
-                _step_forward(bufs[step % 2], bufs[1 - step % 2], tw[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
-            _store(out, bufs[firsts.shape[0] % 2], row0, cols, s, False)
+    workers = scratch.shape[0]
+    for worker in prange(workers):
+        bufs = scratch[worker]
+        for c in range(worker, n_chunks, workers):
+            row0 = c * chunk
+            cols = min(chunk, batch - row0)
+            for s in range(stacks):
+                _load(bufs[0], x, row0, cols, s if stacks_in > 1 else 0)
+                for step in range(firsts.shape[0]):
+                    _step_forward(bufs[step % 2], bufs[1 - step % 2], tw[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
+                _store(out, bufs[firsts.shape[0] % 2], row0, cols, s, False)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -298,15 +303,17 @@ def _step_backward(act, g, tw, gtw, blocks, levels, strides, first, size, cols, 
         _radix2_backward(act, g, tw[b1, l1], gtw[b1, l1], strides[first], cols, transposed)
 
 
-def _backward_chunks(tw, x, grad, grad_tw_parts, grad_x, blocks, levels, strides, firsts, sizes, transposed, chunk):
+def _backward_chunks(tw, x, grad, grad_tw_parts, grad_x, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk):
+    """Worker ``w`` runs chunks ``w, w + W, ...`` in ``scratch[w]`` ``(steps + 1, N, chunk)``: the
+    input of every step, then the adjoint."""
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     steps = firsts.shape[0]
     n_chunks = (batch + chunk - 1) // chunk
     workers = grad_tw_parts.shape[0]
     for worker in prange(workers):
-        acts = np.empty((steps, n, chunk), dtype=x.dtype)  # the input of every step
-        g = np.empty((n, chunk), dtype=x.dtype)
+        acts = scratch[worker, :steps]
+        g = scratch[worker, steps]
         gt = grad_tw_parts[worker]
         for c in range(worker, n_chunks, workers):
             row0 = c * chunk
@@ -347,6 +354,46 @@ def _schedule_arrays(n: int, n_blocks: int, increasing_stride: bool, transpose: 
     return tuple(np.array(a, dtype=np.int64) for a in (blocks, levels, strides, firsts, sizes))
 
 
+#: largest scratch (bytes) kept between calls by :func:`_workspace`; larger requests are allocated
+#: per call
+WORKSPACE_MAX_BYTES = 64 << 20
+_workspaces = threading.local()
+
+
+def _workspace(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised scratch array of ``shape``, reused across calls from the same Python
+    thread (grown as needed, at most :data:`WORKSPACE_MAX_BYTES` kept per dtype).
+
+    The kernels' scratch is megabytes per call; allocated fresh, glibc returns it to the operating
+    system on free (its trim/mmap thresholds) and every call then pays page faults for it -- in a
+    training loop, whose forward and backward allocate several input-sized tensors between
+    kernel calls, that doubled the measured forward+backward time (docs/benchmarks.md,
+    "Butterfly")."""
+    dtype = np.dtype(dtype)
+    numel = int(np.prod(shape))
+    if numel * dtype.itemsize > WORKSPACE_MAX_BYTES:
+        return _aligned_empty(numel, dtype).reshape(shape)
+    cache = getattr(_workspaces, "arrays", None)
+    if cache is None:
+        cache = _workspaces.arrays = {}
+    buffer = cache.get(dtype)
+    if buffer is None or buffer.size < numel:
+        buffer = cache[dtype] = _aligned_empty(numel, dtype)
+    return buffer[:numel].reshape(shape)
+
+
+#: alignment (bytes) of scratch arrays: whole cache lines, so that no SIMD load straddles two
+ALIGNMENT = 64
+
+
+def _aligned_empty(numel: int, dtype: np.dtype) -> np.ndarray:
+    """``np.empty(numel)`` starting on an :data:`ALIGNMENT` boundary (NumPy only guarantees 16
+    bytes: a 64-byte vector load then spans two cache lines, ~30 % slower sweeps)."""
+    raw = np.empty(numel * dtype.itemsize + ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start : start + numel * dtype.itemsize].view(dtype)
+
+
 def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int, workers: int, multiple: int = 16) -> int:
     """Rows per chunk: about ``budget`` bytes of scratch (rounded down to a ``multiple`` of rows:
     whole SIMD vectors), at least ``minimum`` rows (long SIMD loops), at most an equal share of the
@@ -367,8 +414,11 @@ def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_str
         return out
     plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
     chunk = _chunk_size(batch, 2 * n * x.element_size(), CHUNK_BYTES, MIN_CHUNK, numba.get_num_threads())
-    kernel = _forward_parallel if batch > chunk else _forward_serial
-    kernel(numpy_view(twiddle), numpy_view(x), numpy_view(out), *plan, bool(transpose), chunk)
+    workers = min(numba.get_num_threads(), -(-batch // chunk))
+    x_view = numpy_view(x)
+    scratch = _workspace((workers, 2, n, chunk), x_view.dtype)
+    kernel = _forward_parallel if workers > 1 else _forward_serial
+    kernel(numpy_view(twiddle), x_view, numpy_view(out), scratch, *plan, bool(transpose), chunk)
     return out
 
 
@@ -413,9 +463,11 @@ def butterfly_backward_cpu(
     parts = torch.zeros((workers,) + tuple(twiddle.shape), dtype=twiddle.dtype)
     grad_x = torch.empty(x.shape, dtype=x.dtype)
     if x.shape[0]:
+        x_view = numpy_view(x)
+        scratch = _workspace((workers, len(plan[3]) + 1, x.shape[2], chunk), x_view.dtype)
         kernel = _backward_parallel if workers > 1 else _backward_serial
         kernel(
-            numpy_view(twiddle), numpy_view(x), numpy_view(grad.to(x.dtype)), numpy_view(parts), numpy_view(grad_x),
+            numpy_view(twiddle), x_view, numpy_view(grad.to(x.dtype)), numpy_view(parts), numpy_view(grad_x), scratch,
             *plan, bool(transpose), chunk,
         )
     return parts.sum(0), grad_x
