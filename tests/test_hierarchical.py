@@ -4,6 +4,7 @@
 discarded singular values."""
 
 import pytest
+import scipy.fft
 import scipy.linalg
 import torch
 
@@ -12,7 +13,8 @@ from structmat.experiments.recovery import permutation_mass
 from structmat.families.bp import BP
 from structmat.families.butterfly import Butterfly
 from structmat.families.kaleidoscope import Kaleidoscope
-from structmat.fit.hierarchical import HARD_LOGIT, bp_from_dense, factor_bp, kaleidoscope_from_dense
+from structmat.fit import RealPart
+from structmat.fit.hierarchical import HARD_LOGIT, bp_from_dense, complete_real_bp, factor_bp, kaleidoscope_from_dense
 from structmat.fit.projection import relative_error
 from structmat.ops.butterfly import butterfly_to_dense
 from structmat.ops.hierarchical import butterfly_factorisation, rank_one_rows
@@ -153,6 +155,66 @@ def test_bpbp_and_rectangular_warm_starts():
     W = torch.randn(12, 20, dtype=torch.float64)
     result = sm.project(W, "bp", method="closed_form")
     assert result.layer.to_dense().shape == (12, 20) and result.rel_error <= 1.0
+
+
+def _bpp_member(n, dtype, seed, modules):
+    """``B P`` (``modules = 1``) or ``B P₂ P₁`` (``modules = 2``, identity inner butterfly, ``P₁`` set
+    at its full-size level only): the models of SPEC.md §7.4 for the Hartley and the DCT/DST."""
+    layer = _random_bp(n, dtype, seed, modules=modules)
+    if modules == 2:
+        with torch.no_grad():
+            layer.twiddle[0].copy_(torch.eye(2, dtype=dtype))
+            layer.logits[0].fill_(-HARD_LOGIT)
+            if n >= 4:  # the full-size level of P₁: gates (a, b, c) from the bits of the seed
+                layer.logits[0, 0].copy_(torch.tensor([HARD_LOGIT if seed >> s & 1 else -HARD_LOGIT for s in range(3)]))
+    return layer
+
+
+def test_bpp_members_are_recovered_with_the_inner_permutation():
+    for n, seed in [(4, 0), (16, 1), (64, 2)]:
+        W = _bpp_member(n, torch.complex128, seed, 2).to_dense().detach()
+        result = sm.project(W, "bp", n_modules=2, method="closed_form")
+        assert result.rel_error <= 1e-10, (n, result.rel_error)
+        assert permutation_mass(result.layer.matrix)[0] >= 0.99
+
+
+@pytest.mark.parametrize("modules", [1, 2])
+def test_real_parts_of_members_are_recovered(modules):
+    for n, seed in [(2, 0), (4, 1), (8, 2), (16, 3), (64, 4)]:
+        T = _bpp_member(n, torch.complex128, seed, modules).to_dense().detach().real.contiguous()
+        layer = bp_from_dense(T, n_modules=modules, real_part=True)
+        assert layer.dtype == torch.complex128 and permutation_mass(layer)[0] >= 0.99
+        assert relative_error(layer.to_dense().real, T) <= 1e-10, (n, modules)
+        assert relative_error(RealPart(layer).to_dense(), T) <= 1e-10
+
+
+def test_dct_dst_hartley_are_real_parts_of_bp():
+    """SPEC.md §7.4: DCT-II and DST-II are real parts of a BP with an extra permutation, the Hartley
+    transform the real part of a BP; the factorisation finds them without knowing which they are."""
+    n = 32
+    eye = torch.eye(n, dtype=torch.float64).numpy()
+    angle = 2 * torch.pi * torch.outer(torch.arange(n), torch.arange(n)).double() / n
+    targets = {
+        "dct": (torch.from_numpy(scipy.fft.dct(eye, type=2, axis=0)), 2),
+        "dst": (torch.from_numpy(scipy.fft.dst(eye, type=2, axis=0)), 2),
+        "hartley": (torch.cos(angle) + torch.sin(angle), 1),
+    }
+    for name, (T, modules) in targets.items():
+        layer = bp_from_dense(T, n_modules=modules, real_part=True)
+        assert relative_error(layer.to_dense().real, T) <= 1e-10, name
+    # a matrix that is not such a real part: a finite approximation, not an exact one
+    W = torch.randn(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    approx = bp_from_dense(W, real_part=True).to_dense().real
+    assert torch.isfinite(approx).all() and 1e-3 < relative_error(approx, W) < 1.5
+
+
+def test_real_part_bad_input():
+    with pytest.raises(ValueError, match="real_part=True"):
+        bp_from_dense(torch.randn(8, 8, dtype=torch.complex128), real_part=True)
+    with pytest.raises(TypeError, match="real_part"):
+        bp_from_dense(torch.randn(8, 8), real_part="yes")
+    with pytest.raises(ValueError, match="T: expected a real tensor"):
+        complete_real_bp(torch.randn(8, 8))
 
 
 # ---------------------------------------------------------------------------------- kaleidoscope

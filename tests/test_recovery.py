@@ -96,26 +96,31 @@ def test_small_recovery_run_writes_outputs(tmp_path):
 
 
 def test_fit_one_stages_and_real_part_models():
-    """The hierarchical stage decides alone when it is exact; a real-part BP model (Hartley) falls
+    """The hierarchical stage decides alone when it is exact -- also for the real-part models (Hartley:
+    BP, DCT: BP with an extra permutation); a model it cannot factor (BPBP for the convolution) falls
     back to the SGD restarts, which reach the complex operator under ``RealPart``."""
     settings = recovery.FitSettings(steps=60, lbfgs_steps=5, bp_trials=((8, 2),))
     exact = recovery.fit_one("dft", 16, "bp", settings)
     assert exact.method == "hierarchical" and exact.rmse < 1e-12 and exact.details["steps"] == 1
-    hartley = recovery.fit_one("hartley", 8, "bp", settings)
-    assert hartley.details["hierarchical_rmse"] > 1e-4  # not a member of a plain BP
-    assert hartley.method in ("sgd", "hierarchical") and hartley.permutation_mass >= 0.99
-    assert hartley.rmse <= hartley.details["hierarchical_rmse"]
+    for target in ("hartley", "dct"):
+        row = recovery.fit_one(target, 16, "bp", settings)
+        assert row.method == "hierarchical" and row.rmse < 1e-12 and row.permutation_mass >= 0.99, row
+        assert row.model.endswith("(complex, real part)")
+    convolution = recovery.fit_one("convolution", 8, "bp", settings)
+    assert convolution.details["hierarchical_rmse"] > 1e-4  # the inner butterfly of BPBP is not searched
+    assert convolution.method in ("sgd", "hierarchical") and convolution.permutation_mass >= 0.99
+    assert convolution.rmse <= convolution.details["hierarchical_rmse"]
 
 
 @pytest.mark.slow
 def test_default_recovery_grid(tmp_path):
     """SPEC.md §7.4 on the default grid (n <= 256, paper's BP/BPP/BPBP models), what the library
     guarantees today (docs/recovery.md lists the cells that still miss the paper's 1e-4): every
-    learned permutation is hard (>= 0.99 mass, rounding changes nothing); DFT and Hadamard are
-    recovered exactly at every n by the hierarchical factorisation, Hartley and DST up to 16, DCT at
-    n = 8 (by SGD; measured identically in two runs); Legendre and the control are not."""
+    learned permutation is hard (>= 0.99 mass, rounding changes nothing); DFT, Hadamard, Hartley,
+    DCT and DST are recovered exactly at every n by the hierarchical factorisation; Legendre and the
+    control are not."""
     rows = recovery.run(out=tmp_path / "rec", structures=("bp",))
-    recovered = {"dft": 256, "hadamard": 256, "hartley": 16, "dct": 8, "dst": 16}
+    recovered = {"dft": 256, "hadamard": 256, "hartley": 256, "dct": 256, "dst": 256}
     for r in rows:
         assert r["permutation_mass"] >= 0.99, r
         assert r["rounded_rmse"] == pytest.approx(r["rmse"], rel=1e-3, abs=1e-12), r  # SGD gates at ±20: 2e-9 leak each
@@ -123,7 +128,7 @@ def test_default_recovery_grid(tmp_path):
             assert r["rmse"] < 1e-4, r
         elif r["target"] in ("legendre", "randn"):
             assert r["rmse"] > 1e-4, r
-        if r["target"] in ("dft", "hadamard"):
+        if r["target"] in recovered:
             assert r["method"] == "hierarchical" and r["rmse"] < 1e-12, r
 
 # ----------------------------------------------------------------------------- matrices in the wild

@@ -50,6 +50,7 @@ from ..core.errors import check_choice, check_int
 from ..core.sizes import is_power_of_two
 from ..fit import FitResult, fit, project, rmse
 from ..fit.batched_bp import fit_bp
+from ..fit.hierarchical import hierarchical_projection
 from ..fit.fitting import build_layer, trial_learning_rates
 from .outputs import figure_writer, json_writer, markdown_table, text_writer, write_outputs
 
@@ -224,15 +225,19 @@ def hierarchical_stage(T: torch.Tensor, structure: str, options: dict, complex_m
     """Stage 1 of every learned fit: the closed-form hierarchical factorisation (``sm.project`` with
     ``method="closed_form"``, :mod:`structmat.fit.hierarchical`), blind to the target's identity.
 
-    A real target of a complex model is factored as a complex matrix; the member is wrapped in
-    :class:`RealPart` (the paper's final real part). Returns ``(result, seconds)``.
+    A real target of a complex model is wrapped in :class:`RealPart` (the paper's final real part):
+    for ``bp`` the member is the complex BP whose real part is nearest to ``T``
+    (:func:`structmat.fit.hierarchical.complete_real_bp`, exact for real parts of BP members such as
+    the DCT, DST and Hartley transforms); the other structures factor ``T`` as a complex matrix.
+    Returns ``(result, seconds)``.
     """
     start = time.perf_counter()
-    model_target = T.to(torch.complex128) if complex_model and not T.is_complex() else T
-    projection = project(model_target, structure, method="closed_form", **options)
-    layer = projection.layer
-    if complex_model and not T.is_complex():
-        layer = StructuredLinear.from_matrix(RealPart(layer.matrix))
+    real_part = complex_model and not T.is_complex()
+    if real_part and structure == "bp":
+        layer = StructuredLinear.from_matrix(RealPart(hierarchical_projection("bp", T, real_part=True, **options)))
+    else:
+        projection = project(T.to(torch.complex128) if real_part else T, structure, method="closed_form", **options)
+        layer = StructuredLinear.from_matrix(RealPart(projection.layer.matrix)) if real_part else projection.layer
     value = rmse(layer.to_dense(), T)
     return FitResult(layer, value, [value], [value]), time.perf_counter() - start
 

@@ -94,6 +94,112 @@ def _distinct_gate_gathers(m: int) -> tuple[list[int], torch.Tensor]:
     return subsets, gathers[subsets]
 
 
+#: complex elements per chunk of candidates in one level of the gate search (bounds its memory)
+_CHUNK_ELEMENTS = 1 << 23
+
+
+def _search_level(chunks, m: int, search: bool, beam: int, conjugates: bool):
+    """One level of the BP gate search over candidate blocks ``MQ`` of size ``m``, given in chunks.
+
+    ``chunks`` yields ``(blocks (K_c, m, m), errors (K_c,))`` or ``(blocks, errors, settings (K_c,))``:
+    the candidates in order (their global index is their position across the chunks); ``settings``
+    restricts each candidate to one gate setting of the level (an index into the distinct settings).
+    For every candidate and gate setting the ``4 x m/2`` row stacks get their best rank-1
+    approximation; with ``conjugates`` also the stack with its second row group conjugated (a real
+    part cannot tell ``M`` from ``conj(M)`` row by row, see :func:`complete_real_bp`) and the better
+    of the two is kept. Returns the ``beam`` best ``(errors, blocks (·, m/2, m/2), parent, subset,
+    twiddle rows (·, m/2, 2, 2), flips)`` (``flips`` ``(·, m/2)`` booleans, or ``None`` without
+    ``conjugates``).
+    """
+    h = m // 2
+    subsets, gathers = _distinct_gate_gathers(m) if search else ([0], torch.arange(m)[None])
+    subsets = torch.tensor(subsets)
+    kept, offset = None, 0
+    for blocks, errors, *settings in chunks:
+        settings = settings[0] if settings else None
+        count = 1 if settings is not None else len(subsets)
+        step = max(1, _CHUNK_ELEMENTS // (count * m * m))
+        for first in range(0, blocks.shape[0], step):
+            part, part_errors = blocks[first : first + step], errors[first : first + step]
+            size = part.shape[0]
+            if settings is None:
+                candidates = part[:, :, gathers.to(part.device)].permute(0, 2, 1, 3)  # (K, C, m, m) = MQ[:, σ_S]
+                table = subsets.expand(size, -1)
+            else:
+                chosen = settings[first : first + step].cpu()
+                index = gathers[chosen].to(part.device)[:, None, :].expand(-1, m, -1)
+                candidates = torch.take_along_dim(part, index, dim=2)[:, None]  # (K, 1, m, m)
+                table = subsets[chosen][:, None]
+            # stacks[k, s, i, 2r + c, j] = candidate[r·h + i, c·h + j]
+            stacks = candidates.reshape(size, count, 2, h, 2, h).permute(0, 1, 3, 2, 4, 5).reshape(size, count, h, 4, h)
+            u, v, discarded = rank_one_rows(stacks)
+            flips = None
+            if conjugates:
+                cu, cv, cd = rank_one_rows(torch.cat([stacks[..., :2, :], stacks[..., 2:, :].conj()], -2))
+                flips = cd < discarded
+                u, v = torch.where(flips[..., None], cu, u), torch.where(flips[..., None], cv, v)
+                discarded = torch.where(flips, cd, discarded)
+            totals = (part_errors[:, None] + discarded.sum(-1)).reshape(-1)
+            order = torch.argsort(totals, stable=True)[:beam]
+            local = order.cpu()
+            entry = (
+                totals[order], v.reshape(-1, h, h)[order], local // count + offset + first, table[local // count, local % count],
+                u.reshape(-1, h, 2, 2)[order], None if flips is None else flips.reshape(-1, h)[order],
+            )
+            if kept is not None:  # merge with the best so far, earlier candidates first on ties
+                merged = [torch.cat([a, b.to(a.device)]) if a is not None else None for a, b in zip(kept, entry)]
+                order = torch.argsort(merged[0], stable=True)[:beam]
+                entry = tuple(x[order.to(x.device)] if x is not None else None for x in merged)
+            kept = entry
+        offset += blocks.shape[0]
+    return kept
+
+
+def _factor_candidates(chunks, n: int, search: bool, beam: int, conjugates: bool = False):
+    """Beam search of the BP nearest to the best of several candidate matrices (see
+    :func:`factor_bp`). Returns ``(BPFactorisation, candidate index, row flips (n,) booleans)``:
+    the rows to conjugate so that the candidate is one BP (all ``False`` without ``conjugates``)."""
+    levels = n.bit_length() - 1
+    trail = []
+    m = n
+    while m > 2:
+        errors, blocks, parent, subset, rows, flips = _search_level(chunks, m, search, beam, conjugates)
+        trail.append((parent, subset, rows, flips))
+        chunks, m = [(blocks, errors)], m // 2
+    # size 2: the remaining 2x2 block is the stride-1 twiddle (N = 2: the candidate of least error)
+    chunks = list(chunks)
+    blocks, errors = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+    best = 0 if trail else int(torch.argmin(errors))
+    twiddle = blocks.new_zeros(n - 1, 2, 2)
+    twiddle[0] = blocks[best]
+    squared_error = float(errors[best])
+    gates = torch.zeros(max(0, levels - 1), 3, dtype=torch.bool)
+    flipped = torch.zeros(n, dtype=torch.bool)
+    index = torch.arange(n)
+    for depth in reversed(range(len(trail))):  # depth t: size n >> t, stride h = n >> (t + 1)
+        parent, subset, rows, flips = trail[depth]
+        h = n >> (depth + 1)
+        twiddle[h - 1 : 2 * h - 1] = rows[best]
+        gates[depth] = torch.tensor([bool(int(subset[best]) >> s & 1) for s in range(3)])
+        if flips is not None:  # the second row group of pair i is the rows i + h + 2h·k of the candidate
+            position = index % (2 * h)
+            flipped ^= (position >= h) & flips[best].cpu()[(position - h).clamp(min=0)]
+        best = int(parent[best])
+    permutation = relaxed_permutation_hard(gates.to(torch.float64), n)
+    return BPFactorisation(twiddle, gates, permutation, squared_error), best, flipped
+
+
+def _check_square(E: torch.Tensor, beam: int) -> int:
+    if not isinstance(E, torch.Tensor) or E.dim() != 2 or E.shape[0] != E.shape[1]:
+        raise ValueError(f"E: expected a square (N, N) tensor, got {describe(E)}")
+    n = E.shape[0]
+    if log2_exact(n, "E.shape[0]") < 1:
+        raise ValueError(f"E: expected N >= 2, got shape {tuple(E.shape)}")
+    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+        raise ValueError(f"beam: expected an int >= 1, got {describe(beam)}")
+    return n
+
+
 def factor_bp(E: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) -> BPFactorisation:
     """Tied twiddles and gate permutation of the BP ``B P`` nearest to ``E`` (see the module docstring).
 
@@ -102,47 +208,102 @@ def factor_bp(E: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) ->
         search: search the gates (``False``: ``P = I``, the tied butterfly nearest to ``E``).
         beam: gate settings kept per level (``>= 1``).
     """
-    if not isinstance(E, torch.Tensor) or E.dim() != 2 or E.shape[0] != E.shape[1]:
-        raise ValueError(f"E: expected a square (N, N) tensor, got {describe(E)}")
-    n = E.shape[0]
-    levels = log2_exact(n, "E.shape[0]")
-    if levels < 1:
-        raise ValueError(f"E: expected N >= 2, got shape {tuple(E.shape)}")
-    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-        raise ValueError(f"beam: expected an int >= 1, got {describe(beam)}")
-    blocks = E[None]  # (K, m, m): the matrices MQ still to factor, one per kept setting
+    n = _check_square(E, beam)
     errors = E.new_zeros(1, dtype=E.real.dtype if E.is_complex() else E.dtype)
-    trail = []  # per level: (parent, subset, twiddle rows) of every kept setting
-    m = n
-    while m > 2:
-        h = m // 2
-        subsets, gathers = _distinct_gate_gathers(m) if search else ([0], torch.arange(m)[None])
-        gathers = gathers.to(E.device)
-        candidates = blocks[:, :, gathers].permute(0, 2, 1, 3)  # (K, C, m, m) = MQ[:, σ_S]
-        kept, count = blocks.shape[0], len(subsets)
-        # stacks[k, s, i, 2r + c, j] = candidate[r·h + i, c·h + j]
-        stacks = candidates.reshape(kept, count, 2, h, 2, h).permute(0, 1, 3, 2, 4, 5).reshape(kept, count, h, 4, h)
-        u, v, discarded = rank_one_rows(stacks)
-        totals = (errors[:, None] + discarded.sum(-1)).reshape(-1)
-        order = torch.argsort(totals, stable=True)[: min(beam, totals.numel())]
-        parent, choice = (order // count).cpu(), (order % count).cpu()
-        errors = totals[order]
-        blocks = v.reshape(kept * count, h, h)[order]
-        trail.append((parent, torch.tensor(subsets)[choice], u.reshape(kept * count, h, 2, 2)[order]))
-        m = h
-    # size 2: the remaining 2x2 block is the stride-1 twiddle
-    best = 0
-    twiddle = E.new_zeros(n - 1, 2, 2)
-    twiddle[0] = blocks[best]
-    gates = torch.zeros(max(0, levels - 1), 3, dtype=torch.bool)
-    for depth in reversed(range(len(trail))):  # depth t: size n >> t, stride h = n >> (t + 1)
-        parent, subset, rows = trail[depth]
-        h = n >> (depth + 1)
-        twiddle[h - 1 : 2 * h - 1] = rows[best]
-        gates[depth] = torch.tensor([bool(int(subset[best]) >> s & 1) for s in range(3)])
-        best = int(parent[best])
-    permutation = relaxed_permutation_hard(gates.to(torch.float64), n)
-    return BPFactorisation(twiddle, gates, permutation, float(errors[0]) if trail else 0.0)
+    return _factor_candidates([(E[None], errors)], n, search, beam)[0]
+
+
+def _real_rank_two(stacks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best rank-2 approximation ``A G`` of real ``k x h`` stacks ``(…, k, h)``: ``A`` ``(…, k, 2)``
+    orthonormal columns, ``G = Aᵀ S`` ``(…, 2, h)``, and the discarded ``‖S − A G‖_F²`` ``(…,)``."""
+    _, vectors = torch.linalg.eigh(stacks @ stacks.transpose(-1, -2))
+    A = vectors[..., -2:]
+    G = A.transpose(-1, -2) @ stacks
+    return A, G, (stacks - A @ G).square().sum((-1, -2))
+
+
+def _complex_rows(G: torch.Tensor, gathers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Complex rows ``w = c₀ g₀ + c₁ g₁`` from the real row pairs ``G`` ``(…, 2, h)`` such that the two
+    halves of ``w[σ_S]`` are parallel, for every next-level gate setting ``σ_S`` of ``gathers`` ``(C, h)``.
+
+    Parallel halves ``w_R = μ w_L`` need ``(g₀_R, g₁_R) = K (g₀_L, g₁_L)`` for a real ``2 x 2`` ``K``
+    and ``(c₀, c₁)`` a left eigenvector of ``K`` with a non-real eigenvalue ``μ`` (then ``w`` is not a
+    real vector up to phase). Returns ``(coefficients (…, C, 2), squared residual of K (…, C))``;
+    where ``K`` has no non-real eigenvalue (the halves are real up to phase) ``(1, i)`` is taken.
+    """
+    h = G.shape[-1]
+    permuted = G[..., gathers].movedim(-2, -3)  # (…, C, 2, h)
+    left, right = permuted[..., : h // 2], permuted[..., h // 2 :]
+    K_t = torch.linalg.lstsq(left.transpose(-1, -2), right.transpose(-1, -2)).solution  # Kᵀ
+    residual = (right - K_t.transpose(-1, -2) @ left).square().sum((-1, -2))
+    values, vectors = torch.linalg.eig(K_t)  # Kᵀ c = μ c  <=>  cᵀ K = μ cᵀ
+    pick = values.imag.argmax(-1)
+    c = torch.gather(vectors, -1, pick[..., None, None].expand(*pick.shape, 2, 1))[..., 0]
+    real_like = (c[..., 0].conj() * c[..., 1]).imag.abs() < 1e-8
+    c = torch.where(real_like[..., None], torch.tensor([1, 1j], dtype=c.dtype, device=c.device), c)
+    return c, residual
+
+
+def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) -> tuple[torch.Tensor, int]:
+    """A complex ``M`` with ``Re(M) ≈ T[k]`` that is a BP member, for the best of the real candidates
+    ``T`` ``(K, N, N)``; returns ``(M, k)``. Exact (``Re(M) = T[k]`` to rounding) when some ``T[k]`` is
+    the real part of a BP ``B P`` (SPEC.md §4.15, §7.4: DCT, DST, Hartley are real parts of FFTs).
+
+    **Top level** (``h = N/2``). ``Re(B P) P_top⁻¹ [r·h + i, c·h + j] = Re(t_i[r, c] w_i[j])`` with
+    ``w_i`` row ``i`` of the complex ``MQ``: the real ``4 x h`` stack of row ``i`` has rank ``≤ 2``,
+    ``= A_i G_i`` (best rank 2), and ``w_i`` is a complex combination ``c₀ g₀ + c₁ g₁`` of the rows of
+    ``G_i``. **Next level.** ``MQ`` is a BP, so the two halves of ``w_i[σ]`` (``σ`` the next gate
+    setting) are parallel; this fixes ``(c₀, c₁)`` up to a complex scale and a conjugation
+    (:func:`_complex_rows`). **Conjugation.** ``Re`` cannot tell ``w_i`` from ``conj(w_i)``; the gate
+    search on the candidate ``MQ`` also tries each second row group conjugated and keeps the better
+    (:func:`_search_level`), and the chosen rows are conjugated (conjugating a whole row group of a BP
+    keeps its real part and its structure, so the decisions of the search give one consistent ``MQ``).
+    The twiddles ``t_i`` then solve ``Re(t_i c₀) = A_i[:, 0]``, ``Re(t_i c₁) = A_i[:, 1]``.
+
+    All ``K x 8 x 8`` (candidate, top gates, next gates) combinations enter one beam search, ranked by
+    the discarded rank-2 part plus the residual of ``K`` plus the rank-1 error of the deeper levels.
+    Cost ``O(K · 64 · beam · N²)`` flops, memory bounded by chunks.
+    """
+    if not isinstance(T, torch.Tensor) or T.dim() != 3 or T.shape[1] != T.shape[2] or T.is_complex():
+        raise ValueError(f"T: expected a real tensor of shape (K, N, N), got {describe(T)}")
+    count, n = T.shape[0], T.shape[1]
+    log2_exact(n, "T.shape[1]")
+    complex_dtype = (T[:1, :1, :1] * 1j).dtype
+    if n <= 2:  # every 2x2 matrix is a BP
+        return T[0].to(complex_dtype), 0
+    h = n // 2
+    top = _distinct_gate_gathers(n)[1] if search else torch.arange(n)[None]
+    nxt = _distinct_gate_gathers(h)[1] if search and h >= 4 else torch.arange(h)[None]
+
+    def rows(k: int):  # A (C0, h, 4, 2), G (C0, h, 2, h), error (C0,), coefficients (C0, C1, h, 2), residual (C0, C1)
+        candidates = T[k][:, top].permute(1, 0, 2)  # (C0, N, N) = T P_top⁻¹
+        stacks = candidates.reshape(-1, 2, h, 2, h).permute(0, 2, 1, 3, 4).reshape(-1, h, 4, h)
+        A, G, discarded = _real_rank_two(stacks)
+        c, residual = _complex_rows(G, nxt)  # (C0, h, C1, 2), (C0, h, C1)
+        return A, G, discarded.sum(-1), c.transpose(1, 2), residual.sum(1)
+
+    def chunks():
+        for k in range(count):
+            _, G, discarded, c, residual = rows(k)
+            for a in range(top.shape[0]):
+                w = c[a, ..., 0, None] * G[a, None, :, 0, :] + c[a, ..., 1, None] * G[a, None, :, 1, :]  # (C1, h, h)
+                yield w, discarded[a] + residual[a], torch.arange(nxt.shape[0])  # w[b] only makes sense under setting b
+
+    _, best, flipped = _factor_candidates(chunks(), h, search, beam, conjugates=True)
+    k, rest = divmod(best, top.shape[0] * nxt.shape[0])
+    a, b = divmod(rest, nxt.shape[0])
+    A, G, _, c, _ = rows(k)
+    A, G, c = A[a], G[a], c[a, b]
+    c = torch.where(flipped[:, None].to(c.device), c.conj(), c)
+    w = c[:, 0, None] * G[:, 0] + c[:, 1, None] * G[:, 1]  # (h, h): MQ
+    # Re(t c₀) = A₀, Re(t c₁) = A₁ for the four entries t of each twiddle: [[Re c, −Im c]] [Re t; Im t] = A
+    system = torch.stack([c.real, -c.imag], -1)  # (h, 2, 2): row j = [Re c_j, −Im c_j]
+    solution = torch.linalg.solve(system[:, None], A[..., None])[..., 0]  # (h, 4, 2)
+    t = torch.complex(solution[..., 0], solution[..., 1]).reshape(h, 2, 2)
+    quadrants = (t[:, :, :, None] * w[:, None, None, :]).permute(1, 0, 2, 3).reshape(n, n)  # M P_top⁻¹
+    M = torch.empty_like(quadrants)
+    M[:, top[a]] = quadrants
+    return M, k
 
 
 def _embed(W: torch.Tensor, size: int) -> torch.Tensor:
@@ -152,35 +313,68 @@ def _embed(W: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def bp_from_dense(
-    W: torch.Tensor, *, n_modules: int = 1, permutation: str = "learned", init: str = "randn", beam: int = DEFAULT_BEAM
+    W: torch.Tensor, *, n_modules: int = 1, permutation: str = "learned", init: str = "randn", beam: int = DEFAULT_BEAM,
+    real_part: bool = False,
 ) -> BP:
     """The ``bp`` member (options ``n_modules``, ``permutation``, ``init``) found by :func:`factor_bp`.
 
     ``W`` ``(m, n)`` is corner-embedded in ``N x N`` (``N`` = the layer's size). Learned gates are set
     to the logits ``±HARD_LOGIT`` (each relaxed factor is its hard permutation to rounding: mass 1 on
-    one permutation); with ``n_modules > 1`` the inner modules are the identity (identity gates) and the
-    outer module is factored after the inner fixed permutations. Cost ``O(beam · 8 · N²)``.
+    one permutation). With ``n_modules > 1`` the inner butterflies are the identity; with learned
+    gates the full-size level of the innermost permutation ``P₁`` is searched too (its 8 settings
+    enter the beam search as candidates), so ``B P₂ P₁`` -- the paper's "BP with an additional
+    permutation" for the DCT/DST (SPEC.md §7.4) -- is found exactly; the other inner levels are the
+    identity. ``real_part=True`` (real ``W``): a complex member whose **real part** is nearest to
+    ``W`` (:func:`complete_real_bp`; exact for real parts of BP members), for
+    ``structmat.fit.RealPart``. Cost ``O(beam · 8 · N²)``, ``O(64 · beam · 8 · N²)`` with
+    ``real_part``.
     """
     W = check_matrix("W", W)
+    if not isinstance(real_part, bool):
+        raise TypeError(f"real_part: expected a bool, got {describe(real_part)}")
+    if real_part and W.is_complex():
+        raise ValueError(f"W: real_part=True factors a real matrix as the real part of a complex BP, got dtype {W.dtype}")
     out_features, in_features = W.shape
-    layer = BP(in_features, out_features, n_modules=n_modules, permutation=permutation, init=init, dtype=W.dtype, device=W.device)
+    dtype = (W[:1, :1] * 1j).dtype if real_part else W.dtype
+    layer = BP(in_features, out_features, n_modules=n_modules, permutation=permutation, init=init, dtype=dtype, device=W.device)
+    learned = permutation == "learned"
     with torch.no_grad():
         layer.twiddle.copy_(torch.eye(2, dtype=layer.dtype, device=layer.twiddle.device))
-        if permutation == "learned":
+        if learned:
             layer.logits.fill_(-HARD_LOGIT)
-        # T = B_k P_k (P_{k−1} ⋯ P_1) with identity inner butterflies: factor T (P_{k−1} ⋯ P_1)⁻¹
-        inner = torch.arange(layer.size, device=W.device)
         permutations = layer.hard_permutations()
-        for perm in permutations[:-1]:
-            inner = inner[perm]
-        target = _embed(W, layer.size)[:, inner]
-        if permutation != "learned":
-            target = target[:, permutations[-1]]
-        result = factor_bp(target, search=permutation == "learned", beam=beam)
+        subsets = _distinct_gate_gathers(layer.size)[0] if n_modules > 1 and learned and layer.size >= 4 else [0]
+        innermost = [relaxed_permutation_hard(_top_gates(subset, layer.size), layer.size) for subset in subsets] if learned else [permutations[0]]
+        padded = _embed(W, layer.size)
+        targets = []
+        for first in innermost:  # T = B_k P_k (P_{k−1} ⋯ P_1) with identity inner butterflies: factor T (P_{k−1} ⋯ P_1)⁻¹
+            inner = torch.arange(layer.size, device=W.device)
+            for perm in ([first] + permutations[1:-1]) if n_modules > 1 else []:
+                inner = inner[perm.to(W.device)]
+            target = padded[:, inner]
+            targets.append(target if learned else target[:, permutations[-1].to(W.device)])
+        targets = torch.stack(targets)
+        if real_part:
+            M, candidate = complete_real_bp(targets, search=learned, beam=beam)
+            result = factor_bp(M, search=learned, beam=beam)
+        else:
+            errors = targets.new_zeros(targets.shape[0], dtype=targets.real.dtype if targets.is_complex() else targets.dtype)
+            result, candidate, _ = _factor_candidates([(targets, errors)], _check_square(targets[0], beam), learned, beam)
         layer.twiddle[-1].copy_(result.twiddle)
-        if permutation == "learned":
+        if learned:
             layer.logits[-1].copy_(torch.where(result.gates, HARD_LOGIT, -HARD_LOGIT))
+            if n_modules > 1:
+                layer.logits[0].copy_(torch.where(_top_gates(subsets[candidate], layer.size).bool(), HARD_LOGIT, -HARD_LOGIT))
     return layer
+
+
+def _top_gates(subset: int, n: int) -> torch.Tensor:
+    """Gate probabilities ``(log n − 1, 3)`` with the full-size level set to ``subset`` (``4 s_c + 2 s_b
+    + s_a``) and every other level the identity."""
+    gates = torch.zeros(max(0, n.bit_length() - 2), 3, dtype=torch.float64)
+    if gates.shape[0]:
+        gates[0] = torch.tensor([subset >> s & 1 for s in range(3)], dtype=torch.float64)
+    return gates
 
 
 def kaleidoscope_from_dense(
@@ -218,6 +412,7 @@ def hierarchical_projection(structure: str, W: torch.Tensor, **options) -> Struc
 
 
 __all__ = [
-    "BPFactorisation", "DEFAULT_BEAM", "HARD_LOGIT", "HIERARCHICAL_PROJECTIONS", "bp_from_dense", "factor_bp", "hierarchical_projection",
+    "BPFactorisation", "DEFAULT_BEAM", "HARD_LOGIT", "HIERARCHICAL_PROJECTIONS", "bp_from_dense", "complete_real_bp", "factor_bp",
+    "hierarchical_projection",
     "kaleidoscope_from_dense",
 ]
