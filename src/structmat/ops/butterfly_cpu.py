@@ -23,6 +23,7 @@ Compiled signatures: one per dtype (float32/64, complex64/128) and kernel, cache
 from __future__ import annotations
 
 import functools
+import math
 import threading
 
 import numba
@@ -384,8 +385,7 @@ def _workspace(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     training loop, whose forward and backward allocate several input-sized tensors between
     kernel calls, that doubled the measured forward+backward time (docs/benchmarks.md,
     "Butterfly")."""
-    dtype = np.dtype(dtype)
-    numel = int(np.prod(shape))
+    numel = math.prod(shape)
     if numel * dtype.itemsize > WORKSPACE_MAX_BYTES:
         return _aligned_empty(numel, dtype).reshape(shape)
     cache = getattr(_workspaces, "arrays", None)
