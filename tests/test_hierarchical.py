@@ -17,7 +17,7 @@ from structmat.fit import RealPart
 from structmat.fit.hierarchical import HARD_LOGIT, bp_from_dense, complete_real_bp, factor_bp, kaleidoscope_from_dense
 from structmat.fit.projection import relative_error
 from structmat.ops.butterfly import butterfly_to_dense
-from structmat.ops.hierarchical import butterfly_factorisation, rank_one_rows
+from structmat.ops.hierarchical import butterfly_factorisation, rank_one_rows, two_sided_factorisation
 
 DTYPES = [torch.float64, torch.complex128]
 
@@ -229,6 +229,30 @@ def test_kaleidoscope_warm_start_contains_butterflies(dtype):
     W = torch.randn(24, 24, dtype=dtype)
     result = sm.project(W, "kaleidoscope", steps=20, lbfgs_steps=5)
     assert result.method.startswith("hierarchical+fit") and result.rel_error < 1.0
+
+
+def test_two_sided_factorisation_recovers_bbstar_and_circulants():
+    """``BB*`` members (well conditioned: unitary twiddles) and circulant matrices ([KS20]: they are
+    ``BB*``) come back exactly through the two-sided factorisation and ``sm.project``."""
+    g = torch.Generator().manual_seed(0)
+    for n in [2, 4, 16, 128]:
+        torch.manual_seed(n)
+        B = Butterfly(n, n, init="ortho", dtype=torch.complex128).to_dense().detach()
+        C = Butterfly(n, n, init="ortho", increasing_stride=False, dtype=torch.complex128).to_dense().detach()
+        circulant = torch.from_numpy(scipy.linalg.circulant(torch.randn(n, generator=g, dtype=torch.float64).numpy()))
+        E = torch.stack([B @ C, circulant.to(torch.complex128)])
+        increasing, transposed, squared_error = two_sided_factorisation(E)
+        product = butterfly_to_dense(increasing[:, None]).reshape(2, n, n) @ butterfly_to_dense(transposed[:, None]).reshape(2, n, n).mT
+        assert relative_error(product, E) <= 1e-12, n
+        assert torch.allclose(squared_error, (product - E).abs().square().sum((-1, -2)), atol=1e-20, rtol=1e-6)
+        result = sm.project(circulant.to(torch.complex128), "kaleidoscope", width=2, method="closed_form")
+        assert result.method == "hierarchical" and result.rel_error <= 1e-12, n
+    # a real layer takes it only where the factors are real; otherwise the one-sided forms remain
+    W = circulant  # n = 128: complex factors
+    layer = kaleidoscope_from_dense(W)
+    assert layer.dtype == torch.float64 and relative_error(layer.to_dense(), W) < 1.0
+    with pytest.raises(ValueError, match="E: expected a tensor of shape"):
+        two_sided_factorisation(torch.randn(6, 6))
 
 
 def test_bench_hierarchical_rows():

@@ -106,6 +106,8 @@ def test_fit_one_stages_and_real_part_models():
         row = recovery.fit_one(target, 16, "bp", settings)
         assert row.method == "hierarchical" and row.rmse < 1e-12 and row.permutation_mass >= 0.99, row
         assert row.model.endswith("(complex, real part)")
+    bbstar = recovery.fit_one("convolution", 16, "kaleidoscope", settings)  # circulants are BB*: two-sided factorisation
+    assert bbstar.method == "hierarchical" and bbstar.rmse < 1e-12, bbstar
     convolution = recovery.fit_one("convolution", 8, "bp", settings)
     assert convolution.details["hierarchical_rmse"] > 1e-4  # the inner butterfly of BPBP is not searched
     assert convolution.method in ("sgd", "hierarchical") and convolution.permutation_mass >= 0.99

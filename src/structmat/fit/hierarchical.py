@@ -52,7 +52,7 @@ from ..core.errors import check_matrix, describe
 from ..core.sizes import log2_exact
 from ..families.bp import BP
 from ..families.kaleidoscope import Kaleidoscope
-from ..ops.hierarchical import butterfly_factorisation, rank_one_rows
+from ..ops.hierarchical import butterfly_factorisation, rank_one_rows, two_sided_factorisation
 from ..ops.permutation import relaxed_permutation_hard
 from .batched_bp import gate_indices
 
@@ -380,22 +380,36 @@ def _top_gates(subset: int, n: int) -> torch.Tensor:
 def kaleidoscope_from_dense(
     W: torch.Tensor, *, width: int = 1, expansion: int = 1, init: str = "randn", padded_size: int | None = None
 ) -> Kaleidoscope:
-    """The K-matrix whose outermost (increasing-stride) or innermost (decreasing-stride) butterfly is
-    the hierarchical factorisation of the embedded ``W``, whichever is closer; the other butterflies
-    are the identity. Cost ``O(N² log N)``."""
+    """The K-matrix nearest to the embedded ``W`` among three closed forms, the other butterflies the
+    identity: the increasing-stride factorisation as the last (outermost) butterfly, the
+    decreasing-stride one as the first, or -- for complex layers, or real ones where it comes out real --
+    the two-sided ``BB*`` factorisation (:func:`structmat.ops.hierarchical.two_sided_factorisation`:
+    exact for well-conditioned ``BB*`` members and for circulant matrices) as the first unit
+    ``B₁ B₁'^*``. Cost ``O(N² log N)``."""
     W = check_matrix("W", W)
     out_features, in_features = W.shape
     layer = Kaleidoscope(in_features, out_features, width=width, expansion=expansion, init=init, padded_size=padded_size,
                          dtype=W.dtype, device=W.device)
-    padded = _embed(W, layer.size)
+    padded = _embed(W, layer.size).to(layer.dtype)
     outer, outer_error = butterfly_factorisation(padded[None])
     inner, inner_error = butterfly_factorisation(padded.transpose(0, 1)[None])
+    increasing, transposed, two_sided_error = two_sided_factorisation(padded[None])
+    if not layer.dtype.is_complex:  # a real layer takes the two-sided form only where it comes out real
+        size = max(1.0, float(increasing.abs().max()), float(transposed.abs().max()))
+        if max(float(increasing.imag.abs().max()), float(transposed.imag.abs().max())) > 1e-12 * size:
+            two_sided_error = torch.full_like(outer_error, float("inf"))
+        increasing, transposed = increasing.real, transposed.real
+    errors = [float(outer_error[0]), float(inner_error[0]), float(two_sided_error[0])]
+    best = errors.index(min(errors))
     with torch.no_grad():
         layer.twiddle.copy_(torch.eye(2, dtype=layer.dtype, device=layer.twiddle.device))
-        if float(outer_error[0]) <= float(inner_error[0]):
+        if best == 0:
             layer.twiddle[0, -1].copy_(outer[0])
-        else:  # E = (Eᵀ)ᵀ: the transposed increasing-stride butterfly is a decreasing-stride one
+        elif best == 1:  # E = (Eᵀ)ᵀ: the transposed increasing-stride butterfly is a decreasing-stride one
             layer.twiddle[0, 0].copy_(inner[0].flip(0).transpose(-1, -2))
+        else:  # E = B C: C (decreasing) = (Cᵀ)ᵀ first, then B
+            layer.twiddle[0, 0].copy_(transposed[0].flip(0).transpose(-1, -2))
+            layer.twiddle[0, 1].copy_(increasing[0])
     return layer
 
 

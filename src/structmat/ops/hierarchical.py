@@ -24,6 +24,7 @@ import torch
 
 from ..core.errors import describe
 from ..core.sizes import is_power_of_two
+from .butterfly import butterfly_multiply_reference, butterfly_to_dense
 
 
 def rank_one_rows(stacks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,4 +79,84 @@ def butterfly_factorisation(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return twiddle, squared_error
 
 
-__all__ = ["butterfly_factorisation", "rank_one_rows"]
+def _pairs_of_blocks(blocks: torch.Tensor) -> torch.Tensor:
+    """``(G, B, m, m) -> (G, B, h, h, 2, 2)``: ``[b, i, j] = [[X[i, j], X[i, h+j]], [X[h+i, j], X[h+i, h+j]]]``."""
+    groups, count, m = blocks.shape[0], blocks.shape[1], blocks.shape[-1]
+    h = m // 2
+    return blocks.reshape(groups, count, 2, h, 2, h).permute(0, 1, 3, 5, 2, 4)
+
+
+def two_sided_factorisation(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``E ≈ B · C`` with ``B`` an increasing-stride and ``C`` a decreasing-stride butterfly (``BB*``,
+    SPEC.md §4.16), level by level from both sides; exact for ``BB*`` members with generic twiddles
+    (and circulant matrices, which are ``BB*``: [KS20]).
+
+    **One level** (``h = n/2``). ``B C = F · diag(A₀, A₁) · G`` with ``F``, ``G`` the stride-``h``
+    factors of ``B`` and ``C`` and ``A_b = B_b C_b`` two ``BB*`` of size ``h``. For the ``2 x 2``
+    blocks ``Ẽ_ij = [[E[i, j], E[i, h+j]], [E[h+i, j], E[h+i, h+j]]]`` this reads
+    ``Ẽ_ij = D_i Λ_ij E_j`` with ``D_i``, ``E_j`` the twiddles of pairs ``i`` of ``F`` and ``j`` of ``G``
+    and ``Λ_ij = diag(A₀[i, j], A₁[i, j])``. With a second row ``k ≠ i``,
+    ``L_j = Ẽ_ij Ẽ_kj⁻¹ = D_i Λ_ij Λ_kj⁻¹ D_k⁻¹``, so ``L_j L₀⁻¹ = D_i (Λ_ij Λ_kj⁻¹ Λ_k0 Λ_i0⁻¹) D_i⁻¹``:
+    the eigenvectors of a fixed generic combination ``Σ_j c_j L_j L₀⁻¹`` are the columns of ``D_i``
+    (up to scale and order). The order is made consistent with row 0 (the rows of ``D_i⁻¹ Ẽ_ij`` are
+    parallel to the rows of ``E_j`` whatever ``i``), then for every ``j`` and ``b`` the best rank-1
+    approximation of the ``h`` rows ``(D_i⁻¹ Ẽ_ij)[b]`` gives the row ``E_j[b]`` (unit) and the column
+    ``A_b[:, j]``. The recursion runs on ``A₀, A₁``; at size 2, ``D = Ẽ`` and ``E = I``.
+
+    Args:
+        E: ``(G, n, n)`` real or complex, ``n`` a power of two ``>= 2``.
+
+    Returns:
+        ``(increasing, transposed, squared_error)``: twiddles ``(G, log n, n/2, 2, 2)`` in the canonical
+        increasing-stride layout of ``B`` and of ``Cᵀ`` (an increasing-stride butterfly; ``C``'s own
+        decreasing-stride twiddles are ``transposed.flip(1).transpose(-1, -2)``), and ``‖E − B C‖_F²``
+        ``(G,)`` (from the product). Cost ``O(n² log n)`` flops (2 x 2 eigenproblems per row and level).
+    """
+    if not isinstance(E, torch.Tensor) or E.dim() != 3 or E.shape[1] != E.shape[2] or E.shape[1] < 2 or not is_power_of_two(E.shape[1]):
+        raise ValueError(f"E: expected a tensor of shape (G, n, n) with n a power of two >= 2, got {describe(E)}")
+    groups, n = E.shape[0], E.shape[1]
+    work = E if E.is_complex() else E.to((E[:1, :1, :1] * 1j).dtype)  # eigenvectors may be complex
+    levels = n.bit_length() - 1
+    increasing = work.new_zeros(groups, levels, n // 2, 2, 2)
+    transposed = work.new_zeros(groups, levels, n // 2, 2, 2)
+    eye = torch.eye(2, dtype=work.dtype, device=work.device)
+    blocks = work[:, None]
+    for level in reversed(range(levels)):
+        h = 1 << level
+        count = blocks.shape[1]
+        pairs = _pairs_of_blocks(blocks)  # (G, B, i, j, 2, 2)
+        if h == 1:
+            D, Ej = pairs[:, :, :, 0], eye.expand(groups, count, 1, 2, 2)
+            halves = torch.ones(groups, count, 2, 1, 1, dtype=work.dtype, device=work.device)
+        else:
+            reference = (torch.arange(h, device=work.device) == 0).long()  # k(0) = 1, k(i) = 0 otherwise
+            ratios = pairs @ torch.linalg.pinv(pairs[:, :, reference])  # L_j = Ẽ_ij Ẽ_kj⁻¹
+            g = torch.Generator().manual_seed(h)
+            weights = torch.complex(torch.randn(2, h, generator=g, dtype=torch.float64), torch.randn(2, h, generator=g, dtype=torch.float64))
+            weights = weights.to(device=work.device, dtype=work.dtype)[:, :, None, None]
+            combined = (weights[0] * ratios).sum(3) @ torch.linalg.pinv((weights[1] * ratios).sum(3))  # (Σ_j c_j L_j)(Σ_j c'_j L_j)⁻¹
+            _, D = torch.linalg.eig(combined)  # (G, B, h, 2, 2): columns of D_i
+            D = D.to(work.dtype)
+            rows = torch.linalg.solve(D[:, :, :, None], pairs)  # D_i⁻¹ Ẽ_ij = Λ_ij E_j
+            unit = rows / rows.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(rows.real.dtype).tiny)
+            same = (unit * unit[:, :, :1].conj()).sum(-1).abs().sum((-1, -2))  # rows of i against rows of 0
+            swapped = (unit.flip(-2) * unit[:, :, :1].conj()).sum(-1).abs().sum((-1, -2))
+            swap = swapped > same  # (G, B, h)
+            D = torch.where(swap[..., None, None], D.flip(-1), D)
+            rows = torch.where(swap[..., None, None, None], rows.flip(-2), rows)
+            # stacks[g, b, j, half, :, i] = rows[g, b, i, j, half, :]
+            e_rows, a, _ = rank_one_rows(rows.permute(0, 1, 3, 4, 5, 2))  # u (G, B, j, half, 2), v (G, B, j, half, i)
+            Ej, halves = e_rows, a.permute(0, 1, 3, 4, 2)  # E_j[half] = u; A_half[i, j] = v
+        increasing[:, level] = D.reshape(groups, count * h, 2, 2)
+        transposed[:, level] = Ej.transpose(-1, -2).reshape(groups, count * h, 2, 2)
+        blocks = halves.reshape(groups, 2 * count, h, h)  # half c of block b -> 2b + c
+    # the size-1 blocks left are ones (the last level puts the 2 x 2 block into B)
+    # (B C)[k, :] = Cᵀ applied to the row B[k, :]: O(n² log n), no dense product
+    product = torch.stack([
+        butterfly_multiply_reference(t[None, None], butterfly_to_dense(b[None, None])[:, None, :], True)[:, 0] for b, t in zip(increasing, transposed)
+    ])
+    squared_error = (product - work).abs().square().sum((-1, -2))
+    return increasing, transposed, squared_error
+
+
+__all__ = ["butterfly_factorisation", "rank_one_rows", "two_sided_factorisation"]
