@@ -331,6 +331,7 @@ def _backward_chunks(tw, x, grad, grad_tw_parts, grad_x, scratch, blocks, levels
         acts = scratch[worker, :steps]
         g = scratch[worker, steps]
         gt = grad_tw_parts[worker]
+        gt[:] = 0
         for c in range(worker, n_chunks, workers):
             row0 = c * chunk
             cols = min(chunk, batch - row0)
@@ -376,9 +377,10 @@ WORKSPACE_MAX_BYTES = 64 << 20
 _workspaces = threading.local()
 
 
-def _workspace(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def _workspace(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -> np.ndarray:
     """An uninitialised scratch array of ``shape``, reused across calls from the same Python
-    thread (grown as needed, at most :data:`WORKSPACE_MAX_BYTES` kept per dtype).
+    thread (grown as needed, at most :data:`WORKSPACE_MAX_BYTES` kept per dtype and ``slot``;
+    arrays of distinct slots may be used at the same time).
 
     The kernels' scratch is megabytes per call; allocated fresh, glibc returns it to the operating
     system on free (its trim/mmap thresholds) and every call then pays page faults for it -- in a
@@ -391,9 +393,9 @@ def _workspace(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     cache = getattr(_workspaces, "arrays", None)
     if cache is None:
         cache = _workspaces.arrays = {}
-    buffer = cache.get(dtype)
+    buffer = cache.get((slot, dtype))
     if buffer is None or buffer.size < numel:
-        buffer = cache[dtype] = _aligned_empty(numel, dtype)
+        buffer = cache[slot, dtype] = _aligned_empty(numel, dtype)
     return buffer[:numel].reshape(shape)
 
 
@@ -485,17 +487,22 @@ def butterfly_backward_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring)."""
     plan, chunk, workers = _backward_plan(twiddle, x, increasing_stride, transpose)
-    parts = torch.zeros((workers,) + tuple(twiddle.shape), dtype=twiddle.dtype)
+    grad_twiddle = torch.empty(twiddle.shape, dtype=twiddle.dtype)
     grad_x = torch.empty(x.shape, dtype=x.dtype)
-    if x.shape[0]:
-        x_view = numpy_view(x)
-        scratch = _workspace((workers, len(plan[3]) + 1, x.shape[2], chunk), x_view.dtype)
-        kernel = _backward_parallel if workers > 1 else _backward_serial
-        kernel(
-            numpy_view(twiddle), x_view, numpy_view(grad.to(x.dtype)), numpy_view(parts), numpy_view(grad_x), scratch,
-            *plan, bool(transpose), chunk,
-        )
-    return parts.sum(0), grad_x
+    if not x.shape[0]:
+        return grad_twiddle.zero_(), grad_x
+    # the per-worker partials are zeroed by the kernel and summed by NumPy: no torch op (whose
+    # OpenMP pool would spin against Numba's) runs between the two kernels of a training step
+    x_view = numpy_view(x)
+    parts = _workspace((workers,) + tuple(twiddle.shape), x_view.dtype, slot="partials")
+    scratch = _workspace((workers, len(plan[3]) + 1, x.shape[2], chunk), x_view.dtype)
+    kernel = _backward_parallel if workers > 1 else _backward_serial
+    kernel(
+        numpy_view(twiddle), x_view, numpy_view(grad.to(x.dtype)), parts, numpy_view(grad_x), scratch,
+        *plan, bool(transpose), chunk,
+    )
+    np.sum(parts, axis=0, out=numpy_view(grad_twiddle))
+    return grad_twiddle, grad_x
 
 
 FUSED_BACKENDS["cpu"] = (butterfly_forward_cpu, butterfly_backward_cpu)
