@@ -1,7 +1,8 @@
 """Butterfly targets of issue 3 in single-thread CPU time (robust on a shared, loaded machine).
 
 Batch 256, float32, one thread everywhere (Numba, torch), ``time.thread_time``, best of 7 repeats;
-ratios side by side in one process: fused forward, forward+backward (input and twiddles),
+ratios side by side in one process: fused forward, forward+backward (input and twiddles) of
+``sum()`` and of a given contiguous gradient,
 ``torch.fft.fft``, ``nn.Linear(n, n)`` (n <= 4096) and the pure-PyTorch reference at n = 1024.
 
     NUMBA_NUM_THREADS=1 python benchmarks/bench_butterfly_single_thread.py [n ...]
@@ -29,8 +30,8 @@ def cpu_time(fn, repeat: int = 7) -> float:
 
 def main(sizes: list[int]) -> None:
     torch.set_num_threads(1)
-    print("| n | fwd ms | GFLOP/s | fwd+bwd ms | (f+b)/f | fft ms | fwd/fft | × nn.Linear | × reference | bwd extra mem (× input) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| n | fwd ms | GFLOP/s | fwd+bwd ms | (f+b)/f | (f+b)/f given grad | fft ms | fwd/fft | × nn.Linear | × reference | bwd extra mem (× input) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         levels = n.bit_length() - 1
         twiddle = torch.randn(1, 1, levels, n // 2, 2, 2) / 2**0.5
@@ -52,12 +53,19 @@ def main(sizes: list[int]) -> None:
             tw.grad = xg.grad = None
             butterfly_multiply(tw, xg).sum().backward()
 
+        grad = torch.randn(BATCH, 1, n)
+
+        def forward_backward_given_grad():
+            tw.grad = xg.grad = None
+            butterfly_multiply(tw, xg).backward(grad)
+
         both = cpu_time(forward_backward)
+        both_given_grad = cpu_time(forward_backward_given_grad)
         memory = backward_extra_bytes(twiddle, x[:, None]) / (x.numel() * x.element_size())
         cell = lambda v: "—" if v is None else f"{v / forward:.1f}"  # noqa: E731
         print(
             f"| {n} | {1e3 * forward:.3f} | {3 * n * levels * BATCH / forward / 1e9:.1f} | {1e3 * both:.3f} | "
-            f"{both / forward:.2f} | {1e3 * fft:.3f} | {forward / fft:.2f} | {cell(linear)} | {cell(reference)} | {memory:.2f} |",
+            f"{both / forward:.2f} | {both_given_grad / forward:.2f} | {1e3 * fft:.3f} | {forward / fft:.2f} | {cell(linear)} | {cell(reference)} | {memory:.2f} |",
             flush=True,
         )
 

@@ -2,7 +2,8 @@
 and the pure-PyTorch reference (float32; issue 3's speed table).
 
 For every batch ``B`` and size ``n``: butterfly forward (fused backend), forward + backward (input
-and twiddles), the reference forward, ``torch.fft.fft`` of the same input, ``nn.Linear(n, n)``
+and twiddles) of ``sum()`` -- whose gradient autograd hands over expanded, so the backward first
+makes it contiguous -- and of a given contiguous gradient (column "(f+b)/f grad"), the reference forward, ``torch.fft.fft`` of the same input, ``nn.Linear(n, n)``
 forward (skipped above ``n = 4096``: its weight alone is 1 GiB at 16384), the ``Butterfly`` layer of
 the optional package ``torch-structured`` (``pip install --no-deps torch-structured``; column
 "not installed" otherwise; ``n <= 4096``), and the backward's extra peak memory as a multiple of
@@ -57,7 +58,14 @@ def _butterfly_timings(n: int, batch: int, quick: bool) -> dict:
         tw.grad = xg.grad = None
         butterfly_multiply(tw, xg).sum().backward()
 
+    grad = torch.randn(batch, 1, n)
+
+    def forward_backward_given_grad():
+        tw.grad = xg.grad = None
+        butterfly_multiply(tw, xg).backward(grad)
+
     both = time_call(forward_backward, repeat=repeat)
+    both_given_grad = time_call(forward_backward_given_grad, repeat=repeat)
     linear = packaged = None
     if n <= LINEAR_MAX:
         linear = time_forward(torch.nn.Linear(n, n), x, repeat=repeat)
@@ -74,6 +82,7 @@ def _butterfly_timings(n: int, batch: int, quick: bool) -> dict:
         "torch_structured_ms": None if packaged is None else 1e3 * packaged,
         "speedup_vs_torch_structured": None if packaged is None else packaged / forward,
         "fwd_bwd_over_fwd": both / forward,
+        "fwd_bwd_given_grad_ms": 1e3 * both_given_grad, "fwd_bwd_given_grad_over_fwd": both_given_grad / forward,
         "backward_extra_memory_x_input": backward_extra_bytes(twiddle, x[:, None]) / (x.numel() * x.element_size()),
     }
 
@@ -89,7 +98,7 @@ def run(console: Console | None = None, quick: bool = False) -> list[dict]:
             for n in sizes:
                 rows.append(_butterfly_timings(n, batch, quick))
     table = Table(title="butterfly forward (float32, fused CPU kernel) vs reference, torch.fft.fft, nn.Linear")
-    for column in ["B", "n", "fwd ms", "GFLOP/s", "fwd+bwd ms", "(f+b)/f", "ref ms", "× ref", "fft ms", "/fft", "Linear ms", "× Linear", "torch-structured ms", "× t-s", "bwd mem ×x"]:
+    for column in ["B", "n", "fwd ms", "GFLOP/s", "fwd+bwd ms", "(f+b)/f", "(f+b)/f grad", "ref ms", "× ref", "fft ms", "/fft", "Linear ms", "× Linear", "torch-structured ms", "× t-s", "bwd mem ×x"]:
         table.add_column(column, justify="right")
     installed = _packaged_butterfly(2) is not None
     fmt = lambda v, spec=".3g": "—" if v is None else format(v, spec)  # noqa: E731
@@ -97,7 +106,7 @@ def run(console: Console | None = None, quick: bool = False) -> list[dict]:
     for r in rows:
         table.add_row(
             str(r["batch"]), str(r["n"]), fmt(r["forward_ms"]), fmt(r["gflops"], ".1f"), fmt(r["fwd_bwd_ms"]),
-            fmt(r["fwd_bwd_over_fwd"], ".2f"), fmt(r["reference_ms"]), fmt(r["speedup_vs_reference"], ".1f"),
+            fmt(r["fwd_bwd_over_fwd"], ".2f"), fmt(r["fwd_bwd_given_grad_over_fwd"], ".2f"), fmt(r["reference_ms"]), fmt(r["speedup_vs_reference"], ".1f"),
             fmt(r["fft_ms"]), fmt(r["ratio_vs_fft"], ".2f"), fmt(r["linear_ms"]), fmt(r["speedup_vs_linear"], ".1f"),
             packaged(r["torch_structured_ms"], ".3g"), packaged(r["speedup_vs_torch_structured"], ".1f"),
             fmt(r["backward_extra_memory_x_input"], ".2f"),
