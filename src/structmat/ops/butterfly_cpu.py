@@ -13,8 +13,10 @@ Backward, per chunk: recompute the forward, keeping only the input of every radi
 backward step recomputes its intermediate level in registers and, in one sweep, adds both factors'
 twiddle gradients (``Σ_k g_k x_k^*`` over the chunk's rows) and turns the output adjoint into the
 input adjoint with the conjugate-transposed blocks (SPEC.md §4.14 "Grad"). Extra training memory is
-the input gradient, the workers' scratch and twiddle-gradient partials, together capped at
-:data:`BACKWARD_EXTRA_X_INPUT` times the input (never ``K log N`` copies of the batch).
+the input gradient, the workers' scratch and twiddle-gradient partials (worker 0 sums straight into
+the returned gradient), together capped at :data:`BACKWARD_EXTRA_X_INPUT` times the input (never
+``K log N`` copies of the batch). Scratch and partials come from a per-thread workspace reused
+across calls (:func:`_workspace`).
 
 Compiled signatures: one per dtype (float32/64, complex64/128) and kernel, cached on disk
 (``cache=True``).
@@ -319,18 +321,19 @@ def _step_backward(act, g, tw, gtw, blocks, levels, strides, first, size, cols, 
         _radix2_backward(act, g, tw[b1, l1], gtw[b1, l1], strides[first], cols, transposed)
 
 
-def _backward_chunks(tw, x, grad, grad_tw_parts, grad_x, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk):
+def _backward_chunks(tw, x, grad, grad_tw, grad_tw_parts, grad_x, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk):
     """Worker ``w`` runs chunks ``w, w + W, ...`` in ``scratch[w]`` ``(steps + 1, N, chunk)``: the
-    input of every step, then the adjoint."""
+    input of every step, then the adjoint. Twiddle gradients: worker 0 sums into ``grad_tw``,
+    worker ``w > 0`` into ``grad_tw_parts[w - 1]`` (each zeroed first)."""
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     steps = firsts.shape[0]
     n_chunks = (batch + chunk - 1) // chunk
-    workers = grad_tw_parts.shape[0]
+    workers = scratch.shape[0]
     for worker in prange(workers):
         acts = scratch[worker, :steps]
         g = scratch[worker, steps]
-        gt = grad_tw_parts[worker]
+        gt = grad_tw if worker == 0 else grad_tw_parts[worker - 1]
         gt[:] = 0
         for c in range(worker, n_chunks, workers):
             row0 = c * chunk
@@ -462,7 +465,7 @@ def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
     row_bytes = buffers * n * x.element_size()
     cap = int((BACKWARD_EXTRA_X_INPUT - 1) * x.numel() * x.element_size())  # beyond the input gradient
     for workers in range(numba.get_num_threads(), 0, -1):  # fewer workers when the cap is too tight
-        partial_bytes = (workers + 1) * twiddle.numel() * twiddle.element_size()
+        partial_bytes = workers * twiddle.numel() * twiddle.element_size()
         budget = min(BACKWARD_CHUNK_BYTES, max(0, cap - partial_bytes) // workers)
         chunk = _chunk_size(batch, row_bytes, budget, MIN_BACKWARD_CHUNK, workers, multiple=_backward_rows_multiple(x))
         if workers * chunk * row_bytes + partial_bytes <= cap:
@@ -475,11 +478,11 @@ def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
 def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> int:
     """Bytes the fused backward allocates beyond its inputs: the input gradient, per-worker
     scratch ``(steps + 1) · N · chunk`` (``steps = ⌈K log N / 2⌉``) and per-worker
-    twiddle-gradient partials plus their sum."""
+    twiddle-gradient partials (worker 0's is the returned gradient)."""
     plan, chunk, workers = _backward_plan(twiddle, x, increasing_stride, False)
     n = 2 * twiddle.shape[3]
     scratch = workers * (len(plan[3]) + 1) * n * chunk
-    return (x.numel() + scratch + (workers + 1) * twiddle.numel()) * x.element_size()
+    return (x.numel() + scratch + workers * twiddle.numel()) * x.element_size()
 
 
 def butterfly_backward_cpu(
@@ -491,17 +494,18 @@ def butterfly_backward_cpu(
     grad_x = torch.empty(x.shape, dtype=x.dtype)
     if not x.shape[0]:
         return grad_twiddle.zero_(), grad_x
-    # the per-worker partials are zeroed by the kernel and summed by NumPy: no torch op (whose
+    # the partials are zeroed by the kernel's workers and added up by NumPy: no torch op (whose
     # OpenMP pool would spin against Numba's) runs between the two kernels of a training step
-    x_view = numpy_view(x)
-    parts = _workspace((workers,) + tuple(twiddle.shape), x_view.dtype, slot="partials")
+    x_view, grad_twiddle_view = numpy_view(x), numpy_view(grad_twiddle)
+    parts = _workspace((workers - 1,) + tuple(twiddle.shape), x_view.dtype, slot="partials")
     scratch = _workspace((workers, len(plan[3]) + 1, x.shape[2], chunk), x_view.dtype)
     kernel = _backward_parallel if workers > 1 else _backward_serial
     kernel(
-        numpy_view(twiddle), x_view, numpy_view(grad.to(x.dtype)), parts, numpy_view(grad_x), scratch,
+        numpy_view(twiddle), x_view, numpy_view(grad.to(x.dtype)), grad_twiddle_view, parts, numpy_view(grad_x), scratch,
         *plan, bool(transpose), chunk,
     )
-    np.sum(parts, axis=0, out=numpy_view(grad_twiddle))
+    for part in parts:
+        np.add(grad_twiddle_view, part, out=grad_twiddle_view)
     return grad_twiddle, grad_x
 
 
