@@ -94,11 +94,18 @@ def _distinct_gate_gathers(m: int) -> tuple[list[int], torch.Tensor]:
     return subsets, gathers[subsets]
 
 
+#: relative squared error below which candidates count as tied with the best (rounding level):
+#: the beam keeps every tied candidate (up to :data:`TIE_CAP`) besides the ``beam`` best. Members have
+#: many settings that are exact for a few levels and fail deeper (the DCT at n = 16: ~60 of 512
+#: combinations in :func:`complete_real_bp`); a fixed beam drops the right one at random.
+TIE_TOLERANCE = 1e-20
+#: most candidates kept per level
+TIE_CAP = 256
 #: complex elements per chunk of candidates in one level of the gate search (bounds its memory)
 _CHUNK_ELEMENTS = 1 << 23
 
 
-def _search_level(chunks, m: int, search: bool, beam: int, conjugates: bool):
+def _search_level(chunks, m: int, search: bool, beam: int, conjugates: bool, tie: float):
     """One level of the BP gate search over candidate blocks ``MQ`` of size ``m``, given in chunks.
 
     ``chunks`` yields ``(blocks (K_c, m, m), errors (K_c,))`` or ``(blocks, errors, settings (K_c,))``:
@@ -107,7 +114,8 @@ def _search_level(chunks, m: int, search: bool, beam: int, conjugates: bool):
     For every candidate and gate setting the ``4 x m/2`` row stacks get their best rank-1
     approximation; with ``conjugates`` also the stack with its second row group conjugated (a real
     part cannot tell ``M`` from ``conj(M)`` row by row, see :func:`complete_real_bp`) and the better
-    of the two is kept. Returns the ``beam`` best ``(errors, blocks (·, m/2, m/2), parent, subset,
+    of the two is kept. Returns the ``beam`` best and every one within ``tie`` of the best (up to
+    :data:`TIE_CAP`), best first: ``(errors, blocks (·, m/2, m/2), parent, subset,
     twiddle rows (·, m/2, 2, 2), flips)`` (``flips`` ``(·, m/2)`` booleans, or ``None`` without
     ``conjugates``).
     """
@@ -140,7 +148,7 @@ def _search_level(chunks, m: int, search: bool, beam: int, conjugates: bool):
                 u, v = torch.where(flips[..., None], cu, u), torch.where(flips[..., None], cv, v)
                 discarded = torch.where(flips, cd, discarded)
             totals = (part_errors[:, None] + discarded.sum(-1)).reshape(-1)
-            order = torch.argsort(totals, stable=True)[:beam]
+            order = _select(totals, beam, tie)
             local = order.cpu()
             entry = (
                 totals[order], v.reshape(-1, h, h)[order], local // count + offset + first, table[local // count, local % count],
@@ -148,14 +156,22 @@ def _search_level(chunks, m: int, search: bool, beam: int, conjugates: bool):
             )
             if kept is not None:  # merge with the best so far, earlier candidates first on ties
                 merged = [torch.cat([a, b.to(a.device)]) if a is not None else None for a, b in zip(kept, entry)]
-                order = torch.argsort(merged[0], stable=True)[:beam]
+                order = _select(merged[0], beam, tie)
                 entry = tuple(x[order.to(x.device)] if x is not None else None for x in merged)
             kept = entry
         offset += blocks.shape[0]
     return kept
 
 
-def _factor_candidates(chunks, n: int, search: bool, beam: int, conjugates: bool = False):
+def _select(totals: torch.Tensor, beam: int, tie: float) -> torch.Tensor:
+    """Indices of the ``beam`` smallest ``totals`` and of every total within ``tie`` of the smallest
+    (at most :data:`TIE_CAP`), smallest first (stable: earlier candidates first on equal totals)."""
+    order = torch.argsort(totals, stable=True)
+    tied = int((totals[order] <= totals[order[0]] + tie).sum())
+    return order[: min(max(beam, tied), max(beam, TIE_CAP))]
+
+
+def _factor_candidates(chunks, n: int, search: bool, beam: int, tie: float, conjugates: bool = False):
     """Beam search of the BP nearest to the best of several candidate matrices (see
     :func:`factor_bp`). Returns ``(BPFactorisation, candidate index, row flips (n,) booleans)``:
     the rows to conjugate so that the candidate is one BP (all ``False`` without ``conjugates``)."""
@@ -163,7 +179,7 @@ def _factor_candidates(chunks, n: int, search: bool, beam: int, conjugates: bool
     trail = []
     m = n
     while m > 2:
-        errors, blocks, parent, subset, rows, flips = _search_level(chunks, m, search, beam, conjugates)
+        errors, blocks, parent, subset, rows, flips = _search_level(chunks, m, search, beam, conjugates, tie)
         trail.append((parent, subset, rows, flips))
         chunks, m = [(blocks, errors)], m // 2
     # size 2: the remaining 2x2 block is the stride-1 twiddle (N = 2: the candidate of least error)
@@ -200,6 +216,12 @@ def _check_square(E: torch.Tensor, beam: int) -> int:
     return n
 
 
+def _tie(E: torch.Tensor) -> float:
+    """Absolute tie tolerance for factorisations of ``E`` (``(…, N, N)``): :data:`TIE_TOLERANCE` times the
+    largest squared norm."""
+    return TIE_TOLERANCE * float(E.abs().square().sum((-1, -2)).max())
+
+
 def factor_bp(E: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) -> BPFactorisation:
     """Tied twiddles and gate permutation of the BP ``B P`` nearest to ``E`` (see the module docstring).
 
@@ -210,7 +232,7 @@ def factor_bp(E: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) ->
     """
     n = _check_square(E, beam)
     errors = E.new_zeros(1, dtype=E.real.dtype if E.is_complex() else E.dtype)
-    return _factor_candidates([(E[None], errors)], n, search, beam)[0]
+    return _factor_candidates([(E[None], errors)], n, search, beam, _tie(E))[0]
 
 
 def _real_rank_two(stacks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -222,26 +244,27 @@ def _real_rank_two(stacks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return A, G, (stacks - A @ G).square().sum((-1, -2))
 
 
-def _complex_rows(G: torch.Tensor, gathers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _complex_rows(G: torch.Tensor, gathers: torch.Tensor) -> torch.Tensor:
     """Complex rows ``w = c₀ g₀ + c₁ g₁`` from the real row pairs ``G`` ``(…, 2, h)`` such that the two
     halves of ``w[σ_S]`` are parallel, for every next-level gate setting ``σ_S`` of ``gathers`` ``(C, h)``.
 
     Parallel halves ``w_R = μ w_L`` need ``(g₀_R, g₁_R) = K (g₀_L, g₁_L)`` for a real ``2 x 2`` ``K``
     and ``(c₀, c₁)`` a left eigenvector of ``K`` with a non-real eigenvalue ``μ`` (then ``w`` is not a
-    real vector up to phase). Returns ``(coefficients (…, C, 2), squared residual of K (…, C))``;
-    where ``K`` has no non-real eigenvalue (the halves are real up to phase) ``(1, i)`` is taken.
+    real vector up to phase). Returns the coefficients ``(…, C, 2)``; where ``K`` has no non-real
+    eigenvalue (the halves are real up to phase) ``(1, i)`` is taken. ``K`` is a least-squares fit
+    whose residual is *not* a usable error: rows whose halves are degenerate (rank 1 each) leave a
+    residual although every non-real choice works for them; the gate search judges instead.
     """
     h = G.shape[-1]
     permuted = G[..., gathers].movedim(-2, -3)  # (…, C, 2, h)
     left, right = permuted[..., : h // 2], permuted[..., h // 2 :]
     K_t = torch.linalg.lstsq(left.transpose(-1, -2), right.transpose(-1, -2)).solution  # Kᵀ
-    residual = (right - K_t.transpose(-1, -2) @ left).square().sum((-1, -2))
     values, vectors = torch.linalg.eig(K_t)  # Kᵀ c = μ c  <=>  cᵀ K = μ cᵀ
     pick = values.imag.argmax(-1)
     c = torch.gather(vectors, -1, pick[..., None, None].expand(*pick.shape, 2, 1))[..., 0]
     real_like = (c[..., 0].conj() * c[..., 1]).imag.abs() < 1e-8
     c = torch.where(real_like[..., None], torch.tensor([1, 1j], dtype=c.dtype, device=c.device), c)
-    return c, residual
+    return c
 
 
 def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) -> tuple[torch.Tensor, int]:
@@ -260,9 +283,11 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
     keeps its real part and its structure, so the decisions of the search give one consistent ``MQ``).
     The twiddles ``t_i`` then solve ``Re(t_i c₀) = A_i[:, 0]``, ``Re(t_i c₁) = A_i[:, 1]``.
 
-    All ``K x 8 x 8`` (candidate, top gates, next gates) combinations enter one beam search, ranked by
-    the discarded rank-2 part plus the residual of ``K`` plus the rank-1 error of the deeper levels.
-    Cost ``O(K · 64 · beam · N²)`` flops, memory bounded by chunks.
+    The ``K x 8`` (candidate, top gates) pairs are ranked by the discarded rank-2 part; those within
+    rounding of the best (all exact ones for a member) and at least the ``beam`` best enter, with each
+    of the 8 next gate settings, one beam search that adds the rank-1 errors of the deeper levels
+    and keeps every candidate tied with the best (:func:`_select`). Cost ``O(K · 64 · N²)`` flops,
+    memory bounded by chunks.
     """
     if not isinstance(T, torch.Tensor) or T.dim() != 3 or T.shape[1] != T.shape[2] or T.is_complex():
         raise ValueError(f"T: expected a real tensor of shape (K, N, N), got {describe(T)}")
@@ -275,24 +300,33 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
     top = _distinct_gate_gathers(n)[1] if search else torch.arange(n)[None]
     nxt = _distinct_gate_gathers(h)[1] if search and h >= 4 else torch.arange(h)[None]
 
-    def rows(k: int):  # A (C0, h, 4, 2), G (C0, h, 2, h), error (C0,), coefficients (C0, C1, h, 2), residual (C0, C1)
+    def rows(k: int):  # A (C0, h, 4, 2), G (C0, h, 2, h), error (C0,), coefficients (C0, C1, h, 2)
         candidates = T[k][:, top].permute(1, 0, 2)  # (C0, N, N) = T P_top⁻¹
         stacks = candidates.reshape(-1, 2, h, 2, h).permute(0, 2, 1, 3, 4).reshape(-1, h, 4, h)
         A, G, discarded = _real_rank_two(stacks)
-        c, residual = _complex_rows(G, nxt)  # (C0, h, C1, 2), (C0, h, C1)
-        return A, G, discarded.sum(-1), c.transpose(1, 2), residual.sum(1)
+        return A, G, discarded.sum(-1), _complex_rows(G, nxt).transpose(1, 2)
+
+    # the (candidate, top gates) worth searching: every one within rounding of the best rank-2 error (all
+    # the exact ones for a member), and at least the beam best; each with all next-level settings
+    totals = torch.stack([error for _, _, error, _ in map(rows, range(count))]).reshape(-1)
+    kept = _select(totals, beam, _tie(T)).sort().values
+    kept = (kept[:, None] * nxt.shape[0] + torch.arange(nxt.shape[0])).reshape(-1)
+    combos = [divmod(int(i), top.shape[0] * nxt.shape[0]) for i in kept]  # (k, a·C1 + b), in order
 
     def chunks():
         for k in range(count):
-            _, G, discarded, c, residual = rows(k)
-            for a in range(top.shape[0]):
-                w = c[a, ..., 0, None] * G[a, None, :, 0, :] + c[a, ..., 1, None] * G[a, None, :, 1, :]  # (C1, h, h)
-                yield w, discarded[a] + residual[a], torch.arange(nxt.shape[0])  # w[b] only makes sense under setting b
+            mine = [rest for kk, rest in combos if kk == k]
+            if not mine:
+                continue
+            _, G, discarded, c = rows(k)
+            a, b = torch.tensor(mine) // nxt.shape[0], torch.tensor(mine) % nxt.shape[0]
+            w = c[a, b, :, 0, None] * G[a, :, 0, :] + c[a, b, :, 1, None] * G[a, :, 1, :]  # (·, h, h)
+            yield w, discarded[a], b  # w only makes sense under its next setting b
 
-    _, best, flipped = _factor_candidates(chunks(), h, search, beam, conjugates=True)
-    k, rest = divmod(best, top.shape[0] * nxt.shape[0])
+    _, best, flipped = _factor_candidates(chunks(), h, search, beam, _tie(T), conjugates=True)
+    k, rest = combos[best]
     a, b = divmod(rest, nxt.shape[0])
-    A, G, _, c, _ = rows(k)
+    A, G, _, c = rows(k)
     A, G, c = A[a], G[a], c[a, b]
     c = torch.where(flipped[:, None].to(c.device), c.conj(), c)
     w = c[:, 0, None] * G[:, 0] + c[:, 1, None] * G[:, 1]  # (h, h): MQ
@@ -359,7 +393,7 @@ def bp_from_dense(
             result = factor_bp(M, search=learned, beam=beam)
         else:
             errors = targets.new_zeros(targets.shape[0], dtype=targets.real.dtype if targets.is_complex() else targets.dtype)
-            result, candidate, _ = _factor_candidates([(targets, errors)], _check_square(targets[0], beam), learned, beam)
+            result, candidate, _ = _factor_candidates([(targets, errors)], _check_square(targets[0], beam), learned, beam, _tie(targets))
         layer.twiddle[-1].copy_(result.twiddle)
         if learned:
             layer.logits[-1].copy_(torch.where(result.gates, HARD_LOGIT, -HARD_LOGIT))
@@ -426,7 +460,6 @@ def hierarchical_projection(structure: str, W: torch.Tensor, **options) -> Struc
 
 
 __all__ = [
-    "BPFactorisation", "DEFAULT_BEAM", "HARD_LOGIT", "HIERARCHICAL_PROJECTIONS", "bp_from_dense", "complete_real_bp", "factor_bp",
-    "hierarchical_projection",
-    "kaleidoscope_from_dense",
+    "BPFactorisation", "DEFAULT_BEAM", "HARD_LOGIT", "HIERARCHICAL_PROJECTIONS", "TIE_CAP", "TIE_TOLERANCE", "bp_from_dense",
+    "complete_real_bp", "factor_bp", "hierarchical_projection", "kaleidoscope_from_dense",
 ]
