@@ -112,6 +112,8 @@ def test_progress_bar_renders(capsys):
         (torch.randn(4, 4), {"lr": (1e-2, 1e-3)}, ValueError, "lr"),
         (torch.randn(4, 4), {"restarts": 0}, ValueError, "restarts"),
         (torch.randn(4, 4), {"tol": -1.0}, ValueError, "tol"),
+        (torch.randn(4, 4), {"time_limit": 0.0}, ValueError, "time_limit"),
+        (torch.randn(4, 4), {"time_limit": True}, ValueError, "time_limit"),
         (torch.randn(4, 4, dtype=torch.complex128), {"dtype": torch.float64}, ValueError, "dtype"),
         (torch.randn(4, 4, dtype=torch.complex128), {"real_part": True}, ValueError, "real_part"),
         (torch.randn(4, 4), {"warm_start": "zeros"}, TypeError, "warm_start"),
@@ -143,3 +145,37 @@ def test_real_part_fit_round_trips_through_checkpoints(tmp_path):
     fresh = torch.nn.Sequential(torch.nn.Linear(8, 8))
     sm.load(tmp_path / "fit.safetensors", fresh)
     assert torch.equal(fresh[0].to_dense(), result.layer.to_dense())
+
+
+@pytest.mark.parametrize("structure", ["butterfly", "kaleidoscope", "fastfood", "acdc"])
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12)])
+def test_dense_matrix_through_the_kernel_equals_to_dense(structure, shape):
+    """Families with ``dense_by_forward`` are evaluated as ``M I`` in fits; same matrix, same gradient."""
+    from structmat.fit.fitting import dense_matrix
+
+    out_features, in_features = shape
+    torch.manual_seed(0)
+    for dtype in (torch.float64, torch.complex128):
+        layer = sm.StructuredLinear(in_features, out_features, structure, bias=False, dtype=dtype)
+        matrix = layer.matrix
+        assert type(matrix).dense_by_forward
+        fast, reference = dense_matrix(matrix), matrix.to_dense()
+        assert fast.shape == reference.shape == shape
+        assert torch.allclose(fast, reference, rtol=1e-12, atol=1e-12)
+        weights = torch.randn(shape, dtype=dtype)
+        grads = [torch.autograd.grad((m * weights).real.sum(), list(matrix.parameters())) for m in (dense_matrix(matrix), matrix.to_dense())]
+        for a, b in zip(*grads):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_time_limit_cuts_the_fit_short():
+    T = torch.randn(24, 20, dtype=torch.float64)
+    free = sm.fit(T, "butterfly", steps=40, lbfgs_steps=5, seed=0)
+    assert not free.timed_out and len(free.history) > 40
+    limited = sm.fit(T, "butterfly", steps=100000, lbfgs_steps=5, seed=0, time_limit=0.3)
+    assert limited.timed_out and 0 < len(limited.history) < 100000
+    assert limited.seconds < 5
+    # the best state seen is kept: never worse than the initialisation
+    assert limited.rmse <= limited.history[0] + 1e-12
+    projected = sm.project(T, "butterfly", params=0.5, steps=100000, time_limit=0.3)
+    assert projected.method.endswith("+time_limit") and projected.seconds < 10

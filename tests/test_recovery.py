@@ -185,7 +185,7 @@ def test_loader_bad_input(tmp_path):
 def test_project_model_run_and_atomic_outputs(tmp_path, monkeypatch):
     tensors = _checkpoint(tmp_path)
     save_file(tensors, str(tmp_path / "m.safetensors"))
-    rows = wild.run(model=tmp_path / "m.safetensors", out=tmp_path / "out", structures=["low_rank", "sparse", "dense"], limit=0)
+    rows = wild.run(model=tmp_path / "m.safetensors", out=tmp_path / "out", structures=["low_rank", "sparse", "dense"], limit=0, workers=1)
     assert {r["structure"] for r in rows} == {"low_rank", "sparse"}  # dense exceeds every budget
     for r in rows:
         assert r["parameters"] <= r["budget"] * r["shape"][0] * r["shape"][1]
@@ -200,9 +200,32 @@ def test_project_model_run_and_atomic_outputs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wild, "figure_writer", lambda figure: broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        wild.run(model=tmp_path / "m.safetensors", out=tmp_path / "out2", structures=["low_rank"], limit=1)
+        wild.run(model=tmp_path / "m.safetensors", out=tmp_path / "out2", structures=["low_rank"], limit=1, workers=1)
     assert not (tmp_path / "out2").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out2")] == []
+
+
+def test_default_selection_is_one_weight_per_shape(tmp_path):
+    tensors = _checkpoint(tmp_path)
+    tensors["encoder.2.dense.weight"] = torch.randn(12, 8)
+    weights = {k: v for k, v in sorted(tensors.items()) if v.dim() == 2}
+    assert list(wild.select_weights(weights)) == ["embeddings.word_embeddings.weight", "encoder.0.dense.weight", "encoder.1.dense.weight"]
+    assert list(wild.select_weights(weights, 2)) == ["embeddings.word_embeddings.weight", "encoder.0.dense.weight"]
+    assert len(wild.select_weights(weights, 0)) == 4
+    with pytest.raises(ValueError, match="limit"):
+        wild.select_weights(weights, -1)
+
+
+def test_project_weights_in_worker_processes_match_one_process(tmp_path):
+    weights = {k: v for k, v in _checkpoint(tmp_path).items() if "encoder" in k and k.endswith("weight")}
+    serial = wild.project_weights(weights, ["low_rank", "acdc"], budgets=(0.25, 0.5), fit_steps=5, lbfgs_steps=0)
+    parallel = wild.project_weights(weights, ["low_rank", "acdc"], budgets=(0.25, 0.5), fit_steps=5, lbfgs_steps=0, workers=2)
+    assert [(r.matrix, r.structure, r.budget, r.parameters, r.method) for r in serial] == [
+        (r.matrix, r.structure, r.budget, r.parameters, r.method) for r in parallel
+    ]
+    for a, b in zip(serial, parallel):
+        assert a.rel_error == pytest.approx(b.rel_error, rel=1e-9)
+    assert {r.method for r in serial if r.structure == "acdc"} <= {"fit", "fit+rescaled", "zero"}
 
 
 def test_project_model_bad_budget(tmp_path):

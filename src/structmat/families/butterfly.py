@@ -107,6 +107,10 @@ class Butterfly(StructuredMatrix):
         20480
     """
 
+    #: ``to_dense`` is a slow reference construction; fits evaluate ``M I`` through the kernel
+    #: (:func:`structmat.fit.fitting.dense_matrix`).
+    dense_by_forward = True
+
     def __init__(
         self,
         in_features: int,

@@ -80,6 +80,10 @@ class Fastfood(StructuredMatrix):
         48
     """
 
+    #: ``to_dense`` is a slow reference construction; fits evaluate ``M I`` through the kernel
+    #: (:func:`structmat.fit.fitting.dense_matrix`).
+    dense_by_forward = True
+
     def __init__(self, in_features: int, out_features: int, *, seed: int = 0, device=None, dtype=None) -> None:
         seed = check_int("seed", seed, minimum=0)
         super().__init__(in_features, out_features, device=device, dtype=dtype, seed=seed)
@@ -159,6 +163,10 @@ class ACDC(StructuredMatrix):
         >>> ACDC(64, 64, layers=2).num_parameters
         256
     """
+
+    #: ``to_dense`` is a slow reference construction; fits evaluate ``M I`` through the kernel
+    #: (:func:`structmat.fit.fitting.dense_matrix`).
+    dense_by_forward = True
 
     def __init__(
         self,

@@ -71,6 +71,10 @@ class Kaleidoscope(StructuredMatrix):
     Attributes ``width``, ``expansion``, ``size`` (``N``); :meth:`canonical_twiddle`.
     """
 
+    #: ``to_dense`` is a slow reference construction; fits evaluate ``M I`` through the kernel
+    #: (:func:`structmat.fit.fitting.dense_matrix`).
+    dense_by_forward = True
+
     def __init__(
         self,
         in_features: int,

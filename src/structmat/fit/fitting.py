@@ -53,6 +53,7 @@ class FitResult:
         best_restart: index of the restart that gave ``layer``.
         seconds: wall-clock time of the whole fit.
         converged: ``rmse < tol``.
+        timed_out: the ``time_limit`` ended the fit before its steps were done.
     """
 
     layer: StructuredLinear
@@ -63,12 +64,37 @@ class FitResult:
     best_restart: int = 0
     seconds: float = 0.0
     converged: bool = False
+    timed_out: bool = False
+
+
+class _TimeUp(RuntimeError):
+    """Raised inside the L-BFGS closure when the next evaluation would pass the deadline."""
 
 
 def rmse(approximation: torch.Tensor, target: torch.Tensor) -> float:
     """``sqrt(mean |T − M|²)``, the mean over real scalars of the target (SPEC.md §7.1)."""
     with torch.no_grad():
         return math.sqrt(float(_mean_squared_error(approximation, target)))
+
+
+def dense_matrix(matrix: StructuredMatrix) -> torch.Tensor:
+    """The dense ``(out, in)`` matrix of ``matrix`` for fitting and error evaluation (differentiable).
+
+    ``matrix.to_dense()``, except for families that declare the class attribute
+    ``dense_by_forward = True``: their ``to_dense`` is a reference construction that multiplies
+    dense ``N x N`` factors (``O(N³)`` per factor) or runs the reference kernel on the padded
+    identity, while the structured kernel gives the same matrix as ``M I`` -- the forward pass on the
+    identity of the smaller side (``apply_transpose`` when ``out < in``) -- at
+    ``min(out, in)`` matrix-vector products. The choice depends only on the family, so fits stay
+    deterministic.
+    """
+    if not getattr(matrix, "dense_by_forward", False):
+        return matrix.to_dense()
+    out_features, in_features = matrix.shape
+    if in_features <= out_features:
+        eye = torch.eye(in_features, dtype=matrix.dtype, device=matrix.device)
+        return matrix.forward(eye).transpose(0, 1)
+    return matrix.apply_transpose(torch.eye(out_features, dtype=matrix.dtype, device=matrix.device))
 
 
 def _mean_squared_error(approximation: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -114,13 +140,19 @@ def _trainable(layer: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 class _Trial:
     """One restart: Adam with a cosine schedule over ``steps`` (run in chunks, for successive
-    halving), then an optional L-BFGS polish; tracks the best state seen."""
+    halving), then an optional L-BFGS polish; tracks the best state seen.
 
-    def __init__(self, layer: StructuredLinear, target: torch.Tensor, lr: float, steps: int) -> None:
+    ``deadline`` (a ``time.perf_counter()`` value or ``None``): no step starts when the last step's
+    duration (at first: three evaluations of the loss) would carry it past the deadline."""
+
+    def __init__(self, layer: StructuredLinear, target: torch.Tensor, lr: float, steps: int, deadline: float | None = None) -> None:
         self.layer, self.target, self.lr = layer, target, lr
         self.params = _trainable(layer)
         self.history: list[float] = []
+        self.deadline, self.timed_out = deadline, False
+        started = time.perf_counter()
         self.best_rmse = self.evaluate()
+        self.step_seconds = 3 * (time.perf_counter() - started)
         self.best_state = copy.deepcopy(layer.state_dict())
         self.step = 0
         self.stopped = not self.params or steps == 0
@@ -130,7 +162,7 @@ class _Trial:
             self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, steps), eta_min=lr * 1e-2)
 
     def loss(self) -> torch.Tensor:
-        return _mean_squared_error(self.layer.matrix.to_dense(), self.target)
+        return _mean_squared_error(dense_matrix(self.layer.matrix), self.target)
 
     def evaluate(self) -> float:
         with torch.no_grad():
@@ -143,10 +175,19 @@ class _Trial:
             self.best_rmse = value
             self.best_state = copy.deepcopy(self.layer.state_dict())
 
+    def out_of_time(self) -> bool:
+        if self.deadline is not None and time.perf_counter() + self.step_seconds > self.deadline:
+            self.timed_out = True
+        return self.timed_out
+
     def adam_until(self, end: int, tol: float, patience: int | None, advance) -> None:
         """Adam steps up to global step ``end``; stops early below ``tol``, on a plateau of
-        ``patience`` steps, or on a non-finite loss."""
+        ``patience`` steps, on a non-finite loss, or at the deadline."""
         while not self.stopped and self.step < end:
+            if self.out_of_time():
+                self.stopped = True
+                break
+            started = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss()
             value = math.sqrt(max(0.0, float(loss.detach())))
@@ -163,13 +204,14 @@ class _Trial:
             self.optimizer.step()
             self.schedule.step()
             self.step += 1
+            self.step_seconds = time.perf_counter() - started
             if self.step % 50 == 0:
                 self.remember()
             advance(value)
         self.remember()
 
     def lbfgs(self, iterations: int, tol: float) -> None:
-        if not self.params or iterations == 0 or self.best_rmse < tol:
+        if not self.params or iterations == 0 or self.best_rmse < tol or self.out_of_time():
             return
         self.layer.load_state_dict(self.best_state)
         optimizer = torch.optim.LBFGS(
@@ -178,6 +220,8 @@ class _Trial:
         )
 
         def closure():
+            if self.out_of_time():
+                raise _TimeUp("time_limit reached")
             optimizer.zero_grad(set_to_none=True)
             loss = self.loss()
             value = math.sqrt(max(0.0, float(loss.detach())))
@@ -189,7 +233,8 @@ class _Trial:
         try:
             optimizer.step(closure)
         except RuntimeError:
-            # a non-finite line search (e.g. an overflowing relaxed factor): keep the Adam result
+            # a non-finite line search (e.g. an overflowing relaxed factor) or the deadline
+            # (_TimeUp): keep the best state seen
             pass
         self.remember()
         self.layer.load_state_dict(self.best_state)
@@ -221,6 +266,7 @@ def fit(
     *,
     lbfgs_steps: int = 100,
     patience: int | None = None,
+    time_limit: float | None = None,
     params: Any = None,
     dtype: torch.dtype | None = None,
     real_part: bool = False,
@@ -246,6 +292,9 @@ def fit(
         lbfgs_steps: L-BFGS iterations polishing the final survivor (0 disables).
         patience: end the Adam phase of a restart once the RMSE has not improved by 0.1 % for
             this many steps (``None``: run all ``steps``).
+        time_limit: wall-clock seconds for the optimisation (``None``: no limit); no Adam step or
+            L-BFGS evaluation starts that would end past it (the result then depends on the
+            machine's speed; ``FitResult.timed_out`` says whether it acted).
         params: parameter budget (int count, or float fraction of ``out·in``) choosing the
             family's size options, as in :class:`StructuredLinear`.
         dtype: layer dtype; default: the target's (complex when ``real_part``).
@@ -262,10 +311,11 @@ def fit(
     Returns:
         :class:`FitResult` with ``layer``, ``rmse`` and ``history``.
 
-    Cost: per step one ``to_dense`` of the family and its backward (``O(out·in)`` memory).
+    Cost: per step one dense evaluation (:func:`dense_matrix`) of the family and its backward
+    (``O(out·in)`` memory).
     ``bp`` with learned permutations (and no ``warm_start``) trains all restarts in one batched
     pass and rounds the gates after 60 % of the steps (:func:`structmat.fit.batched_bp.fit_bp`);
-    ``patience`` does not apply there.
+    ``patience`` and ``time_limit`` do not apply there.
     """
     T = check_finite("target", check_matrix("target", target)).detach()
     info = registry.get(structure)
@@ -278,6 +328,8 @@ def fit(
     lbfgs_steps = check_int("lbfgs_steps", lbfgs_steps, minimum=0)
     if patience is not None:
         patience = check_int("patience", patience, minimum=1)
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0):
+        raise ValueError(f"time_limit: expected a positive number of seconds or None, got {describe(time_limit)}")
     seed = check_int("seed", seed)
     learning_rates = trial_learning_rates(lr, restarts, seed)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
@@ -297,6 +349,7 @@ def fit(
 
     show = console is not None and console.is_terminal if progress is None else bool(progress)
     start = time.perf_counter()
+    deadline = None if time_limit is None else start + float(time_limit)
     layers = [build_layer(info.name, in_features, out_features, dtype, seed + r, params, **options) for r in range(restarts)]
     if isinstance(layers[0].matrix, BP) and layers[0].matrix.permutation == "learned" and warm is None and steps > 0:
         # BP with learnable permutations: all restarts in one batched pass, gates rounded half-way
@@ -311,7 +364,7 @@ def fit(
             layer.matrix.load_state_dict(warm.state_dict())
         if real_part:
             layer = StructuredLinear.from_matrix(RealPart(layer.matrix))
-        trials.append(_Trial(layer, T, trial_lr, steps))
+        trials.append(_Trial(layer, T, trial_lr, steps, deadline))
     # successive halving: every round runs the surviving trials to the next boundary, then keeps
     # the better half; the last survivor completes all `steps`
     rounds = 1 + math.ceil(math.log2(restarts))
@@ -351,4 +404,5 @@ def fit(
         best_restart=best,
         seconds=time.perf_counter() - start,
         converged=final < tol,
+        timed_out=any(t.timed_out for t in trials),
     )

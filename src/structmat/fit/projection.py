@@ -45,7 +45,7 @@ from ..core import registry
 from ..core.base import StructuredMatrix
 from ..core.errors import check_finite, check_matrix, describe
 from ..core.linear import StructuredLinear
-from .fitting import fit
+from .fitting import dense_matrix, fit
 from .hierarchical import HIERARCHICAL_PROJECTIONS, hierarchical_projection
 
 #: Families whose ``from_dense`` is the exact Frobenius-optimal projection for the options given
@@ -66,7 +66,7 @@ class ProjectionResult:
         layer: bias-free :class:`StructuredLinear` whose ``to_dense()`` approximates ``W``.
         rel_error: ``‖W − layer.to_dense()‖_F / ‖W‖_F`` (0 for ``W = 0``).
         method: ``"closed_form"``, ``"closed_form+fit"``, ``"hierarchical"``, ``"hierarchical+fit"``,
-            ``"fit"``, with ``"+rescaled"`` or
+            ``"fit"``, with ``"+time_limit"`` (the fit was cut short by ``time_limit``), ``"+rescaled"`` or
             replaced by ``"zero"`` when the never-worse-than-zero guard acted;
             ``"+no_zero_member"`` when the result is worse than zero but the family can neither
             rescale nor reach the zero matrix (e.g. Cauchy), so the guard could not act.
@@ -143,7 +143,7 @@ def _rescale_or_zero(matrix: StructuredMatrix, W: torch.Tensor, error: float) ->
     When that fails and ``M`` is worse than zero, every parameter is zeroed (checked: ``M = 0``).
     """
     with torch.no_grad():
-        M = matrix.to_dense()
+        M = dense_matrix(matrix)
         norm2 = float(torch.linalg.norm(M)) ** 2
         if norm2 > 0:
             alpha = complex((M.conj() * W).sum()) / norm2
@@ -155,7 +155,7 @@ def _rescale_or_zero(matrix: StructuredMatrix, W: torch.Tensor, error: float) ->
                         continue
                     saved = p.detach().clone()
                     p.mul_(alpha)
-                    candidate = matrix.to_dense()
+                    candidate = dense_matrix(matrix)
                     if float(torch.linalg.norm(candidate - alpha * M)) <= 1e-9 * math.sqrt(norm2) * max(1.0, abs(alpha)):
                         return relative_error(candidate, W), "+rescaled"
                     p.copy_(saved)
@@ -164,7 +164,7 @@ def _rescale_or_zero(matrix: StructuredMatrix, W: torch.Tensor, error: float) ->
         saved = {k: v.clone() for k, v in matrix.state_dict().items()}
         for p in matrix.parameters():
             p.zero_()
-        zero = matrix.to_dense()
+        zero = dense_matrix(matrix)
         zero_error = relative_error(zero, W)
         if not bool(torch.isfinite(zero).all()) or bool(zero.abs().sum() > 0):
             # the family has no zero member (e.g. Cauchy 1/(s_i - t_j)) and M is not linear in
@@ -185,6 +185,7 @@ def project(
     restarts: int = 1,
     seed: int = 0,
     lbfgs_steps: int = 50,
+    time_limit: float | None = None,
     progress: bool | None = None,
     **options: Any,
 ) -> ProjectionResult:
@@ -198,8 +199,9 @@ def project(
         method: ``"auto"`` (closed form where one exists, polished by a fit when the closed form
             is a heuristic and not already exact), ``"closed_form"`` (only the closed form, the
             hierarchical factorisation for ``bp``/``kaleidoscope``) or ``"fit"`` (only fitting).
-        steps, lr, restarts, seed, lbfgs_steps, progress: passed to
-            :func:`~structmat.fit.fitting.fit` when fitting.
+        steps, lr, restarts, seed, lbfgs_steps, time_limit, progress: passed to
+            :func:`~structmat.fit.fitting.fit` when fitting (``time_limit`` bounds the fit alone;
+            ``method`` then ends in ``"+time_limit"`` when it cut the fit short).
         **options: family options, and extra arguments of the family's ``from_dense``.
 
     Returns:
@@ -232,16 +234,16 @@ def project(
         budget = registry.resolve_budget(params, in_features, out_features)
         constructor = registry.options_for_budget(info.name, in_features, out_features, budget, dtype=W.dtype, **constructor)
 
-    fit_args = dict(steps=steps, lr=lr, restarts=restarts, seed=seed, lbfgs_steps=lbfgs_steps, progress=progress, tol=0.0)
+    fit_args = dict(steps=steps, lr=lr, restarts=restarts, seed=seed, lbfgs_steps=lbfgs_steps, time_limit=time_limit, progress=progress, tol=0.0)
     candidates: list[tuple[float, str, StructuredMatrix]] = []
     if info.has_projection and method != "fit":
         member = _closed_form(info, W, constructor, extra)
         if budget is None or member.num_parameters <= budget:
-            candidates.append((relative_error(member.to_dense(), W), "closed_form", member))
+            candidates.append((relative_error(dense_matrix(member), W), "closed_form", member))
     elif hierarchical and method != "fit":
         member = hierarchical_projection(info.name, W, **constructor, **extra)
         if budget is None or member.num_parameters <= budget:
-            candidates.append((relative_error(member.to_dense(), W), "hierarchical", member))
+            candidates.append((relative_error(dense_matrix(member), W), "hierarchical", member))
     closed_exact = candidates and candidates[0][0] <= 1e-12
     want_fit = not fixed and (
         method == "fit" or not candidates or (method == "auto" and not closed_exact and not _is_optimal(info))
@@ -255,9 +257,11 @@ def project(
             fit_options = _ortho_init(info, in_features, out_features, W.dtype, constructor)
             fitted = fit(W, info.name, dtype=W.dtype, family_options=fit_options, **fit_args)
             label = "fit"
-        candidates.append((relative_error(fitted.layer.matrix.to_dense(), W), label, fitted.layer.matrix))
+        if fitted.timed_out:
+            label += "+time_limit"
+        candidates.append((relative_error(dense_matrix(fitted.layer.matrix), W), label, fitted.layer.matrix))
     error, label, member = min(candidates, key=lambda c: c[0])
-    error = relative_error(member.to_dense(), W)
+    error = relative_error(dense_matrix(member), W)
     if not fixed:
         error, suffix = _rescale_or_zero(member, W, error)
         label = "zero" if suffix == "zero" else label + suffix
