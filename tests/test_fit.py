@@ -147,7 +147,7 @@ def test_real_part_fit_round_trips_through_checkpoints(tmp_path):
     assert torch.equal(fresh[0].to_dense(), result.layer.to_dense())
 
 
-@pytest.mark.parametrize("structure", ["butterfly", "kaleidoscope", "fastfood", "acdc"])
+@pytest.mark.parametrize("structure", ["butterfly", "kaleidoscope", "fastfood", "acdc", "toeplitz_like", "hankel_like", "ldr_sd"])
 @pytest.mark.parametrize("shape", [(12, 5), (5, 12)])
 def test_dense_matrix_through_the_kernel_equals_to_dense(structure, shape):
     """Families with ``dense_by_forward`` are evaluated as ``M I`` in fits; same matrix, same gradient."""

@@ -207,6 +207,9 @@ class _CirculantKrylov(DisplacementRankMatrix):
 
     #: Stein operator ``B`` is ``Z₋₁ᵀ`` (Toeplitz-like) or ``Z₋₁`` (Hankel-like)
     right_transposed: bool = True
+    #: ``to_dense`` multiplies dense ``(r, N, N)`` Krylov matrices (``O(r N³)``); fits evaluate
+    #: ``M I`` through the FFT kernel (:func:`structmat.fit.fitting.dense_matrix`)
+    dense_by_forward = True
 
     def __init__(self, in_features: int, out_features: int, *, rank: int | None = None, device=None, dtype=None) -> None:
         size = max(check_int("in_features", in_features, minimum=1), check_int("out_features", out_features, minimum=1))
@@ -501,6 +504,10 @@ class LDRSubdiagonal(DisplacementRankMatrix):
     subdiagonal, then ``Σ_i K(A, g_i) u_i``, both on each cache-sized block of rows;
     ``O(r N log² N)`` per row. ``rank`` in ``[1, N]``.
     """
+
+    #: ``to_dense`` multiplies dense ``(r, N, N)`` Krylov matrices (``O(r N³)``); fits evaluate
+    #: ``M I`` through the Krylov kernel (:func:`structmat.fit.fitting.dense_matrix`)
+    dense_by_forward = True
 
     def __init__(self, in_features: int, out_features: int, *, rank: int | None = None, device=None, dtype=None) -> None:
         size = max(check_int("in_features", in_features, minimum=1), check_int("out_features", out_features, minimum=1))
