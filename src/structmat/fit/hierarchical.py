@@ -97,7 +97,9 @@ def _distinct_gate_gathers(m: int) -> tuple[list[int], torch.Tensor]:
 #: relative squared error below which candidates count as tied with the best (rounding level):
 #: the beam keeps every tied candidate (up to :data:`TIE_CAP`) besides the ``beam`` best. Members have
 #: many settings that are exact for a few levels and fail deeper (the DCT at n = 16: ~60 of 512
-#: combinations in :func:`complete_real_bp`); a fixed beam drops the right one at random.
+#: combinations in :func:`complete_real_bp`); a fixed beam drops the right one at random. This is the
+#: float64/complex128 value; data of lower precision use ``(1000 ε)²`` where that is larger
+#: (float32/complex64: ``1.4·10⁻⁸``, i.e. a relative error ``1.2·10⁻⁴``), see :func:`_tie`.
 TIE_TOLERANCE = 1e-20
 #: most candidates kept per level
 TIE_CAP = 256
@@ -205,21 +207,27 @@ def _factor_candidates(chunks, n: int, search: bool, beam: int, tie: float, conj
     return BPFactorisation(twiddle, gates, permutation, squared_error), best, flipped
 
 
+def _check_beam(beam: int) -> None:
+    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+        raise ValueError(f"beam: expected an int >= 1, got {describe(beam)}")
+
+
 def _check_square(E: torch.Tensor, beam: int) -> int:
     if not isinstance(E, torch.Tensor) or E.dim() != 2 or E.shape[0] != E.shape[1]:
         raise ValueError(f"E: expected a square (N, N) tensor, got {describe(E)}")
     n = E.shape[0]
     if log2_exact(n, "E.shape[0]") < 1:
         raise ValueError(f"E: expected N >= 2, got shape {tuple(E.shape)}")
-    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-        raise ValueError(f"beam: expected an int >= 1, got {describe(beam)}")
+    _check_beam(beam)
     return n
 
 
 def _tie(E: torch.Tensor) -> float:
-    """Absolute tie tolerance for factorisations of ``E`` (``(…, N, N)``): :data:`TIE_TOLERANCE` times the
-    largest squared norm."""
-    return TIE_TOLERANCE * float(E.abs().square().sum((-1, -2)).max())
+    """Absolute tie tolerance for factorisations of ``E`` (``(…, N, N)``): the relative tolerance of
+    ``E``'s precision (:data:`TIE_TOLERANCE`, or ``(1000 ε)²`` where larger: float32 data is exact
+    only to its rounding) times the largest squared norm."""
+    relative = max(TIE_TOLERANCE, (1000 * torch.finfo(E.dtype).eps) ** 2)
+    return relative * float(E.abs().square().sum((-1, -2)).max())
 
 
 def factor_bp(E: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) -> BPFactorisation:
@@ -278,9 +286,10 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
     ``G_i``. **Next level.** ``MQ`` is a BP, so the two halves of ``w_i[σ]`` (``σ`` the next gate
     setting) are parallel; this fixes ``(c₀, c₁)`` up to a complex scale and a conjugation
     (:func:`_complex_rows`). **Conjugation.** ``Re`` cannot tell ``w_i`` from ``conj(w_i)``; the gate
-    search on the candidate ``MQ`` also tries each second row group conjugated and keeps the better
-    (:func:`_search_level`), and the chosen rows are conjugated (conjugating a whole row group of a BP
-    keeps its real part and its structure, so the decisions of the search give one consistent ``MQ``).
+    search on the candidate ``MQ`` (each row a true row or its conjugate, up to scale) also tries, per
+    pair, the second row conjugated relative to the first and keeps the better (:func:`_search_level`);
+    the chosen rows (the flips of all levels XORed) are conjugated, giving the true ``MQ`` or its
+    conjugate, a BP either way; conjugating a row keeps its real part.
     The twiddles ``t_i`` then solve ``Re(t_i c₀) = A_i[:, 0]``, ``Re(t_i c₁) = A_i[:, 1]``.
 
     The ``K x 8`` (candidate, top gates) pairs are ranked by the discarded rank-2 part; those within
@@ -289,13 +298,18 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
     and keeps every candidate tied with the best (:func:`_select`). Cost ``O(K · 64 · N²)`` flops,
     memory bounded by chunks.
     """
-    if not isinstance(T, torch.Tensor) or T.dim() != 3 or T.shape[1] != T.shape[2] or T.is_complex():
-        raise ValueError(f"T: expected a real tensor of shape (K, N, N), got {describe(T)}")
+    if (not isinstance(T, torch.Tensor) or T.dim() != 3 or T.shape[0] < 1 or T.shape[1] != T.shape[2]
+            or not T.is_floating_point()):
+        raise ValueError(f"T: expected a real tensor of shape (K, N, N) (floating point, K >= 1), got {describe(T)}")
+    _check_beam(beam)
     count, n = T.shape[0], T.shape[1]
     log2_exact(n, "T.shape[1]")
     complex_dtype = (T[:1, :1, :1] * 1j).dtype
     if n <= 2:  # every 2x2 matrix is a BP
         return T[0].to(complex_dtype), 0
+    # ties at the precision of T, arithmetic in float64 (the eigenvector choices of _complex_rows and the
+    # 2 x 2 twiddle systems lose too much in float32: a near-real c makes Im(M) explode)
+    tie, T = _tie(T), T.to(torch.float64)
     h = n // 2
     top = _distinct_gate_gathers(n)[1] if search else torch.arange(n)[None]
     nxt = _distinct_gate_gathers(h)[1] if search and h >= 4 else torch.arange(h)[None]
@@ -309,7 +323,7 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
     # the (candidate, top gates) worth searching: every one within rounding of the best rank-2 error (all
     # the exact ones for a member), and at least the beam best; each with all next-level settings
     totals = torch.stack([error for _, _, error, _ in map(rows, range(count))]).reshape(-1)
-    kept = _select(totals, beam, _tie(T)).sort().values
+    kept = _select(totals, beam, tie).sort().values
     kept = (kept[:, None] * nxt.shape[0] + torch.arange(nxt.shape[0])).reshape(-1)
     combos = [divmod(int(i), top.shape[0] * nxt.shape[0]) for i in kept]  # (k, a·C1 + b), in order
 
@@ -323,7 +337,7 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
             w = c[a, b, :, 0, None] * G[a, :, 0, :] + c[a, b, :, 1, None] * G[a, :, 1, :]  # (·, h, h)
             yield w, discarded[a], b  # w only makes sense under its next setting b
 
-    _, best, flipped = _factor_candidates(chunks(), h, search, beam, _tie(T), conjugates=True)
+    _, best, flipped = _factor_candidates(chunks(), h, search, beam, tie, conjugates=True)
     k, rest = combos[best]
     a, b = divmod(rest, nxt.shape[0])
     A, G, _, c = rows(k)
@@ -337,7 +351,7 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
     quadrants = (t[:, :, :, None] * w[:, None, None, :]).permute(1, 0, 2, 3).reshape(n, n)  # M P_top⁻¹
     M = torch.empty_like(quadrants)
     M[:, top[a]] = quadrants
-    return M, k
+    return M.to(complex_dtype), k
 
 
 def _embed(W: torch.Tensor, size: int) -> torch.Tensor:
@@ -424,7 +438,7 @@ def kaleidoscope_from_dense(
     out_features, in_features = W.shape
     layer = Kaleidoscope(in_features, out_features, width=width, expansion=expansion, init=init, padded_size=padded_size,
                          dtype=W.dtype, device=W.device)
-    padded = _embed(W, layer.size).to(layer.dtype)
+    padded = _embed(W, layer.size)
     outer, outer_error = butterfly_factorisation(padded[None])
     inner, inner_error = butterfly_factorisation(padded.transpose(0, 1)[None])
     increasing, transposed, two_sided_error = two_sided_factorisation(padded[None])

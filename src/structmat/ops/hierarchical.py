@@ -96,9 +96,9 @@ def two_sided_factorisation(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     blocks ``Ẽ_ij = [[E[i, j], E[i, h+j]], [E[h+i, j], E[h+i, h+j]]]`` this reads
     ``Ẽ_ij = D_i Λ_ij E_j`` with ``D_i``, ``E_j`` the twiddles of pairs ``i`` of ``F`` and ``j`` of ``G``
     and ``Λ_ij = diag(A₀[i, j], A₁[i, j])``. With a second row ``k ≠ i``,
-    ``L_j = Ẽ_ij Ẽ_kj⁻¹ = D_i Λ_ij Λ_kj⁻¹ D_k⁻¹``, so ``L_j L₀⁻¹ = D_i (Λ_ij Λ_kj⁻¹ Λ_k0 Λ_i0⁻¹) D_i⁻¹``:
-    the eigenvectors of a fixed generic combination ``Σ_j c_j L_j L₀⁻¹`` are the columns of ``D_i``
-    (up to scale and order). The order is made consistent with row 0 (the rows of ``D_i⁻¹ Ẽ_ij`` are
+    ``L_j = Ẽ_ij Ẽ_kj⁻¹ = D_i Λ_ij Λ_kj⁻¹ D_k⁻¹``, so for two fixed pseudo-random combinations
+    ``(Σ_j c_j L_j)(Σ_j c'_j L_j)⁻¹ = D_i (Σ_j c_j Λ_ij Λ_kj⁻¹)(Σ_j c'_j Λ_ij Λ_kj⁻¹)⁻¹ D_i⁻¹`` (a diagonal
+    similar by ``D_i``): its eigenvectors are the columns of ``D_i`` (up to scale and order). The order is made consistent with row 0 (the rows of ``D_i⁻¹ Ẽ_ij`` are
     parallel to the rows of ``E_j`` whatever ``i``), then for every ``j`` and ``b`` the best rank-1
     approximation of the ``h`` rows ``(D_i⁻¹ Ẽ_ij)[b]`` gives the row ``E_j[b]`` (unit) and the column
     ``A_b[:, j]``. The recursion runs on ``A₀, A₁``; at size 2, ``D = Ẽ`` and ``E = I``.
