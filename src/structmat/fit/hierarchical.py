@@ -323,7 +323,7 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
     # the (candidate, top gates) worth searching: every one within rounding of the best rank-2 error (all
     # the exact ones for a member), and at least the beam best; each with all next-level settings
     totals = torch.stack([error for _, _, error, _ in map(rows, range(count))]).reshape(-1)
-    kept = _select(totals, beam, tie).sort().values
+    kept = _select(totals, beam, tie).sort().values.cpu()
     kept = (kept[:, None] * nxt.shape[0] + torch.arange(nxt.shape[0])).reshape(-1)
     combos = [divmod(int(i), top.shape[0] * nxt.shape[0]) for i in kept]  # (k, a·C1 + b), in order
 
@@ -350,7 +350,7 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
     t = torch.complex(solution[..., 0], solution[..., 1]).reshape(h, 2, 2)
     quadrants = (t[:, :, :, None] * w[:, None, None, :]).permute(1, 0, 2, 3).reshape(n, n)  # M P_top⁻¹
     M = torch.empty_like(quadrants)
-    M[:, top[a]] = quadrants
+    M[:, top[a].to(M.device)] = quadrants
     return M.to(complex_dtype), k
 
 
