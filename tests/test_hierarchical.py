@@ -275,6 +275,17 @@ def test_two_sided_factorisation_recovers_bbstar_and_circulants():
         two_sided_factorisation(torch.randn(6, 6))
 
 
+def test_real_bbstar_members_stay_real_and_exact():
+    """A real ``BB*`` member (real twiddles) gets real two-sided factors: a real layer takes them."""
+    for n in [4, 32]:
+        torch.manual_seed(n)
+        B = Butterfly(n, n, init="ortho", dtype=torch.float64).to_dense().detach()
+        C = Butterfly(n, n, init="ortho", increasing_stride=False, dtype=torch.float64).to_dense().detach()
+        assert float(butterfly_factorisation((B @ C)[None])[1][0]) > 1e-6 * n  # no one-sided form is exact
+        layer = kaleidoscope_from_dense(B @ C)
+        assert layer.dtype == torch.float64 and relative_error(layer.to_dense(), B @ C) <= 1e-12, n
+
+
 def test_bench_hierarchical_rows():
     from structmat.experiments.bench_hierarchical import run
 

@@ -140,8 +140,7 @@ def _search_level(chunks, m: int, search: bool, beam: int, conjugates: bool, tie
                 index = gathers[chosen].to(part.device)[:, None, :].expand(-1, m, -1)
                 candidates = torch.take_along_dim(part, index, dim=2)[:, None]  # (K, 1, m, m)
                 table = subsets[chosen][:, None]
-            # stacks[k, s, i, 2r + c, j] = candidate[r·h + i, c·h + j]
-            stacks = candidates.reshape(size, count, 2, h, 2, h).permute(0, 1, 3, 2, 4, 5).reshape(size, count, h, 4, h)
+            stacks = _row_stacks(candidates)
             u, v, discarded = rank_one_rows(stacks)
             flips = None
             if conjugates:
@@ -163,6 +162,16 @@ def _search_level(chunks, m: int, search: bool, beam: int, conjugates: bool, tie
             kept = entry
         offset += blocks.shape[0]
     return kept
+
+
+def _row_stacks(blocks: torch.Tensor) -> torch.Tensor:
+    """``(…, m, m) -> (…, h, 4, h)`` (``h = m/2``): ``stacks[…, i, 2r + c, j] = block[r·h + i, c·h + j]``,
+    the rows ``i`` of the four quadrants (rank 1 for ``F_h · diag(X, X)``, rank 2 for its real part)."""
+    m = blocks.shape[-1]
+    h = m // 2
+    lead = blocks.shape[:-2]
+    stacks = blocks.reshape(*lead, 2, h, 2, h).movedim(-3, -4)  # (…, h, 2, 2, h)
+    return stacks.reshape(*lead, h, 4, h)
 
 
 def _select(totals: torch.Tensor, beam: int, tie: float) -> torch.Tensor:
@@ -316,7 +325,7 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
 
     def rows(k: int):  # A (C0, h, 4, 2), G (C0, h, 2, h), error (C0,), coefficients (C0, C1, h, 2)
         candidates = T[k][:, top].permute(1, 0, 2)  # (C0, N, N) = T P_top⁻¹
-        stacks = candidates.reshape(-1, 2, h, 2, h).permute(0, 2, 1, 3, 4).reshape(-1, h, 4, h)
+        stacks = _row_stacks(candidates)
         A, G, discarded = _real_rank_two(stacks)
         return A, G, discarded.sum(-1), _complex_rows(G, nxt).transpose(1, 2)
 
