@@ -323,15 +323,15 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
     top = _distinct_gate_gathers(n)[1] if search else torch.arange(n)[None]
     nxt = _distinct_gate_gathers(h)[1] if search and h >= 4 else torch.arange(h)[None]
 
-    def rows(k: int):  # A (C0, h, 4, 2), G (C0, h, 2, h), error (C0,), coefficients (C0, C1, h, 2)
+    def rows(k: int, coefficients: bool = True):  # A (C0, h, 4, 2), G (C0, h, 2, h), error (C0,), coefficients (C0, C1, h, 2)
         candidates = T[k][:, top].permute(1, 0, 2)  # (C0, N, N) = T P_top⁻¹
         stacks = _row_stacks(candidates)
         A, G, discarded = _real_rank_two(stacks)
-        return A, G, discarded.sum(-1), _complex_rows(G, nxt).transpose(1, 2)
+        return A, G, discarded.sum(-1), _complex_rows(G, nxt).transpose(1, 2) if coefficients else None
 
     # the (candidate, top gates) worth searching: every one within rounding of the best rank-2 error (all
     # the exact ones for a member), and at least the beam best; each with all next-level settings
-    totals = torch.stack([error for _, _, error, _ in map(rows, range(count))]).reshape(-1)
+    totals = torch.stack([rows(k, coefficients=False)[2] for k in range(count)]).reshape(-1)
     kept = _select(totals, beam, tie).sort().values.cpu()
     kept = (kept[:, None] * nxt.shape[0] + torch.arange(nxt.shape[0])).reshape(-1)
     combos = [divmod(int(i), top.shape[0] * nxt.shape[0]) for i in kept]  # (k, a·C1 + b), in order
