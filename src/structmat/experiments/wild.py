@@ -13,6 +13,10 @@ every trainable family and every budget (default 5 %, 10 %, 25 %, 50 % of ``out�
 :func:`structmat.fit.project` gives the relative error ``‖W − P(W)‖_F / ‖W‖_F``. Families whose
 smallest member exceeds a budget get no entry for it. Outputs (``results.json``, ``table.md``,
 ``rel_error.png``) are written atomically.
+
+Cost control (``docs/recovery.md``): by default one weight of each distinct shape; gradient fits
+are cut at ``fit_seconds``; the ``(weight, family)`` tasks run in up to two single-thread worker
+processes. The default MiniLM run took 714 s on a shared 2-core machine.
 """
 
 from __future__ import annotations
