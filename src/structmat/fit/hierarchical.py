@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -101,13 +102,18 @@ def _distinct_gate_gathers(m: int) -> tuple[list[int], torch.Tensor]:
 #: float64/complex128 value; data of lower precision use ``(1000 ε)²`` where that is larger
 #: (float32/complex64: ``1.4·10⁻⁸``, i.e. a relative error ``1.2·10⁻⁴``), see :func:`_tie`.
 TIE_TOLERANCE = 1e-20
+#: near-member regime of the tie rule: while the best squared error is below this fraction of
+#: ``‖E‖²`` (a relative error of 1e-4), every candidate within :data:`TIE_FACTOR` times it is kept too,
+#: so noise on a member does not break the ties that keep its exact setting
+NEAR_MEMBER = 1e-8
+TIE_FACTOR = 1e4
 #: most candidates kept per level
 TIE_CAP = 256
 #: complex elements per chunk of candidates in one level of the gate search (bounds its memory)
 _CHUNK_ELEMENTS = 1 << 23
 
 
-def _search_level(chunks, m: int, search: bool, beam: int, conjugates: bool, tie: float):
+def _search_level(chunks, m: int, search: bool, beam: int, conjugates: bool, tie: _Tie):
     """One level of the BP gate search over candidate blocks ``MQ`` of size ``m``, given in chunks.
 
     ``chunks`` yields ``(blocks (K_c, m, m), errors (K_c,))`` or ``(blocks, errors, settings (K_c,))``:
@@ -174,15 +180,27 @@ def _row_stacks(blocks: torch.Tensor) -> torch.Tensor:
     return stacks.reshape(*lead, h, 4, h)
 
 
-def _select(totals: torch.Tensor, beam: int, tie: float) -> torch.Tensor:
-    """Indices of the ``beam`` smallest ``totals`` and of every total within ``tie`` of the smallest
-    (at most :data:`TIE_CAP`), smallest first (stable: earlier candidates first on equal totals)."""
+class _Tie(NamedTuple):
+    """When candidates count as tied with the best (:func:`_tie`): within ``absolute`` of it, or -- while
+    the best is below ``near`` (a near-member: noise on a member) -- within :data:`TIE_FACTOR` times it."""
+
+    absolute: float
+    near: float
+
+
+def _select(totals: torch.Tensor, beam: int, tie: _Tie) -> torch.Tensor:
+    """Indices of the ``beam`` smallest ``totals`` and of every total tied with the smallest (``tie``;
+    at most :data:`TIE_CAP`), smallest first (stable: earlier candidates first on equal totals)."""
     order = torch.argsort(totals, stable=True)
-    tied = int((totals[order] <= totals[order[0]] + tie).sum())
+    best = float(totals[order[0]])
+    bound = best + tie.absolute
+    if best <= tie.near:
+        bound = max(bound, TIE_FACTOR * best)
+    tied = int((totals[order] <= bound).sum())
     return order[: min(max(beam, tied), max(beam, TIE_CAP))]
 
 
-def _factor_candidates(chunks, n: int, search: bool, beam: int, tie: float, conjugates: bool = False):
+def _factor_candidates(chunks, n: int, search: bool, beam: int, tie: _Tie, conjugates: bool = False):
     """Beam search of the BP nearest to the best of several candidate matrices (see
     :func:`factor_bp`). Returns ``(BPFactorisation, candidate index, row flips (n,) booleans)``:
     the rows to conjugate so that the candidate is one BP (all ``False`` without ``conjugates``)."""
@@ -231,12 +249,14 @@ def _check_square(E: torch.Tensor, beam: int) -> int:
     return n
 
 
-def _tie(E: torch.Tensor) -> float:
-    """Absolute tie tolerance for factorisations of ``E`` (``(…, N, N)``): the relative tolerance of
-    ``E``'s precision (:data:`TIE_TOLERANCE`, or ``(1000 ε)²`` where larger: float32 data is exact
-    only to its rounding) times the largest squared norm."""
+def _tie(E: torch.Tensor) -> _Tie:
+    """Tie rule for factorisations of ``E`` (``(…, N, N)``): absolute tolerance = the relative tolerance
+    of ``E``'s precision (:data:`TIE_TOLERANCE`, or ``(1000 ε)²`` where larger: float32 data is exact
+    only to its rounding) times the largest squared norm; near-member regime below
+    :data:`NEAR_MEMBER` times it."""
     relative = max(TIE_TOLERANCE, (1000 * torch.finfo(E.dtype).eps) ** 2)
-    return relative * float(E.abs().square().sum((-1, -2)).max())
+    scale = float(E.abs().square().sum((-1, -2)).max())
+    return _Tie(relative * scale, NEAR_MEMBER * scale)
 
 
 def factor_bp(E: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) -> BPFactorisation:
@@ -381,10 +401,10 @@ def bp_from_dense(
     gates the full-size level of the innermost permutation ``P₁`` is searched too (its 8 settings
     enter the beam search as candidates), so ``B P₂ P₁`` -- the paper's "BP with an additional
     permutation" for the DCT/DST (SPEC.md §7.4) -- is found exactly; the other inner levels are the
-    identity. ``real_part=True`` (real ``W``): a complex member whose **real part** is nearest to
-    ``W`` (:func:`complete_real_bp`; exact for real parts of BP members), for
-    ``structmat.fit.RealPart``. Cost ``O(beam · 8 · N²)``, ``O(64 · beam · 8 · N²)`` with
-    ``real_part``.
+    identity. ``real_part=True`` (real ``W``): a complex member whose **real part** approximates
+    ``W`` (:func:`complete_real_bp`: exact for real parts of BP/BPP members, a heuristic otherwise),
+    for ``structmat.fit.RealPart``. Cost ``O(K · beam · 8 · N²)`` for the ``K`` inner candidates (1
+    for BP, up to 8 with learned ``n_modules > 1``); with ``real_part`` ``O(K · 64 · N²)``.
     """
     W = check_matrix("W", W)
     if not isinstance(real_part, bool):
