@@ -130,6 +130,20 @@ def test_tracing_sees_the_custom_ops():
         assert rel_error(a, b) <= 1e-12
 
 
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+def test_parameter_twiddles_take_the_eager_path():
+    """The families pass their twiddle ``nn.Parameter`` straight to the op: eager training must use
+    the direct ``autograd.Function`` (not the custom-op dispatch), with the reference's gradient."""
+    tw = torch.nn.Parameter(random_twiddle(1, 1, 8))
+    x = torch.randn(3, 8, dtype=torch.float64)
+    y = butterfly_multiply(tw, x)
+    assert type(y.grad_fn).__name__ == "_EagerFusedButterflyBackward"
+    (grad,) = torch.autograd.grad(y.square().sum(), tw)
+    with use_reference():
+        (expected,) = torch.autograd.grad(butterfly_multiply(tw, x).square().sum(), tw)
+    assert rel_error(grad, expected) <= 1e-12
+
+
 @pytest.mark.parametrize("increasing_stride", [True, False])
 def test_transpose_is_reversed_transposed_blocks(increasing_stride):
     """SPEC.md §1.4 / B11: E^T is the opposite-stride butterfly with transposed blocks, levels reversed."""

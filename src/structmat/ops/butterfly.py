@@ -170,15 +170,20 @@ def _(twiddle, x, grad, increasing_stride, transpose):
     return torch.empty_like(twiddle), torch.empty_like(x)
 
 
+#: tensor types the fused backends may receive directly (no ``__torch_dispatch__`` of their own)
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def _plain_eager(*tensors: torch.Tensor) -> bool:
     """Whether the backend may be called directly, bypassing the custom ops (their dispatch costs
     ~20 us per call, 10 % of a batch-256 forward + backward at N = 1024): plain CPU/GPU tensors
     outside ``torch.compile``, ``torch.func`` and tracing (no fake, functional or wrapped tensors,
-    no dispatch mode)."""
+    no dispatch mode). ``nn.Parameter`` counts as plain: the families pass their twiddle
+    parameters directly."""
     return (
         not torch.compiler.is_compiling()
         and torch._C._len_torch_dispatch_stack() == 0
-        and all(type(t) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+        and all(type(t) in _PLAIN_TENSOR_TYPES and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
     )
 
 
