@@ -128,6 +128,10 @@ def test_tracing_sees_the_custom_ops():
     tw2, x2 = random_twiddle(1, 1, 8).requires_grad_(True), torch.randn(3, 8, dtype=torch.float64).requires_grad_(True)
     for a, b in zip(graph(tw2, x2), loss_grads(tw2, x2)):
         assert rel_error(a, b) <= 1e-12
+    with torch.no_grad():  # inference calls the kernel directly only outside a tracer
+        inference = make_fx(lambda t, v: butterfly_multiply(t, v))(tw, x)
+    assert "structmat.butterfly_multiply.default" in {str(node.target) for node in inference.graph.nodes}
+    assert rel_error(inference(tw2, x2), butterfly_multiply(tw2, x2)) <= 1e-12
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")

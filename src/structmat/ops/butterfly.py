@@ -261,9 +261,10 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
     backend = choose(twiddle, x)
     if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0:
         return butterfly_multiply_reference(twiddle, x, increasing_stride, transpose)
-    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if not torch.is_grad_enabled() and _plain_eager(twiddle, x):
         # eager inference: the backend directly (the autograd.Function and custom-op dispatch cost
-        # ~30 us per call, 10-20 % of a batch-256 forward at N <= 1024)
+        # ~30 us per call, 10-20 % of a batch-256 forward at N <= 1024); a tracer, fake or
+        # vmapped tensors still see the custom op
         forward, _ = _fused(x.device)
         return forward(twiddle.contiguous(), x.contiguous(), bool(increasing_stride), bool(transpose))
     if _plain_eager(twiddle, x) and not torch._C._are_functorch_transforms_active():
