@@ -232,4 +232,7 @@ def test_project_model_bad_budget(tmp_path):
     save_file(_checkpoint(tmp_path), str(tmp_path / "m.safetensors"))
     with pytest.raises(ValueError, match="budgets"):
         wild.run(model=tmp_path / "m.safetensors", out=tmp_path / "o", structures=["low_rank"], budgets=(0.0,))
+    for fit_seconds in (0.0, -1, True, "5"):
+        with pytest.raises(ValueError, match="fit_seconds"):
+            wild.run(model=tmp_path / "m.safetensors", out=tmp_path / "o", structures=["low_rank"], fit_seconds=fit_seconds)
     assert not (tmp_path / "o").exists()

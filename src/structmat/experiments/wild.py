@@ -199,10 +199,11 @@ def project_weights(
     """Project every weight onto every structure at every budget (fraction of ``out·in``).
 
     Families fitted by gradient (no optimal closed form) get ``fit_steps`` Adam steps and
-    ``lbfgs_steps`` L-BFGS iterations, cut short after ``fit_seconds`` per projection
-    (``None``: no limit; the method then ends in ``+time_limit``). ``workers > 1`` runs the
+    ``lbfgs_steps`` L-BFGS iterations, cut short after ``fit_seconds`` per projection (the
+    method then ends in ``+time_limit``; ``None``: no limit). ``workers > 1`` runs the
     ``(weight, structure)`` tasks in that many spawned processes, one thread each, the largest
-    weights first; rows come back in task order either way.
+    weights first; rows come back in task order either way. A failing task cancels the tasks not
+    yet started.
     """
     structures = trainable_families() if structures is None else [registry.get(s).name for s in structures]
     budgets = [float(b) for b in budgets]
@@ -210,6 +211,8 @@ def project_weights(
         if not 0 < b <= 1:
             raise ValueError(f"budgets: expected fractions in (0, 1], got {b}")
     workers = check_int("workers", workers, minimum=1)
+    if fit_seconds is not None and (isinstance(fit_seconds, bool) or not isinstance(fit_seconds, (int, float)) or not fit_seconds > 0):
+        raise ValueError(f"fit_seconds: expected a positive number of seconds or None, got {describe(fit_seconds)}")
     tasks = [(name, weight, structure, budgets, fit_steps, lbfgs_steps, fit_seconds) for name, weight in weights.items() for structure in structures]
     results: dict[int, list[WildRow]] = {}
     console = console or Console()
@@ -224,10 +227,15 @@ def project_weights(
             order = sorted(range(len(tasks)), key=lambda k: -tasks[k][1].numel())
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
                 futures = {pool.submit(_project_in_worker, *tasks[k]): k for k in order}
-                for future in as_completed(futures):
-                    index = futures[future]
-                    results[index] = future.result()
-                    bar.update(task_bar, advance=1, description=f"{tasks[index][0]} -> {tasks[index][2]}")
+                try:
+                    for future in as_completed(futures):
+                        index = futures[future]
+                        results[index] = future.result()
+                        bar.update(task_bar, advance=1, description=f"{tasks[index][0]} -> {tasks[index][2]}")
+                except BaseException:
+                    # without this the pool's exit would run every queued task before re-raising
+                    pool.shutdown(cancel_futures=True)
+                    raise
     return [row for index in range(len(tasks)) for row in results[index]]
 
 
