@@ -232,7 +232,11 @@ class _EagerFusedButterfly(torch.autograd.Function):
     """Plain eager autograd (no ``torch.func`` transform, no compilation, see :func:`_plain_eager`):
     the backends directly, and an old-style ``forward(ctx, ...)`` -- ``Function.apply`` binds the
     arguments of a ``setup_context``-style forward with ``inspect.signature`` on every call
-    (~25 us, 5-10 % of a batch-256 forward + backward at N = 1024)."""
+    (~25 us, 5-10 % of a batch-256 forward + backward at N = 1024).
+
+    A backward with ``create_graph=True`` (gradient penalties, double backward) runs the
+    vector-Jacobian product through the differentiable reference instead, so second-order terms are
+    exact rather than silently missing (the fused backward has no derivative of its own)."""
 
     @staticmethod
     def forward(ctx, twiddle, x, increasing_stride, transpose):
@@ -240,7 +244,15 @@ class _EagerFusedButterfly(torch.autograd.Function):
         forward, _ = _fused(x.device)
         return forward(twiddle.contiguous(), x.contiguous(), increasing_stride, transpose)
 
-    backward = staticmethod(_backward)
+    @staticmethod
+    def backward(ctx, grad):
+        if not torch.is_grad_enabled():
+            return _backward(ctx, grad)
+        twiddle, x = ctx.saved_tensors
+        inputs = [t if t.requires_grad else t.detach().requires_grad_() for t in (twiddle, x)]
+        y = butterfly_multiply_reference(inputs[0], inputs[1], ctx.increasing_stride, ctx.transpose)
+        grad_twiddle, grad_x = torch.autograd.grad(y, inputs, grad, create_graph=True)
+        return grad_twiddle, grad_x, None, None
 
 
 # ---------------------------------------------------------------------------------------------
