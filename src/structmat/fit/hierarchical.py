@@ -304,6 +304,11 @@ def _complex_rows(G: torch.Tensor, gathers: torch.Tensor) -> torch.Tensor:
     return c
 
 
+def _combine(c: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """The complex rows ``w = c₀ g₀ + c₁ g₁``: ``c`` ``(…, h, 2)``, ``G`` ``(…, h, 2, h)`` -> ``(…, h, h)``."""
+    return c[..., 0, None] * G[..., 0, :] + c[..., 1, None] * G[..., 1, :]
+
+
 def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_BEAM) -> tuple[torch.Tensor, int]:
     """A complex ``M`` with ``Re(M) ≈ T[k]`` that is a BP member, for the best of the real candidates
     ``T`` ``(K, N, N)``; returns ``(M, k)``. Exact (``Re(M) = T[k]`` to rounding) when some ``T[k]`` is
@@ -363,8 +368,7 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
                 continue
             _, G, discarded, c = rows(k)
             a, b = torch.tensor(mine) // nxt.shape[0], torch.tensor(mine) % nxt.shape[0]
-            w = c[a, b, :, 0, None] * G[a, :, 0, :] + c[a, b, :, 1, None] * G[a, :, 1, :]  # (·, h, h)
-            yield w, discarded[a], b  # w only makes sense under its next setting b
+            yield _combine(c[a, b], G[a]), discarded[a], b  # (·, h, h); w only makes sense under its next setting b
 
     _, best, flipped = _factor_candidates(chunks(), h, search, beam, tie, conjugates=True)
     k, rest = combos[best]
@@ -372,7 +376,7 @@ def complete_real_bp(T: torch.Tensor, search: bool = True, beam: int = DEFAULT_B
     A, G, _, c = rows(k)
     A, G, c = A[a], G[a], c[a, b]
     c = torch.where(flipped[:, None].to(c.device), c.conj(), c)
-    w = c[:, 0, None] * G[:, 0] + c[:, 1, None] * G[:, 1]  # (h, h): MQ
+    w = _combine(c, G)  # (h, h): MQ
     # Re(t c₀) = A₀, Re(t c₁) = A₁ for the four entries t of each twiddle: [[Re c, −Im c]] [Re t; Im t] = A
     system = torch.stack([c.real, -c.imag], -1)  # (h, 2, 2): row j = [Re c_j, −Im c_j]
     solution = torch.linalg.solve(system[:, None], A[..., None])[..., 0]  # (h, 4, 2)
