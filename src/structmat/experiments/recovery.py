@@ -50,8 +50,8 @@ from ..core.errors import check_choice, check_int
 from ..core.sizes import is_power_of_two
 from ..fit import FitResult, fit, project, rmse
 from ..fit.batched_bp import fit_bp
-from ..fit.hierarchical import hierarchical_projection
 from ..fit.fitting import build_layer, trial_learning_rates
+from ..fit.hierarchical import hierarchical_projection
 from .outputs import figure_writer, json_writer, markdown_table, text_writer, write_outputs
 
 TARGETS = ("dft", "dct", "dst", "hadamard", "hartley", "convolution", "legendre", "hilbert", "randn")
@@ -226,9 +226,9 @@ def hierarchical_stage(T: torch.Tensor, structure: str, options: dict, complex_m
     ``method="closed_form"``, :mod:`structmat.fit.hierarchical`), blind to the target's identity.
 
     A real target of a complex model is wrapped in :class:`RealPart` (the paper's final real part):
-    for ``bp`` the member is the complex BP whose real part is nearest to ``T``
-    (:func:`structmat.fit.hierarchical.complete_real_bp`, exact for real parts of BP members such as
-    the DCT, DST and Hartley transforms); the other structures factor ``T`` as a complex matrix.
+    for ``bp`` the member is a complex BP whose real part approximates ``T``
+    (:func:`structmat.fit.hierarchical.complete_real_bp`: exact for real parts of BP/BPP members such
+    as the DCT, DST and Hartley transforms, a heuristic otherwise); the other structures factor ``T`` as a complex matrix.
     Returns ``(result, seconds)``.
     """
     start = time.perf_counter()
