@@ -40,7 +40,9 @@ def random_twiddle(stacks, blocks, n, dtype=torch.float64):
 def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
     tol = 1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5
     op = butterfly_multiply_transpose if transpose else butterfly_multiply
-    for stacks, blocks, stacks_in, n, batch in [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1)]:
+    # batches and sizes off the register-tile grid (16 float32, 8 float64/complex64, 4 complex128
+    # elements a side) exercise the element-by-element edges of the transpositions
+    for stacks, blocks, stacks_in, n, batch in [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1), (2, 1, 1, 64, 50)]:
         tw = random_twiddle(stacks, blocks, n, dtype).requires_grad_(True)
         x = torch.randn(batch, stacks_in, n, dtype=dtype).requires_grad_(True)
         g = torch.randn(batch, stacks, n, dtype=dtype)

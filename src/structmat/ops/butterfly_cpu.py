@@ -1,7 +1,7 @@
 """Fused Numba CPU kernels for :mod:`structmat.ops.butterfly` (SPEC.md §1.4, §4.14).
 
-Layout: the batch is cut into chunks of ``C`` rows; each chunk of one stack is transposed (8 x 8
-register tiles) into a scratch buffer ``(N, C)`` -- the batch is the contiguous (SIMD) dimension --,
+Layout: the batch is cut into chunks of ``C`` rows; each chunk of one stack is transposed (64-byte
+register tiles, :func:`structmat.ops.simd.transpose_tile`) into a scratch buffer ``(N, C)`` -- the batch is the contiguous (SIMD) dimension --,
 all factors are applied there while it stays in cache, and the result is transposed back. Two
 consecutive factors (strides ``h`` and ``2h``, either order) are applied per pass (radix 4: they
 close a group of 4 entries), so the chunk is swept ``⌈K log N / 2⌉`` times instead of ``K log N``,
@@ -38,6 +38,7 @@ from numba.np.numpy_support import as_dtype
 from .backend import numpy_view
 from .butterfly import FUSED_BACKENDS, butterfly_schedule
 from .numba_rows import compile_variant
+from .simd import VECTOR_BYTES, transpose_tile
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 #: target size in bytes of one chunk's two ping-pong buffers (about the L2 size)
@@ -202,22 +203,26 @@ def _radix4_backward(act, g, t1, gt1, h1, t2, gt2, h2, cols, transposed):
         _add_grad(gt2, p + q, f10, f11, f12, f13, transposed)
 
 
-#: side of the square tiles in which the batch <-> feature transpositions move data (registers)
-TILE = 8
+@njit(cache=True, inline="always")
+def _tile(buf):
+    """Side of the register tiles :func:`_load` and :func:`_store` transpose (64 bytes of elements)."""
+    return VECTOR_BYTES // buf.itemsize
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _load(buf, x, row0, cols, stack):
-    """``buf[i, k] = x[row0 + k, stack, i]`` for ``k < cols`` (transposition in 8 x 8 tiles)."""
-    n = buf.shape[0]
-    k_full, i_full = cols - cols % TILE, n - n % TILE
-    for k0 in range(0, k_full, TILE):
-        for i0 in range(0, i_full, TILE):
-            for kk in range(TILE):
-                for ii in range(TILE):
-                    buf[i0 + ii, k0 + kk] = x[row0 + k0 + kk, stack, i0 + ii]
+    """``buf[i, k] = x[row0 + k, stack, i]`` for ``k < cols``: whole ``T x T`` tiles by register
+    transposition (:func:`~structmat.ops.simd.transpose_tile`), the edges element by element."""
+    n, width = buf.shape
+    t = _tile(buf)
+    k_full, i_full = cols - cols % t, n - n % t
+    row = x.shape[1] * n
+    base = row0 * row + stack * n
+    for k0 in range(0, k_full, t):
+        for i0 in range(0, i_full, t):
+            transpose_tile(x, base + k0 * row + i0, row, buf, i0 * width + k0, width)
         for i in range(i_full, n):
-            for k in range(k0, k0 + TILE):
+            for k in range(k0, k0 + t):
                 buf[i, k] = x[row0 + k, stack, i]
     for k in range(k_full, cols):
         for i in range(n):
@@ -226,21 +231,23 @@ def _load(buf, x, row0, cols, stack):
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _store(out, buf, row0, cols, stack, accumulate):
-    """``out[row0 + k, stack, i] (+)= buf[i, k]`` for ``k < cols`` (transposition in 8 x 8 tiles)."""
-    n = buf.shape[0]
-    k_full, i_full = cols - cols % TILE, n - n % TILE
-    for k0 in range(0, k_full, TILE):
-        for i0 in range(0, i_full, TILE):
+    """``out[row0 + k, stack, i] (+)= buf[i, k]`` for ``k < cols`` (whole tiles by register
+    transposition, see :func:`_load`; accumulating, element by element in tiles)."""
+    n, width = buf.shape
+    t = _tile(buf)
+    k_full, i_full = cols - cols % t, n - n % t
+    row = out.shape[1] * n
+    base = row0 * row + stack * n
+    for k0 in range(0, k_full, t):
+        for i0 in range(0, i_full, t):
             if accumulate:
-                for kk in range(TILE):
-                    for ii in range(TILE):
+                for kk in range(t):
+                    for ii in range(t):
                         out[row0 + k0 + kk, stack, i0 + ii] += buf[i0 + ii, k0 + kk]
             else:
-                for kk in range(TILE):
-                    for ii in range(TILE):
-                        out[row0 + k0 + kk, stack, i0 + ii] = buf[i0 + ii, k0 + kk]
+                transpose_tile(buf, i0 * width + k0, width, out, base + k0 * row + i0, row)
         for i in range(i_full, n):
-            for k in range(k0, k0 + TILE):
+            for k in range(k0, k0 + t):
                 if accumulate:
                     out[row0 + k, stack, i] += buf[i, k]
                 else:
