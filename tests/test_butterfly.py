@@ -3,6 +3,8 @@ B5, F2) and the parity of the fused CPU kernels with the pure-PyTorch reference.
 
 import math
 
+import numpy as np
+
 import pytest
 import scipy.linalg
 import torch
@@ -41,8 +43,11 @@ def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
     tol = 1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5
     op = butterfly_multiply_transpose if transpose else butterfly_multiply
     # batches and sizes off the register-tile grid (16 float32, 8 float64/complex64, 4 complex128
-    # elements a side) exercise the element-by-element edges of the transpositions
-    for stacks, blocks, stacks_in, n, batch in [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1), (2, 1, 1, 64, 50)]:
+    # elements a side) exercise the element-by-element edges of the transpositions; batches of
+    # whole tiles the loads that apply the first factors in registers (real dtypes, strides 1, 2,
+    # ... first: increasing, or transposed decreasing), with a partial last chunk at batch 40
+    cases = [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1), (2, 1, 1, 64, 50), (1, 1, 1, 128, 64), (2, 1, 1, 64, 40)]
+    for stacks, blocks, stacks_in, n, batch in cases:
         tw = random_twiddle(stacks, blocks, n, dtype).requires_grad_(True)
         x = torch.randn(batch, stacks_in, n, dtype=dtype).requires_grad_(True)
         g = torch.randn(batch, stacks, n, dtype=dtype)
@@ -54,6 +59,21 @@ def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
         assert rel_error(fused, ref) <= tol
         for a, b in zip(grads, ref_grads):
             assert rel_error(a, b) <= tol
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+def test_fused_load_plan_applies_to_real_dtypes_with_small_strides_first():
+    from structmat.ops.butterfly_cpu import _fused_load_plan
+
+    f32, f64, c64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.complex64)
+    assert _fused_load_plan(1024, 1, True, False, f32)[0] == 4  # strides 1, 2, 4, 8 in 16-row tiles
+    assert _fused_load_plan(1024, 1, True, False, f64)[0] == 3
+    assert _fused_load_plan(1024, 1, False, True, f32)[0] == 4  # transposed decreasing: 1, 2, ... too
+    assert _fused_load_plan(1024, 1, False, False, f32)[0] == 0  # largest stride first
+    assert _fused_load_plan(1024, 1, True, False, c64)[0] == 0
+    assert _fused_load_plan(8, 1, True, False, f32)[0] == 0  # N below one tile
+    fused, _, _, firsts, sizes = _fused_load_plan(1024, 1, True, False, f64)
+    assert list(firsts) == [3, 5, 7, 9] and list(sizes) == [2, 2, 2, 1]
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")

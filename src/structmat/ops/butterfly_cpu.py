@@ -38,7 +38,7 @@ from numba.np.numpy_support import as_dtype
 from .backend import numpy_view
 from .butterfly import FUSED_BACKENDS, butterfly_schedule
 from .numba_rows import compile_variant
-from .simd import VECTOR_BYTES, transpose_tile
+from .simd import VECTOR_BYTES, fused_levels, tile_size, transpose_tile, transpose_tile_butterfly
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 #: target size in bytes of one chunk's two ping-pong buffers (about the L2 size)
@@ -230,6 +230,46 @@ def _load(buf, x, row0, cols, stack):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
+def _load_fused(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed):
+    """:func:`_load` of whole tiles (``cols`` and ``N`` multiples of ``T``) that also applies the
+    first factors (strides ``1 .. T/2``, see :func:`_fused_load_plan`) in registers
+    (:func:`~structmat.ops.simd.transpose_tile_butterfly`): one sweep of the chunk less per two
+    factors."""
+    n, width = buf.shape
+    t = _tile(buf)
+    row = x.shape[1] * n
+    base = row0 * row + stack * n
+    for k0 in range(0, cols, t):
+        for i0 in range(0, n, t):
+            transpose_tile_butterfly(x, base + k0 * row + i0, row, buf, i0 * width + k0, width, tw_flat, tw_offset + i0 // 2 * 4, level_stride, transposed)
+
+
+def _load_first(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed, fused):
+    """:func:`_load_fused` when ``fused > 0`` and the chunk is whole tiles, else :func:`_load`;
+    whether the first factors were applied (complex dtypes: always :func:`_load`)."""
+
+
+@overload(_load_first)
+def _load_first_numba(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed, fused):
+    if isinstance(buf.dtype, numba.types.Float):
+
+        def fused_or_plain(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed, fused):
+            if fused > 0 and cols % _tile(buf) == 0:
+                _load_fused(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed)
+                return True
+            _load(buf, x, row0, cols, stack)
+            return False
+
+        return fused_or_plain
+
+    def plain(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed, fused):
+        _load(buf, x, row0, cols, stack)
+        return False
+
+    return plain
+
+
+@njit(cache=True, fastmath=_FASTMATH)
 def _store(out, buf, row0, cols, stack, accumulate):
     """``out[row0 + k, stack, i] (+)= buf[i, k]`` for ``k < cols`` (whole tiles by register
     transposition, see :func:`_load`; accumulating, element by element in tiles)."""
@@ -271,9 +311,11 @@ def _step_forward(src, dst, tw, blocks, levels, strides, first, size, cols, tran
         _radix2(src, dst, t1, strides[first], cols, transposed)
 
 
-def _forward_chunks(tw, x, out, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk):
+def _forward_chunks(tw, x, out, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk, fused, fused_offset, fused_stride, rest_firsts, rest_sizes):
     """Worker ``w`` runs chunks ``w, w + W, ...`` in its ping-pong buffers ``scratch[w]``
-    ``(2, N, chunk)`` (distinct source and target)."""
+    ``(2, N, chunk)`` (distinct source and target). With ``fused > 0`` (:func:`_fused_load_plan`),
+    chunks of whole tiles apply the first ``fused`` factors while loading (:func:`_load_fused`)
+    and then the steps ``rest_*``; the last, partial chunk runs every step."""
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     n_chunks = (batch + chunk - 1) // chunk
@@ -284,10 +326,12 @@ def _forward_chunks(tw, x, out, scratch, blocks, levels, strides, firsts, sizes,
             row0 = c * chunk
             cols = min(chunk, batch - row0)
             for s in range(stacks):
-                _load(bufs[0], x, row0, cols, s if stacks_in > 1 else 0)
-                for step in range(firsts.shape[0]):
-                    _step_forward(bufs[step % 2], bufs[1 - step % 2], tw[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
-                _store(out, bufs[firsts.shape[0] % 2], row0, cols, s, False)
+                steps_first, steps_size = firsts, sizes
+                if _load_first(bufs[0], x, row0, cols, s if stacks_in > 1 else 0, tw[s].ravel(), fused_offset, fused_stride, transposed, fused):
+                    steps_first, steps_size = rest_firsts, rest_sizes
+                for step in range(steps_first.shape[0]):
+                    _step_forward(bufs[step % 2], bufs[1 - step % 2], tw[s], blocks, levels, strides, steps_first[step], steps_size[step], cols, transposed)
+                _store(out, bufs[steps_first.shape[0] % 2], row0, cols, s, False)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -371,14 +415,40 @@ def _schedule_arrays(n: int, n_blocks: int, increasing_stride: bool, transpose: 
     schedule = butterfly_schedule(n, n_blocks, increasing_stride)
     if transpose:
         schedule = schedule[::-1]
-    firsts, sizes, step = [], [], 0
-    while step < len(schedule):
-        pair = step + 1 < len(schedule) and schedule[step + 1][2] in (2 * schedule[step][2], schedule[step][2] // 2)
+    blocks, levels, strides = ([entry[i] for entry in schedule] for i in range(3))
+    return tuple(np.array(a, dtype=np.int64) for a in (blocks, levels, strides, *_steps(strides, 0)))
+
+
+def _steps(strides: list[int], start: int) -> tuple[list[int], list[int]]:
+    """``(firsts, sizes)`` of the steps from factor ``start`` on (see :func:`_schedule_arrays`)."""
+    firsts, sizes, step = [], [], start
+    while step < len(strides):
+        pair = step + 1 < len(strides) and strides[step + 1] in (2 * strides[step], strides[step] // 2)
         firsts.append(step)
         sizes.append(2 if pair else 1)
         step += sizes[-1]
-    blocks, levels, strides = ([entry[i] for entry in schedule] for i in range(3))
-    return tuple(np.array(a, dtype=np.int64) for a in (blocks, levels, strides, firsts, sizes))
+    return firsts, sizes
+
+
+@functools.lru_cache(maxsize=256)
+def _fused_load_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: np.dtype):
+    """``(fused, first_offset, level_stride, firsts, sizes)`` for :func:`_load_fused`: when the first
+    ``fused = fused_levels(dtype)`` factors have strides ``1, 2, ..., T/2`` (an increasing butterfly,
+    or a transposed decreasing one), they are applied while the chunk is transposed in; the steps
+    ``(firsts, sizes)`` cover the other factors. ``first_offset`` and ``level_stride`` locate the
+    fused factors in one stack's flat twiddle. ``fused = 0``: no fused load (complex dtypes, small
+    ``N``, other schedules)."""
+    blocks, levels, strides, firsts, sizes = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
+    fused = fused_levels(dtype)
+    level_size = n // 2 * 4
+    offsets = [(int(blocks[f]) * (n.bit_length() - 1) + int(levels[f])) * level_size for f in range(min(fused, len(strides)))]
+    ok = fused > 0 and n >= tile_size(dtype) and len(offsets) == fused
+    ok = ok and [int(h) for h in strides[:fused]] == [1 << f for f in range(fused)]
+    ok = ok and all(offsets[f + 1] - offsets[f] == offsets[1] - offsets[0] for f in range(fused - 1))
+    if not ok:
+        return 0, 0, 0, firsts, sizes
+    rest_firsts, rest_sizes = _steps([int(h) for h in strides], fused)
+    return fused, offsets[0], offsets[1] - offsets[0], np.array(rest_firsts, dtype=np.int64), np.array(rest_sizes, dtype=np.int64)
 
 
 #: largest scratch (bytes) kept between calls by :func:`_workspace`; larger requests are allocated
@@ -444,8 +514,9 @@ def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_str
     workers = min(numba.get_num_threads(), -(-batch // chunk))
     x_view = numpy_view(x)
     scratch = _workspace((workers, 2, n, chunk), x_view.dtype)
+    fused = _fused_load_plan(n, n_blocks, increasing_stride, transpose, x_view.dtype)
     kernel = _forward_parallel if workers > 1 else _forward_serial
-    kernel(numpy_view(twiddle), x_view, numpy_view(out), scratch, *plan, bool(transpose), chunk)
+    kernel(numpy_view(twiddle), x_view, numpy_view(out), scratch, *plan, bool(transpose), chunk, *fused)
     return out
 
 

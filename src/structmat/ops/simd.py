@@ -100,3 +100,86 @@ def transpose_tile(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_
 
     return sig, codegen
 
+
+
+def _contract(instruction):
+    """Allow LLVM to fuse a multiply and an add into one FMA (what Numba's ``fastmath`` allows)."""
+    instruction.flags.append("contract")
+    return instruction
+
+
+def fused_levels(dtype) -> int:
+    """Butterfly factors :func:`transpose_tile_butterfly` applies inside a tile (strides ``1 ..
+    T/2``): 4 for float32, 3 for float64; 0 (no fused path) for complex dtypes."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        return 0
+    return tile_size(dtype).bit_length() - 1
+
+
+@intrinsic
+def transpose_tile_butterfly(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride, twiddle, twiddle_offset, level_stride, transposed):
+    """:func:`transpose_tile`, then the butterfly factors of strides ``1, 2, ..., T/2`` (in that
+    order) applied to the transposed tile in registers before it is stored: row ``i`` of the
+    transposed tile is feature ``i`` of a contiguous block of ``T`` features (the batch along the
+    vector), so every pair of those factors lies inside the tile (SPEC.md §1.4; the block at
+    feature ``f0`` uses pairs ``f0/2 + p``). ``twiddle`` is a real array; factor ``l``'s ``2 x 2``
+    block of local pair ``p`` starts at element ``twiddle_offset + l level_stride + 4 p`` (row
+    major; ``transposed`` uses its transpose). Real dtypes only (:func:`fused_levels`)."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and isinstance(twiddle, types.Array)):
+        return None
+    if src.dtype != dst.dtype or twiddle.dtype != src.dtype or not isinstance(src.dtype, types.Float):
+        return None
+    unit, k, unit_bytes = _unit(src.dtype)
+    T = VECTOR_BYTES // unit_bytes
+    levels = T.bit_length() - 1
+    vector = ir.VectorType(unit, T)
+    mask_type = ir.VectorType(ir.IntType(32), T)
+    stages = _network(T, 1)
+    sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, twiddle, twiddle_offset, level_stride, transposed)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        src_v, src_off, src_str, dst_v, dst_off, dst_str, tw_v, tw_off, lvl_str, flip = args
+        src_off, src_str, dst_off, dst_str, tw_off, lvl_str = (
+            context.cast(builder, value, ty, types.int64)
+            for value, ty in zip((src_off, src_str, dst_off, dst_str, tw_off, lvl_str), signature.args[1:3] + signature.args[4:6] + signature.args[7:9])
+        )
+        flip = context.cast(builder, flip, signature.args[9], types.boolean)
+        src_data = context.make_array(signature.args[0])(context, builder, src_v).data
+        dst_data = context.make_array(signature.args[3])(context, builder, dst_v).data
+        tw_data = context.make_array(signature.args[6])(context, builder, tw_v).data
+        rows = []
+        for r in range(T):
+            index = builder.add(src_off, builder.mul(src_str, ir.Constant(i64, r)))
+            rows.append(builder.load(builder.bitcast(builder.gep(src_data, [index]), vector.as_pointer()), align=unit_bytes))
+        for i, j, low, high in stages:
+            a, b = rows[i], rows[j]
+            rows[i] = builder.shuffle_vector(a, b, ir.Constant(mask_type, low))
+            rows[j] = builder.shuffle_vector(a, b, ir.Constant(mask_type, high))
+        zeros = ir.Constant(mask_type, [0] * T)
+        undef = ir.Constant(vector, ir.Undefined)
+
+        def broadcast(index):
+            scalar = builder.load(builder.gep(tw_data, [index]))
+            return builder.shuffle_vector(builder.insert_element(undef, scalar, ir.Constant(ir.IntType(32), 0)), undef, zeros)
+
+        for level in range(levels):
+            h = 1 << level
+            base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, level)))
+            for p in range(T // 2):
+                i = (p // h) * 2 * h + p % h
+                j = i + h
+                entry = [builder.add(base, ir.Constant(i64, 4 * p + e)) for e in range(4)]
+                a, d = broadcast(entry[0]), broadcast(entry[3])
+                b = broadcast(builder.select(flip, entry[2], entry[1]))
+                c = broadcast(builder.select(flip, entry[1], entry[2]))
+                lo, hi = rows[i], rows[j]
+                rows[i] = _contract(builder.fadd(_contract(builder.fmul(a, lo)), _contract(builder.fmul(b, hi))))
+                rows[j] = _contract(builder.fadd(_contract(builder.fmul(c, lo)), _contract(builder.fmul(d, hi))))
+        for r in range(T):
+            index = builder.add(dst_off, builder.mul(dst_str, ir.Constant(i64, r)))
+            builder.store(rows[r], builder.bitcast(builder.gep(dst_data, [index]), vector.as_pointer()), align=unit_bytes)
+        return context.get_dummy_value()
+
+    return sig, codegen
