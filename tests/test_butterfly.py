@@ -77,6 +77,38 @@ def test_fused_load_plan_applies_to_real_dtypes_with_small_strides_first():
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128])
+@pytest.mark.parametrize("stacks", [1, 2])
+def test_fused_backward_recomputes_in_segments_when_few_inputs_fit(dtype, stacks, monkeypatch):
+    """A cache budget of three or four chunk buffers keeps 2 of the 3 step inputs: the lower
+    segment is recomputed again; one stack keeps the chunk's input in the input gradient's rows."""
+    import numba
+
+    from structmat.ops import butterfly_cpu
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        n, batch = 256, 512  # large enough that the cache budget, not the memory cap, binds
+        tw = random_twiddle(stacks, 1, n, dtype).requires_grad_(True)
+        x = torch.randn(batch, 1, n, dtype=dtype).requires_grad_(True)
+        chunk = min(batch, butterfly_cpu.BACKWARD_TARGET_ITERATIONS * butterfly_cpu._backward_rows_multiple(x))
+        buffers = (1 if stacks == 1 else 2) + 2  # the adjoint, act[0] unless in grad_x, two inputs
+        monkeypatch.setattr(butterfly_cpu, "BACKWARD_CHUNK_BYTES", buffers * chunk * n * x.element_size())
+        _, planned_chunk, _, kept, x_in_grad = butterfly_cpu._backward_plan(tw, x, True, False)
+        assert (planned_chunk, kept, x_in_grad) == (chunk, 2, stacks == 1)  # 2 of act[1 .. 3]
+        g = torch.randn(batch, stacks, n, dtype=dtype)
+        grads = torch.autograd.grad(butterfly_multiply(tw, x), (tw, x), g)
+    finally:
+        numba.set_num_threads(threads)
+    with use_reference():
+        ref_grads = torch.autograd.grad(butterfly_multiply(tw, x), (tw, x), g)
+    tol = 1e-10 if dtype != torch.float32 else 1e-5
+    for a, b in zip(grads, ref_grads):
+        assert rel_error(a, b) <= tol
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 def test_fused_cpu_many_chunks_per_worker_and_reused_workspace(dtype, monkeypatch):
     """Small chunks: every worker runs several chunks in its slice of the (reused) workspace."""

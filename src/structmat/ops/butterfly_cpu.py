@@ -1,20 +1,28 @@
 """Fused Numba CPU kernels for :mod:`structmat.ops.butterfly` (SPEC.md §1.4, §4.14).
 
 Layout: the batch is cut into chunks of ``C`` rows; each chunk of one stack is transposed (64-byte
-register tiles, :func:`structmat.ops.simd.transpose_tile`) into a scratch buffer ``(N, C)`` -- the batch is the contiguous (SIMD) dimension --,
-all factors are applied there while it stays in cache, and the result is transposed back. Two
-consecutive factors (strides ``h`` and ``2h``, either order) are applied per pass (radix 4: they
-close a group of 4 entries), so the chunk is swept ``⌈K log N / 2⌉`` times instead of ``K log N``,
-ping-ponging between two buffers (in place, LLVM's run-time aliasing check fails and the loops run
-scalar). Chunks run in parallel (``numba.prange``).
+register tiles, :func:`structmat.ops.simd.transpose_tile`) into a scratch buffer ``(N, C)`` -- the
+batch is the contiguous (SIMD) dimension --, all factors are applied there while it stays in
+cache, and the result is transposed back. Two consecutive factors (strides ``h`` and ``2h``,
+either order) are applied per pass (radix 4: they close a group of 4 entries), so the chunk is
+swept ``⌈K log N / 2⌉`` times instead of ``K log N``, ping-ponging between two buffers (in place,
+LLVM's run-time aliasing check fails and the loops run scalar; see also
+:mod:`structmat.ops.llvm_options`). For real dtypes the factors of strides ``1 .. T/2`` are
+applied in registers while the chunk is transposed in (:func:`_load_fused`). Chunks run in
+parallel (``numba.prange``).
 
-Backward, per chunk: recompute the forward, keeping only the input of every radix-4 step
-(``⌈K log N / 2⌉`` buffers of ``N x C``: every other level), then walk the steps back; each
+Backward, per chunk: recompute the forward, keeping the input of every radix-4 step (every other
+level; ``act[0]``, the chunk's input, lives in the chunk's rows of the input gradient when there is
+one stack -- the final input adjoint overwrites it once it is dead), then walk the steps back; each
 backward step recomputes its intermediate level in registers and, in one sweep, adds both factors'
 twiddle gradients (``Σ_k g_k x_k^*`` over the chunk's rows) and turns the output adjoint into the
-input adjoint with the conjugate-transposed blocks (SPEC.md §4.14 "Grad"). Extra training memory is
-the input gradient, the workers' scratch and twiddle-gradient partials (worker 0 sums straight into
-the returned gradient), together capped at :data:`BACKWARD_EXTRA_X_INPUT` times the input (never
+input adjoint with the conjugate-transposed blocks (SPEC.md §4.14 "Grad"). The per-pair gradient
+reductions are paid once per chunk, so wide chunks matter (n = 1024, batch 256, two threads:
+32-row chunks 0.53 ms, 64-row 0.38 ms); when the memory cap below admits a wider chunk only with
+fewer stored step inputs (at least half of them), the inputs are recomputed in segments from the
+top and the lower segments again (:func:`_backward_chunks`). Extra training memory is the input
+gradient, the workers' buffers and twiddle-gradient partials (worker 0 sums straight into the
+returned gradient), together capped at :data:`BACKWARD_EXTRA_X_INPUT` times the input (never
 ``K log N`` copies of the batch). Scratch and partials come from a per-thread workspace reused
 across calls (:func:`_workspace`).
 
@@ -372,30 +380,48 @@ def _step_backward(act, g, tw, gtw, blocks, levels, strides, first, size, cols, 
         _radix2_backward(act, g, tw[b1, l1], gtw[b1, l1], strides[first], cols, transposed)
 
 
-def _backward_chunks(tw, x, grad, grad_tw, grad_tw_parts, grad_x, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk):
-    """Worker ``w`` runs chunks ``w, w + W, ...`` in ``scratch[w]`` ``(steps + 1, N, chunk)``: the
-    input of every step, then the adjoint. Twiddle gradients: worker 0 sums into ``grad_tw``,
+def _backward_chunks(tw, x, grad, grad_tw, grad_tw_parts, grad_x, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk, kept, x_in_grad):
+    """Worker ``w`` runs chunks ``w, w + W, ...`` in ``scratch[w]`` ``(buffers, N, chunk)``: buffer 0
+    the adjoint, buffers ``1 .. kept`` step inputs, and (unless ``x_in_grad``) one more for the
+    chunk's input ``act[0]``; with ``x_in_grad`` (a single stack) ``act[0]`` lives in the chunk's
+    rows of ``grad_x``, which the final input adjoint overwrites once ``act[0]`` is dead.
+
+    The steps' inputs ``act[1 .. steps - 1]`` are recomputed from ``act[0]`` in segments from the
+    top, ``kept`` at a time (``act[t]`` in buffer ``1 + (t - 1) % kept``): with ``kept = steps -
+    1`` all at once (one recomputation), with fewer buffers the lower segments are recomputed again
+    -- a few more flops for twice the rows per chunk, whose per-pair twiddle-gradient reductions
+    then cost half as much (module docstring). Twiddle gradients: worker 0 sums into ``grad_tw``,
     worker ``w > 0`` into ``grad_tw_parts[w - 1]`` (each zeroed first)."""
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     steps = firsts.shape[0]
     n_chunks = (batch + chunk - 1) // chunk
     workers = scratch.shape[0]
+    flat_grad_x = grad_x.reshape(grad_x.size)
     for worker in prange(workers):
-        acts = scratch[worker, :steps]
-        g = scratch[worker, steps]
+        g = scratch[worker, 0]
         gt = grad_tw if worker == 0 else grad_tw_parts[worker - 1]
         gt[:] = 0
         for c in range(worker, n_chunks, workers):
             row0 = c * chunk
             cols = min(chunk, batch - row0)
+            if x_in_grad:
+                act0 = flat_grad_x[row0 * n : (row0 + cols) * n].reshape(n, cols)
+            else:
+                act0 = scratch[worker, kept + 1]
             for s in range(stacks):
-                _load(acts[0], x, row0, cols, s if stacks_in > 1 else 0)
-                for step in range(steps - 1):
-                    _step_forward(acts[step], acts[step + 1], tw[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
+                _load(act0, x, row0, cols, s if stacks_in > 1 else 0)
                 _load(g, grad, row0, cols, s)
-                for step in range(steps - 1, -1, -1):
-                    _step_backward(acts[step], g, tw[s], gt[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
+                top = steps - 1
+                while top >= 0:
+                    low = 0 if top <= kept else top - kept + 1
+                    for step in range(top):  # act[step + 1] = step(act[step])
+                        src = act0 if step == 0 else scratch[worker, 1 + (step - 1) % kept]
+                        _step_forward(src, scratch[worker, 1 + step % kept], tw[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
+                    for step in range(top, low - 1, -1):
+                        act = act0 if step == 0 else scratch[worker, 1 + (step - 1) % kept]
+                        _step_backward(act, g, tw[s], gt[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
+                    top = low - 1
                 _store(grad_x, g, row0, cols, s if stacks_in > 1 else 0, stacks_in == 1 and s > 0)
 
 
@@ -532,34 +558,55 @@ def _backward_rows_multiple(x: torch.Tensor) -> int:
 
 
 def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool):
-    """Schedule, chunk and worker count of the backward. Each worker holds ``steps + 1`` buffers
-    of ``N x chunk``; the chunk keeps them within :data:`BACKWARD_CHUNK_BYTES` (cache) and all
-    backward's allocations within :data:`BACKWARD_EXTRA_X_INPUT` times the input (memory), but at
-    least :data:`MIN_BACKWARD_CHUNK`."""
+    """Schedule, chunk, worker count, stored step inputs ``kept`` and ``x_in_grad`` of the
+    backward (:func:`_backward_chunks`). Every backward allocation -- input gradient, the workers'
+    buffers of ``N x chunk`` and twiddle-gradient partials -- stays within
+    :data:`BACKWARD_EXTRA_X_INPUT` times the input (memory), each worker's buffers within
+    :data:`BACKWARD_CHUNK_BYTES` (cache). The chunk is the largest whole number of vector-loop
+    iterations, up to :data:`BACKWARD_TARGET_ITERATIONS`, for which at least half of the step inputs
+    (at least 2) fit; smaller chunks keep all of them; never below :data:`MIN_BACKWARD_CHUNK`."""
     n_blocks, _, half = twiddle.shape[1:4]
     n, batch = 2 * half, x.shape[0]
     plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
-    buffers = len(plan[3]) + 1
-    row_bytes = buffers * n * x.element_size()
+    inputs = len(plan[3]) - 1  # act[1 .. steps - 1]
+    x_in_grad = twiddle.shape[0] == 1
+    fixed = 1 + (0 if x_in_grad else 1)  # the adjoint, act[0] unless it lives in grad_x
+    buffer_row = n * x.element_size()
     cap = int((BACKWARD_EXTRA_X_INPUT - 1) * x.numel() * x.element_size())  # beyond the input gradient
+    multiple = _backward_rows_multiple(x)
     for workers in range(numba.get_num_threads(), 0, -1):  # fewer workers when the cap is too tight
         partial_bytes = workers * twiddle.numel() * twiddle.element_size()
         budget = min(BACKWARD_CHUNK_BYTES, max(0, cap - partial_bytes) // workers)
-        chunk = _chunk_size(batch, row_bytes, budget, MIN_BACKWARD_CHUNK, workers, multiple=_backward_rows_multiple(x))
-        if workers * chunk * row_bytes + partial_bytes <= cap:
+        share = -(-batch // workers)
+        chunk = max(1, min(batch, -(-share // 8) * 8, BACKWARD_TARGET_ITERATIONS * multiple))
+        while True:
+            kept = min(inputs, budget // (chunk * buffer_row) - fixed)
+            if kept >= inputs or (kept >= max(2, -(-inputs // 2)) and chunk >= multiple):
+                break
+            smaller = max(MIN_BACKWARD_CHUNK, (chunk - 1) // multiple * multiple) if chunk > multiple else chunk // 2
+            if smaller < MIN_BACKWARD_CHUNK or smaller >= chunk:
+                kept = inputs
+                break
+            chunk = smaller
+        kept = max(kept, min(inputs, 1))
+        if workers * (chunk * buffer_row * (fixed + kept)) + partial_bytes <= cap:
             break
     n_chunks = -(-batch // chunk) if batch else 0
     workers = max(1, min(workers, n_chunks))
-    return plan, chunk, workers
+    return plan, chunk, workers, max(kept, 1), x_in_grad
+
+
+#: widest backward chunk in vector-loop iterations (:func:`_backward_rows_multiple` rows each)
+BACKWARD_TARGET_ITERATIONS = 4
 
 
 def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> int:
     """Bytes the fused backward allocates beyond its inputs: the input gradient, per-worker
-    scratch ``(steps + 1) · N · chunk`` (``steps = ⌈K log N / 2⌉``) and per-worker
-    twiddle-gradient partials (worker 0's is the returned gradient)."""
-    plan, chunk, workers = _backward_plan(twiddle, x, increasing_stride, False)
+    buffers (the adjoint, ``kept`` step inputs and, with several stacks, the chunk's input; each
+    ``N · chunk``) and per-worker twiddle-gradient partials (worker 0's is the returned gradient)."""
+    _, chunk, workers, kept, x_in_grad = _backward_plan(twiddle, x, increasing_stride, False)
     n = 2 * twiddle.shape[3]
-    scratch = workers * (len(plan[3]) + 1) * n * chunk
+    scratch = workers * (1 + kept + (0 if x_in_grad else 1)) * n * chunk
     return (x.numel() + scratch + workers * twiddle.numel()) * x.element_size()
 
 
@@ -567,7 +614,7 @@ def butterfly_backward_cpu(
     twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring)."""
-    plan, chunk, workers = _backward_plan(twiddle, x, increasing_stride, transpose)
+    plan, chunk, workers, kept, x_in_grad = _backward_plan(twiddle, x, increasing_stride, transpose)
     grad_twiddle = torch.empty(twiddle.shape, dtype=twiddle.dtype)
     grad_x = torch.empty(x.shape, dtype=x.dtype)
     if not x.shape[0]:
@@ -576,11 +623,11 @@ def butterfly_backward_cpu(
     # OpenMP pool would spin against Numba's) runs between the two kernels of a training step
     x_view, grad_twiddle_view = numpy_view(x), numpy_view(grad_twiddle)
     parts = _workspace((workers - 1,) + tuple(twiddle.shape), x_view.dtype, slot="partials")
-    scratch = _workspace((workers, len(plan[3]) + 1, x.shape[2], chunk), x_view.dtype)
+    scratch = _workspace((workers, 1 + kept + (0 if x_in_grad else 1), x.shape[2], chunk), x_view.dtype)
     kernel = _backward_parallel if workers > 1 else _backward_serial
     kernel(
         numpy_view(twiddle), x_view, numpy_view(grad.to(x.dtype)), grad_twiddle_view, parts, numpy_view(grad_x), scratch,
-        *plan, bool(transpose), chunk,
+        *plan, bool(transpose), chunk, kept, x_in_grad,
     )
     for part in parts:
         np.add(grad_twiddle_view, part, out=grad_twiddle_view)
