@@ -47,18 +47,41 @@ def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
     # whole tiles the loads that apply the first factors in registers (real dtypes, strides 1, 2,
     # ... first: increasing, or transposed decreasing), with a partial last chunk at batch 40
     cases = [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1), (2, 1, 1, 64, 50), (1, 1, 1, 128, 64), (2, 1, 1, 64, 40)]
-    for stacks, blocks, stacks_in, n, batch in cases:
-        tw = random_twiddle(stacks, blocks, n, dtype).requires_grad_(True)
-        x = torch.randn(batch, stacks_in, n, dtype=dtype).requires_grad_(True)
-        g = torch.randn(batch, stacks, n, dtype=dtype)
-        fused = op(tw, x, increasing_stride)
-        grads = torch.autograd.grad(fused, (tw, x), g)
-        with use_reference():
-            ref = op(tw, x, increasing_stride)
-            ref_grads = torch.autograd.grad(ref, (tw, x), g)
-        assert rel_error(fused, ref) <= tol
-        for a, b in zip(grads, ref_grads):
-            assert rel_error(a, b) <= tol
+    for case in cases:
+        _assert_fused_matches_reference(op, dtype, increasing_stride, *case, tol=tol)
+
+
+def _assert_fused_matches_reference(op, dtype, increasing_stride, stacks, blocks, stacks_in, n, batch, tol):
+    """Output and both gradients of ``op`` (fused backend) against the reference."""
+    tw = random_twiddle(stacks, blocks, n, dtype).requires_grad_(True)
+    x = torch.randn(batch, stacks_in, n, dtype=dtype).requires_grad_(True)
+    g = torch.randn(batch, stacks, n, dtype=dtype)
+    fused = op(tw, x, increasing_stride)
+    grads = torch.autograd.grad(fused, (tw, x), g)
+    with use_reference():
+        ref = op(tw, x, increasing_stride)
+        ref_grads = torch.autograd.grad(ref, (tw, x), g)
+    assert rel_error(fused, ref) <= tol
+    for a, b in zip(grads, ref_grads):
+        assert rel_error(a, b) <= tol
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("increasing_stride, transpose", [(True, False), (False, True), (False, False)])
+def test_fused_load_path_matches_reference_on_one_thread(dtype, increasing_stride, transpose):
+    """One thread: chunks of whole tiles (the register path when the first strides are 1, 2, ...),
+    several input stacks, two butterflies (no fused path) and a partial last chunk."""
+    import numba
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        op = butterfly_multiply_transpose if transpose else butterfly_multiply
+        for case in [(1, 1, 1, 64, 32), (3, 1, 3, 32, 48), (2, 2, 1, 32, 16), (1, 1, 1, 128, 100)]:
+            _assert_fused_matches_reference(op, dtype, increasing_stride, *case, tol=1e-10 if dtype == torch.float64 else 1e-5)
+    finally:
+        numba.set_num_threads(threads)
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
@@ -92,7 +115,7 @@ def test_fused_backward_recomputes_in_segments_when_few_inputs_fit(dtype, stacks
         n, batch = 256, 512  # large enough that the cache budget, not the memory cap, binds
         tw = random_twiddle(stacks, 1, n, dtype).requires_grad_(True)
         x = torch.randn(batch, 1, n, dtype=dtype).requires_grad_(True)
-        chunk = min(batch, butterfly_cpu.BACKWARD_TARGET_ITERATIONS * butterfly_cpu._backward_rows_multiple(x))
+        chunk = min(batch, 2 * butterfly_cpu._backward_rows_multiple(x))  # segments: chunks of 1-2 iterations
         buffers = (1 if stacks == 1 else 2) + 2  # the adjoint, act[0] unless in grad_x, two inputs
         monkeypatch.setattr(butterfly_cpu, "BACKWARD_CHUNK_BYTES", buffers * chunk * n * x.element_size())
         _, planned_chunk, _, kept, x_in_grad = butterfly_cpu._backward_plan(tw, x, True, False)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from structmat.ops.simd import VECTOR_BYTES, tile_size, transpose_tile
+from structmat.ops.simd import VECTOR_BYTES, fused_levels, tile_size, transpose_tile, transpose_tile_butterfly
 
 
 @njit
@@ -27,6 +27,44 @@ def test_transpose_tile_matches_numpy(dtype):
     expected = np.zeros_like(dst)
     expected[2 : 2 + t, 7 : 7 + t] = src[1 : 1 + t, 3 : 3 + t].T
     np.testing.assert_array_equal(dst, expected)
+
+
+@njit
+def _one_tile_butterfly(src, src_offset, src_stride, dst, dst_offset, dst_stride, tw, tw_offset, level_stride, transposed):
+    transpose_tile_butterfly(src, src_offset, src_stride, dst, dst_offset, dst_stride, tw, tw_offset, level_stride, transposed)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_transpose_tile_butterfly_matches_numpy(dtype, transposed):
+    """The tile of features f0 .. f0 + T - 1 of T rows, transposed, then factors of strides 1, 2,
+    ..., T/2 with the blocks of pairs f0/2 + p (level l at l * level_stride), written as 2 x 2
+    matrices applied to NumPy arrays."""
+    t, levels = tile_size(dtype), fused_levels(dtype)
+    n, f0 = 4 * t, t
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((t + 2, n)).astype(dtype)
+    tw = rng.standard_normal((levels + 1, n // 2, 2, 2)).astype(dtype)
+    dst = np.zeros((t, t + 3), dtype)
+    level_stride = n // 2 * 4
+    _one_tile_butterfly(x, 2 * n + f0, n, dst, 3, dst.shape[1], tw.reshape(-1), f0 // 2 * 4, level_stride, transposed)
+    expected = x[2 : 2 + t, f0 : f0 + t].T.astype(np.float64)  # rows: features, columns: batch rows
+    for level in range(levels):
+        h = 1 << level
+        out = expected.copy()
+        for p in range(t // 2):
+            i = (p // h) * 2 * h + p % h
+            block = tw[level, f0 // 2 + p].astype(np.float64)
+            block = block.T if transposed else block
+            out[i], out[i + h] = block @ np.stack([expected[i], expected[i + h]])
+        expected = out
+    np.testing.assert_allclose(dst[:, 3:], expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+    assert not dst[:, :3].any()
+
+
+def test_fused_levels_only_for_real_dtypes():
+    assert (fused_levels(np.float32), fused_levels(np.float64)) == (4, 3)
+    assert fused_levels(np.complex64) == fused_levels(np.complex128) == 0
 
 
 def test_transpose_tile_rejects_integer_arrays():

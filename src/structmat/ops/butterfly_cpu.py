@@ -61,8 +61,8 @@ MIN_CHUNK = 96
 BACKWARD_CHUNK_BYTES = 32 << 20
 #: most memory the backward allocates (input gradient + all threads' scratch + twiddle-gradient
 #: partials), in multiples of the input's size: issue 3's "extra peak memory <= 3x the input" (the
-#: scratch gets what the other two leave; chunks never drop below MIN_BACKWARD_CHUNK rows, so tiny
-#: batches can exceed it)
+#: scratch gets what the other two leave; chunks never drop below MIN_BACKWARD_CHUNK rows and keep
+#: at least two step inputs, so tiny batches can exceed it)
 BACKWARD_EXTRA_X_INPUT = 2.95
 #: fewest rows per backward chunk
 MIN_BACKWARD_CHUNK = 16
@@ -213,7 +213,8 @@ def _radix4_backward(act, g, t1, gt1, h1, t2, gt2, h2, cols, transposed):
 
 @njit(cache=True, inline="always")
 def _tile(buf):
-    """Side of the register tiles :func:`_load` and :func:`_store` transpose (64 bytes of elements)."""
+    """Side of the register tiles :func:`_load` and :func:`_store` transpose (64 bytes of elements;
+    :func:`structmat.ops.simd.tile_size` inside compiled code)."""
     return VECTOR_BYTES // buf.itemsize
 
 
@@ -254,7 +255,9 @@ def _load_fused(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, tra
 
 def _load_first(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed, fused):
     """:func:`_load_fused` when ``fused > 0`` and the chunk is whole tiles, else :func:`_load`;
-    whether the first factors were applied (complex dtypes: always :func:`_load`)."""
+    whether the first factors were applied (complex dtypes: always :func:`_load`). The body is
+    empty on purpose: Numba compiles the implementation :func:`_load_first_numba` picks per dtype
+    (the register kernel exists for real dtypes only)."""
 
 
 @overload(_load_first)
@@ -322,8 +325,9 @@ def _step_forward(src, dst, tw, blocks, levels, strides, first, size, cols, tran
 def _forward_chunks(tw, x, out, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk, fused, fused_offset, fused_stride, rest_firsts, rest_sizes):
     """Worker ``w`` runs chunks ``w, w + W, ...`` in its ping-pong buffers ``scratch[w]``
     ``(2, N, chunk)`` (distinct source and target). With ``fused > 0`` (:func:`_fused_load_plan`),
-    chunks of whole tiles apply the first ``fused`` factors while loading (:func:`_load_fused`)
-    and then the steps ``rest_*``; the last, partial chunk runs every step."""
+    chunks of whole tiles (all but a partial last chunk, :func:`_chunk_size`) apply the first
+    ``fused`` factors while loading (:func:`_load_fused`) and then the steps ``rest_*``; other
+    chunks run every step."""
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     n_chunks = (batch + chunk - 1) // chunk
@@ -459,8 +463,8 @@ def _steps(strides: list[int], start: int) -> tuple[list[int], list[int]]:
 @functools.lru_cache(maxsize=256)
 def _fused_load_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: np.dtype):
     """``(fused, first_offset, level_stride, firsts, sizes)`` for :func:`_load_fused`: when the first
-    ``fused = fused_levels(dtype)`` factors have strides ``1, 2, ..., T/2`` (an increasing butterfly,
-    or a transposed decreasing one), they are applied while the chunk is transposed in; the steps
+    ``fused = fused_levels(dtype)`` factors have strides ``1, 2, ..., T/2`` (in application order:
+    e.g. one increasing butterfly, or one decreasing butterfly transposed), they are applied while the chunk is transposed in; the steps
     ``(firsts, sizes)`` cover the other factors. ``first_offset`` and ``level_stride`` locate the
     fused factors in one stack's flat twiddle. ``fused = 0``: no fused load (complex dtypes, small
     ``N``, other schedules)."""
@@ -492,7 +496,7 @@ def _workspace(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -
     system on free (its trim/mmap thresholds) and every call then pays page faults for it -- in a
     training loop, whose forward and backward allocate several input-sized tensors between
     kernel calls, that doubled the measured forward+backward time (docs/benchmarks.md,
-    "Butterfly")."""
+    "Butterfly (history, sessions before s14)")."""
     numel = math.prod(shape)
     if numel * dtype.itemsize > WORKSPACE_MAX_BYTES:
         return _aligned_empty(numel, dtype).reshape(shape)
@@ -519,11 +523,12 @@ def _aligned_empty(numel: int, dtype: np.dtype) -> np.ndarray:
 
 def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int, workers: int, multiple: int = 16) -> int:
     """Rows per chunk: about ``budget`` bytes of scratch (rounded down to a ``multiple`` of rows:
-    whole SIMD vectors), at least ``minimum`` rows (long SIMD loops), at most an equal share of the
-    batch per worker (so every thread gets work)."""
+    whole SIMD vectors and register tiles), at least ``minimum`` rows (long SIMD loops), at most an
+    equal share of the batch per worker rounded up to the ``multiple`` (so every thread gets work
+    and every chunk but the last is whole tiles, see :func:`_load_fused`)."""
     chunk = max(minimum, budget // max(1, row_bytes) // multiple * multiple)
     share = -(-batch // workers)
-    chunk = min(chunk, -(-share // 8) * 8)
+    chunk = min(chunk, -(-share // multiple) * multiple)
     return max(1, min(chunk, batch))
 
 
@@ -557,14 +562,21 @@ def _backward_rows_multiple(x: torch.Tensor) -> int:
     return max(8, BACKWARD_LOOP_BYTES // x.element_size())
 
 
+#: widest backward chunk in vector-loop iterations (:func:`_backward_rows_multiple` rows each)
+BACKWARD_TARGET_ITERATIONS = 4
+
+
 def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool):
     """Schedule, chunk, worker count, stored step inputs ``kept`` and ``x_in_grad`` of the
     backward (:func:`_backward_chunks`). Every backward allocation -- input gradient, the workers'
     buffers of ``N x chunk`` and twiddle-gradient partials -- stays within
     :data:`BACKWARD_EXTRA_X_INPUT` times the input (memory), each worker's buffers within
-    :data:`BACKWARD_CHUNK_BYTES` (cache). The chunk is the largest whole number of vector-loop
-    iterations, up to :data:`BACKWARD_TARGET_ITERATIONS`, for which at least half of the step inputs
-    (at least 2) fit; smaller chunks keep all of them; never below :data:`MIN_BACKWARD_CHUNK`."""
+    :data:`BACKWARD_CHUNK_BYTES` (cache). From :data:`BACKWARD_TARGET_ITERATIONS` vector-loop
+    iterations down, the chunk is the widest for which all step inputs fit, or -- at one or two
+    iterations, where wider chunks pay most (module docstring) -- at least half of them (at least
+    2); at :data:`MIN_BACKWARD_CHUNK` rows any 2 will do. Wider chunks that keep fewer inputs lose
+    to the extra recomputation (n = 16384, batch 1024: 128 rows keeping 3 of 6 inputs 77 ms, 64 rows
+    keeping all 63 ms). Only when not even that fits (tiny batches) is the cap exceeded."""
     n_blocks, _, half = twiddle.shape[1:4]
     n, batch = 2 * half, x.shape[0]
     plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
@@ -580,24 +592,23 @@ def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
         share = -(-batch // workers)
         chunk = max(1, min(batch, -(-share // 8) * 8, BACKWARD_TARGET_ITERATIONS * multiple))
         while True:
-            kept = min(inputs, budget // (chunk * buffer_row) - fixed)
-            if kept >= inputs or (kept >= max(2, -(-inputs // 2)) and chunk >= multiple):
-                break
-            smaller = max(MIN_BACKWARD_CHUNK, (chunk - 1) // multiple * multiple) if chunk > multiple else chunk // 2
-            if smaller < MIN_BACKWARD_CHUNK or smaller >= chunk:
+            fit = budget // (chunk * buffer_row) - fixed
+            smallest = chunk <= MIN_BACKWARD_CHUNK
+            if fit >= inputs:
                 kept = inputs
                 break
-            chunk = smaller
-        kept = max(kept, min(inputs, 1))
-        if workers * (chunk * buffer_row * (fixed + kept)) + partial_bytes <= cap:
+            if fit >= max(2, -(-inputs // 2)) and multiple <= chunk <= 2 * multiple or smallest and fit >= 2:
+                kept = fit
+                break
+            if smallest:
+                kept = inputs  # over the cap: tiny batches
+                break
+            chunk = max(MIN_BACKWARD_CHUNK, (chunk - 1) // multiple * multiple if chunk > multiple else chunk // 2)
+        if workers * chunk * buffer_row * (fixed + kept) + partial_bytes <= cap:
             break
     n_chunks = -(-batch // chunk) if batch else 0
     workers = max(1, min(workers, n_chunks))
-    return plan, chunk, workers, max(kept, 1), x_in_grad
-
-
-#: widest backward chunk in vector-loop iterations (:func:`_backward_rows_multiple` rows each)
-BACKWARD_TARGET_ITERATIONS = 4
+    return plan, chunk, workers, max(kept, 1), x_in_grad  # kept >= 1: the slot arithmetic divides by it
 
 
 def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> int:

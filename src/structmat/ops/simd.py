@@ -61,6 +61,37 @@ def _unit(dtype: types.Type) -> tuple[ir.Type, int, int]:
     raise TypeError(f"transpose_tile: expected float or complex arrays, got {dtype}")
 
 
+def _int64_args(context, builder, signature, args, positions):
+    """The arguments at ``positions`` cast to int64 (offsets and strides)."""
+    return [context.cast(builder, args[i], signature.args[i], types.int64) for i in positions]
+
+
+def _data(context, builder, signature, args, position):
+    """The data pointer of the array argument at ``position``."""
+    return context.make_array(signature.args[position])(context, builder, args[position]).data
+
+
+def _row_pointers(builder, data, unit, k, offset, stride, vector):
+    """Pointers to the ``T`` row vectors at elements ``offset + r stride`` (``k`` units each)."""
+    data = builder.bitcast(data, unit.as_pointer())
+    i64 = ir.IntType(64)
+    pointers = []
+    for r in range(vector.count // k):
+        index = builder.mul(builder.add(offset, builder.mul(stride, ir.Constant(i64, r))), ir.Constant(i64, k))
+        pointers.append(builder.bitcast(builder.gep(data, [index]), vector.as_pointer()))
+    return pointers
+
+
+def _transpose_rows(builder, rows, T, k):
+    """The shuffle network of the module docstring on ``rows`` (``T`` vectors of ``T k`` units)."""
+    mask_type = ir.VectorType(ir.IntType(32), T * k)
+    for i, j, low, high in _network(T, k):
+        a, b = rows[i], rows[j]
+        rows[i] = builder.shuffle_vector(a, b, ir.Constant(mask_type, low))
+        rows[j] = builder.shuffle_vector(a, b, ir.Constant(mask_type, high))
+    return rows
+
+
 @intrinsic
 def transpose_tile(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride):
     """``dst[dst_offset + j * dst_stride + i] = src[src_offset + i * src_stride + j]`` for
@@ -71,35 +102,17 @@ def transpose_tile(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_
     unit, k, unit_bytes = _unit(src.dtype)
     T = VECTOR_BYTES // (k * unit_bytes)
     vector = ir.VectorType(unit, T * k)
-    mask_type = ir.VectorType(ir.IntType(32), T * k)
-    stages = _network(T, k)
     sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride)
 
     def codegen(context, builder, signature, args):
-        src_v, src_off, src_str, dst_v, dst_off, dst_str = args
-        i64 = ir.IntType(64)
-        src_off, src_str, dst_off, dst_str = (
-            context.cast(builder, value, ty, types.int64) for value, ty in zip((src_off, src_str, dst_off, dst_str), signature.args[1:3] + signature.args[4:6])
-        )
-        src_data = builder.bitcast(context.make_array(signature.args[0])(context, builder, src_v).data, unit.as_pointer())
-        dst_data = builder.bitcast(context.make_array(signature.args[3])(context, builder, dst_v).data, unit.as_pointer())
-        rows = []
-        for r in range(T):
-            index = builder.mul(builder.add(src_off, builder.mul(src_str, ir.Constant(i64, r))), ir.Constant(i64, k))
-            pointer = builder.bitcast(builder.gep(src_data, [index]), vector.as_pointer())
-            rows.append(builder.load(pointer, align=unit_bytes))
-        for i, j, low, high in stages:
-            a, b = rows[i], rows[j]
-            rows[i] = builder.shuffle_vector(a, b, ir.Constant(mask_type, low))
-            rows[j] = builder.shuffle_vector(a, b, ir.Constant(mask_type, high))
-        for r in range(T):
-            index = builder.mul(builder.add(dst_off, builder.mul(dst_str, ir.Constant(i64, r))), ir.Constant(i64, k))
-            pointer = builder.bitcast(builder.gep(dst_data, [index]), vector.as_pointer())
-            builder.store(rows[r], pointer, align=unit_bytes)
+        src_off, src_str, dst_off, dst_str = _int64_args(context, builder, signature, args, (1, 2, 4, 5))
+        loads = _row_pointers(builder, _data(context, builder, signature, args, 0), unit, k, src_off, src_str, vector)
+        rows = _transpose_rows(builder, [builder.load(p, align=unit_bytes) for p in loads], T, k)
+        for row, pointer in zip(rows, _row_pointers(builder, _data(context, builder, signature, args, 3), unit, k, dst_off, dst_str, vector)):
+            builder.store(row, pointer, align=unit_bytes)
         return context.get_dummy_value()
 
     return sig, codegen
-
 
 
 def _contract(instruction):
@@ -134,30 +147,16 @@ def transpose_tile_butterfly(typingctx, src, src_offset, src_stride, dst, dst_of
     T = VECTOR_BYTES // unit_bytes
     levels = T.bit_length() - 1
     vector = ir.VectorType(unit, T)
-    mask_type = ir.VectorType(ir.IntType(32), T)
-    stages = _network(T, 1)
     sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, twiddle, twiddle_offset, level_stride, transposed)
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
-        src_v, src_off, src_str, dst_v, dst_off, dst_str, tw_v, tw_off, lvl_str, flip = args
-        src_off, src_str, dst_off, dst_str, tw_off, lvl_str = (
-            context.cast(builder, value, ty, types.int64)
-            for value, ty in zip((src_off, src_str, dst_off, dst_str, tw_off, lvl_str), signature.args[1:3] + signature.args[4:6] + signature.args[7:9])
-        )
-        flip = context.cast(builder, flip, signature.args[9], types.boolean)
-        src_data = context.make_array(signature.args[0])(context, builder, src_v).data
-        dst_data = context.make_array(signature.args[3])(context, builder, dst_v).data
-        tw_data = context.make_array(signature.args[6])(context, builder, tw_v).data
-        rows = []
-        for r in range(T):
-            index = builder.add(src_off, builder.mul(src_str, ir.Constant(i64, r)))
-            rows.append(builder.load(builder.bitcast(builder.gep(src_data, [index]), vector.as_pointer()), align=unit_bytes))
-        for i, j, low, high in stages:
-            a, b = rows[i], rows[j]
-            rows[i] = builder.shuffle_vector(a, b, ir.Constant(mask_type, low))
-            rows[j] = builder.shuffle_vector(a, b, ir.Constant(mask_type, high))
-        zeros = ir.Constant(mask_type, [0] * T)
+        src_off, src_str, dst_off, dst_str, tw_off, lvl_str = _int64_args(context, builder, signature, args, (1, 2, 4, 5, 7, 8))
+        flip = context.cast(builder, args[9], signature.args[9], types.boolean)
+        tw_data = _data(context, builder, signature, args, 6)
+        loads = _row_pointers(builder, _data(context, builder, signature, args, 0), unit, 1, src_off, src_str, vector)
+        rows = _transpose_rows(builder, [builder.load(p, align=unit_bytes) for p in loads], T, 1)
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), T), [0] * T)
         undef = ir.Constant(vector, ir.Undefined)
 
         def broadcast(index):
@@ -177,9 +176,8 @@ def transpose_tile_butterfly(typingctx, src, src_offset, src_stride, dst, dst_of
                 lo, hi = rows[i], rows[j]
                 rows[i] = _contract(builder.fadd(_contract(builder.fmul(a, lo)), _contract(builder.fmul(b, hi))))
                 rows[j] = _contract(builder.fadd(_contract(builder.fmul(c, lo)), _contract(builder.fmul(d, hi))))
-        for r in range(T):
-            index = builder.add(dst_off, builder.mul(dst_str, ir.Constant(i64, r)))
-            builder.store(rows[r], builder.bitcast(builder.gep(dst_data, [index]), vector.as_pointer()), align=unit_bytes)
+        for row, pointer in zip(rows, _row_pointers(builder, _data(context, builder, signature, args, 3), unit, 1, dst_off, dst_str, vector)):
+            builder.store(row, pointer, align=unit_bytes)
         return context.get_dummy_value()
 
     return sig, codegen
