@@ -1,10 +1,13 @@
-"""Register transposition (:mod:`structmat.ops.simd`) against NumPy, every dtype the kernels use."""
+"""The LLVM-level helpers of :mod:`structmat.ops.simd`: register transposition against NumPy (every
+dtype the kernels use), arrays over tensor memory."""
 
 import numpy as np
 import pytest
+import torch
 from numba import njit
 
-from structmat.ops.simd import VECTOR_BYTES, fused_levels, tile_size, transpose_tile, transpose_tile_butterfly
+from structmat.ops.backend import tensor_address
+from structmat.ops.simd import VECTOR_BYTES, array_at, fused_levels, tile_size, transpose_tile, transpose_tile_butterfly
 
 
 @njit
@@ -70,3 +73,30 @@ def test_fused_levels_only_for_real_dtypes():
 def test_transpose_tile_rejects_integer_arrays():
     with pytest.raises(Exception, match="float or complex"):
         _one_tile(np.zeros((16, 16), np.int32), 0, 16, np.zeros((16, 16), np.int32), 0, 16)
+
+
+@njit
+def _doubled(at, like):
+    array = array_at(at, like)
+    array *= 2
+    return array.shape
+
+
+def test_array_at_views_the_tensor_memory():
+    t = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    assert _doubled(tensor_address(t), np.empty(0, np.float64)) == (3, 4)
+    assert torch.equal(t, 2 * torch.arange(12, dtype=torch.float64).reshape(3, 4))
+
+
+def test_tensor_address_rejects_views_the_kernels_cannot_read():
+    t = torch.randn(4, 6)
+    for bad in (t.T, t[:, ::2], torch.randn(3, dtype=torch.complex64).conj()):
+        with pytest.raises(ValueError, match="contiguous CPU tensor"):
+            tensor_address(bad)
+
+
+def test_fused_kernels_reject_mixed_dtypes():
+    from structmat.ops.butterfly_cpu import butterfly_forward_cpu
+
+    with pytest.raises(TypeError, match="one dtype"):
+        butterfly_forward_cpu(torch.randn(1, 1, 2, 2, 2, 2), torch.randn(3, 1, 4, dtype=torch.float64), True, False)

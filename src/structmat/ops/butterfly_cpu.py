@@ -43,10 +43,10 @@ from numba import njit, prange
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
-from .backend import numpy_view
+from .backend import numpy_dtype, tensor_address
 from .butterfly import FUSED_BACKENDS, butterfly_schedule
 from .numba_rows import compile_variant
-from .simd import VECTOR_BYTES, fused_levels, tile_size, transpose_tile, transpose_tile_butterfly
+from .simd import VECTOR_BYTES, array_at, fused_levels, tile_size, transpose_tile, transpose_tile_butterfly
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 #: target size in bytes of one chunk's two ping-pong buffers (about the L2 size)
@@ -322,12 +322,13 @@ def _step_forward(src, dst, tw, blocks, levels, strides, first, size, cols, tran
         _radix2(src, dst, t1, strides[first], cols, transposed)
 
 
-def _forward_chunks(tw, x, out, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk, fused, fused_offset, fused_stride, rest_firsts, rest_sizes):
+def _forward_chunks(tw_at, x_at, out_at, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk, fused, fused_offset, fused_stride, rest_firsts, rest_sizes):
     """Worker ``w`` runs chunks ``w, w + W, ...`` in its ping-pong buffers ``scratch[w]``
     ``(2, N, chunk)`` (distinct source and target). With ``fused > 0`` (:func:`_fused_load_plan`),
     chunks of whole tiles (all but a partial last chunk, :func:`_chunk_size`) apply the first
     ``fused`` factors while loading (:func:`_load_fused`) and then the steps ``rest_*``; other
-    chunks run every step."""
+    chunks run every step. Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
+    tw, x, out = array_at(tw_at, scratch), array_at(x_at, scratch), array_at(out_at, scratch)
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     n_chunks = (batch + chunk - 1) // chunk
@@ -384,7 +385,7 @@ def _step_backward(act, g, tw, gtw, blocks, levels, strides, first, size, cols, 
         _radix2_backward(act, g, tw[b1, l1], gtw[b1, l1], strides[first], cols, transposed)
 
 
-def _backward_chunks(tw, x, grad, grad_tw, grad_tw_parts, grad_x, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk, kept, x_in_grad):
+def _backward_chunks(tw_at, x_at, grad_at, grad_tw_at, grad_tw_parts, grad_x_at, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk, kept, x_in_grad):
     """Worker ``w`` runs chunks ``w, w + W, ...`` in ``scratch[w]`` ``(buffers, N, chunk)``: buffer 0
     the adjoint, buffers ``1 .. kept`` step inputs, and (unless ``x_in_grad``) one more for the
     chunk's input ``act[0]``; with ``x_in_grad`` (a single stack) ``act[0]`` lives in the chunk's
@@ -395,7 +396,10 @@ def _backward_chunks(tw, x, grad, grad_tw, grad_tw_parts, grad_x, scratch, block
     1`` all at once (one recomputation), with fewer buffers the lower segments are recomputed again
     -- a few more flops for twice the rows per chunk, whose per-pair twiddle-gradient reductions
     then cost half as much (module docstring). Twiddle gradients: worker 0 sums into ``grad_tw``,
-    worker ``w > 0`` into ``grad_tw_parts[w - 1]`` (each zeroed first)."""
+    worker ``w > 0`` into ``grad_tw_parts[w - 1]`` (each zeroed first), added to ``grad_tw`` at the
+    end. Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
+    tw, x, grad = array_at(tw_at, scratch), array_at(x_at, scratch), array_at(grad_at, scratch)
+    grad_tw, grad_x = array_at(grad_tw_at, scratch), array_at(grad_x_at, scratch)
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     steps = firsts.shape[0]
@@ -427,6 +431,8 @@ def _backward_chunks(tw, x, grad, grad_tw, grad_tw_parts, grad_x, scratch, block
                         _step_backward(act, g, tw[s], gt[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
                     top = low - 1
                 _store(grad_x, g, row0, cols, s if stacks_in > 1 else 0, stacks_in == 1 and s > 0)
+    for part in range(workers - 1):
+        grad_tw += grad_tw_parts[part]
 
 
 # Each kernel is compiled twice: parallel over chunks, and serial for a single chunk (small
@@ -534,6 +540,7 @@ def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int, workers: 
 
 def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
     """Fused forward: ``x`` ``(B, S_in, N)`` -> ``(B, S, N)`` (see :mod:`structmat.ops.butterfly`)."""
+    _same_dtype(twiddle, x)
     stacks, n_blocks, _, half = twiddle.shape[:4]
     n = 2 * half
     batch = x.shape[0]
@@ -543,11 +550,12 @@ def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_str
     plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
     chunk = _chunk_size(batch, 2 * n * x.element_size(), CHUNK_BYTES, MIN_CHUNK, numba.get_num_threads())
     workers = min(numba.get_num_threads(), -(-batch // chunk))
-    x_view = numpy_view(x)
-    scratch = _workspace((workers, 2, n, chunk), x_view.dtype)
-    fused = _fused_load_plan(n, n_blocks, increasing_stride, transpose, x_view.dtype)
+    dtype = numpy_dtype(x.dtype)
+    scratch = _workspace((workers, 2, n, chunk), dtype)
+    fused = _fused_load_plan(n, n_blocks, increasing_stride, transpose, dtype)
     kernel = _forward_parallel if workers > 1 else _forward_serial
-    kernel(numpy_view(twiddle), x_view, numpy_view(out), scratch, *plan, bool(transpose), chunk, *fused)
+    twiddle, x = _plain(twiddle), _plain(x)
+    kernel(tensor_address(twiddle), tensor_address(x), tensor_address(out), scratch, *plan, bool(transpose), chunk, *fused)
     return out
 
 
@@ -625,24 +633,36 @@ def butterfly_backward_cpu(
     twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring)."""
+    _same_dtype(twiddle, x)
     plan, chunk, workers, kept, x_in_grad = _backward_plan(twiddle, x, increasing_stride, transpose)
     grad_twiddle = torch.empty(twiddle.shape, dtype=twiddle.dtype)
     grad_x = torch.empty(x.shape, dtype=x.dtype)
     if not x.shape[0]:
         return grad_twiddle.zero_(), grad_x
-    # the partials are zeroed by the kernel's workers and added up by NumPy: no torch op (whose
-    # OpenMP pool would spin against Numba's) runs between the two kernels of a training step
-    x_view, grad_twiddle_view = numpy_view(x), numpy_view(grad_twiddle)
-    parts = _workspace((workers - 1,) + tuple(twiddle.shape), x_view.dtype, slot="partials")
-    scratch = _workspace((workers, 1 + kept + (0 if x_in_grad else 1), x.shape[2], chunk), x_view.dtype)
+    # the partials are zeroed and added up inside the kernel: no torch op (whose OpenMP pool would
+    # spin against Numba's) runs between the two kernels of a training step
+    dtype = numpy_dtype(x.dtype)
+    parts = _workspace((workers - 1,) + tuple(twiddle.shape), dtype, slot="partials")
+    scratch = _workspace((workers, 1 + kept + (0 if x_in_grad else 1), x.shape[2], chunk), dtype)
     kernel = _backward_parallel if workers > 1 else _backward_serial
+    twiddle, x, grad = _plain(twiddle), _plain(x), _plain(grad.to(x.dtype))
     kernel(
-        numpy_view(twiddle), x_view, numpy_view(grad.to(x.dtype)), grad_twiddle_view, parts, numpy_view(grad_x), scratch,
-        *plan, bool(transpose), chunk, kept, x_in_grad,
+        tensor_address(twiddle), tensor_address(x), tensor_address(grad), tensor_address(grad_twiddle), parts,
+        tensor_address(grad_x), scratch, *plan, bool(transpose), chunk, kept, x_in_grad,
     )
-    for part in parts:
-        np.add(grad_twiddle_view, part, out=grad_twiddle_view)
     return grad_twiddle, grad_x
+
+
+def _same_dtype(twiddle: torch.Tensor, x: torch.Tensor) -> None:
+    """The kernels read every tensor with one dtype (:func:`array_at`); callers promote first."""
+    if twiddle.dtype != x.dtype:
+        raise TypeError(f"twiddle and x: expected one dtype (promote first), got {twiddle.dtype} and {x.dtype}")
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous, without lazy conjugate or negative bits (what :func:`tensor_address`
+    needs; a no-op for the usual inputs)."""
+    return t.resolve_conj().resolve_neg().contiguous()
 
 
 FUSED_BACKENDS["cpu"] = (butterfly_forward_cpu, butterfly_backward_cpu)

@@ -1,4 +1,5 @@
-"""Register-level transposition for Numba kernels (LLVM vector shuffles).
+"""LLVM-level helpers for the Numba kernels: register-level transposition (vector shuffles) and
+arrays over raw tensor memory.
 
 Numba has no SIMD types, and LLVM's vectorisers do not turn a scalar tile copy into a transposition
 network, so a tile transposed element by element costs a load and a store per element (about 1.5
@@ -15,17 +16,42 @@ of row ``i`` and keeps its own last ``d``. That swaps the off-diagonal ``d x d``
 
 Used by :mod:`structmat.ops.butterfly_cpu` to move a chunk of the batch between the ``(B, N)``
 layout and the kernels' ``(N, C)`` layout (the batch as the SIMD dimension).
+
+:func:`array_at` rebuilds, inside compiled code, an array over a tensor's memory from its address
+and shape (:func:`structmat.ops.backend.tensor_address`), cheaper per call than exporting the
+tensor to NumPy.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 #: bytes of one row of a tile (one AVX-512 register; LLVM splits it on narrower machines)
 VECTOR_BYTES = 64
+
+
+@intrinsic
+def _void_pointer(typingctx, address):
+    """An integer address as ``void*``."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
+@njit(cache=True, inline="always")
+def array_at(at, like):
+    """The C-contiguous array of ``like``'s dtype at ``at = (address, shape)``
+    (:func:`structmat.ops.backend.tensor_address`)."""
+    return numba.carray(_void_pointer(at[0]), at[1], like.dtype)
 
 
 def tile_size(dtype) -> int:
