@@ -85,6 +85,22 @@ def test_fused_load_path_matches_reference_on_one_thread(dtype, increasing_strid
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("workers", [2, 3])
+def test_fused_kernels_with_several_workers(dtype, workers, monkeypatch):
+    """The parallel builds with 2 and 3 workers (the test workers run one Numba thread each, so the
+    workers' chunks run one after another: chunk distribution, per-worker scratch and the summed
+    twiddle partials are checked, not the threading), one and two stacks, plain and segmented
+    backward plans, whole-tile and partial chunks."""
+    from structmat.ops import butterfly_cpu
+
+    monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: workers)
+    tol = 1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5
+    for case in [(1, 1, 1, 64, 96), (2, 1, 1, 32, 70), (1, 1, 1, 256, 300), (1, 1, 1, 1024, 256), (2, 1, 1, 64, 512)]:
+        _assert_fused_matches_reference(butterfly_multiply, dtype, True, *case, tol=tol)
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 def test_fused_load_plan_applies_to_real_dtypes_with_small_strides_first():
     from structmat.ops.butterfly_cpu import _fused_load_plan
 
