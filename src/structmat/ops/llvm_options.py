@@ -1,7 +1,7 @@
 """LLVM code-generation options for structmat's Numba kernels, set once when :mod:`structmat.ops`
 is imported (before any kernel is compiled).
 
-``--hoist-runtime-checks=false``: when LLVM (17 and later) vectorises an inner loop that needs a
+``--hoist-runtime-checks=false``: when LLVM (18 and later) vectorises an inner loop that needs a
 run-time aliasing check, it hoists that check out of the enclosing loop by widening every pointer's
 range to the whole outer iteration space. In a butterfly step the inner loop runs over the batch
 (the SIMD dimension) and the outer loop over groups of rows; widened over all groups, the ranges
