@@ -101,6 +101,32 @@ def test_fused_kernels_with_several_workers(dtype, workers, monkeypatch):
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+def test_fused_backends_check_their_operands():
+    """The kernels do no bounds checks: direct calls with mismatched dtypes or shapes get clear
+    errors instead of reading or writing past a tensor."""
+    from structmat.ops.butterfly_cpu import butterfly_backward_cpu, butterfly_forward_cpu
+
+    tw = random_twiddle(1, 1, 16, torch.float64)
+    with pytest.raises(TypeError, match="one dtype"):
+        butterfly_forward_cpu(tw.float(), torch.randn(3, 1, 16, dtype=torch.float64), True, False)
+    with pytest.raises(ValueError, match="^x: expected shape"):
+        butterfly_forward_cpu(tw, torch.randn(4, 1, 8, dtype=torch.float64), True, False)
+    with pytest.raises(ValueError, match="^x: expected shape"):
+        butterfly_backward_cpu(tw, torch.randn(4, 2, 16, dtype=torch.float64), torch.randn(4, 1, 16, dtype=torch.float64), True, False)
+    with pytest.raises(ValueError, match="^grad: expected shape"):
+        butterfly_backward_cpu(tw, torch.randn(4, 1, 16, dtype=torch.float64), torch.randn(4, 1, 8, dtype=torch.float64), True, False)
+
+
+def test_half_precision_runs_the_reference():
+    tw = random_twiddle(1, 1, 16, torch.float64)
+    x = torch.randn(5, 16, dtype=torch.float64)
+    for dtype in (torch.float16, torch.bfloat16):
+        y = butterfly_multiply(tw.to(dtype), x.to(dtype))
+        assert y.dtype == dtype
+        assert rel_error(y, butterfly_multiply(tw, x)) <= 2e-2
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 def test_fused_load_plan_applies_to_real_dtypes_with_small_strides_first():
     from structmat.ops.butterfly_cpu import _fused_load_plan
 

@@ -91,12 +91,6 @@ def test_array_at_views_the_tensor_memory():
 def test_tensor_address_rejects_views_the_kernels_cannot_read():
     t = torch.randn(4, 6)
     for bad in (t.T, t[:, ::2], torch.randn(3, dtype=torch.complex64).conj()):
-        with pytest.raises(ValueError, match="contiguous CPU tensor"):
-            tensor_address(bad)
+        with pytest.raises(ValueError, match="^t: expected a contiguous CPU tensor"):
+            tensor_address(bad, "t")
 
-
-def test_fused_kernels_reject_mixed_dtypes():
-    from structmat.ops.butterfly_cpu import butterfly_forward_cpu
-
-    with pytest.raises(TypeError, match="one dtype"):
-        butterfly_forward_cpu(torch.randn(1, 1, 2, 2, 2, 2), torch.randn(3, 1, 4, dtype=torch.float64), True, False)

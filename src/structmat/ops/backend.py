@@ -59,21 +59,27 @@ def numpy_view(t: torch.Tensor) -> np.ndarray:
     return np.from_dlpack(t.detach().resolve_conj().contiguous())
 
 
-def tensor_address(t: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+def tensor_address(t: torch.Tensor, name: str = "tensor") -> tuple[int, tuple[int, ...]]:
     """``(data address, shape)`` of a contiguous CPU tensor with no lazy conjugate or negative bit,
     for compiled kernels that rebuild the array from them (:func:`structmat.ops.simd.array_at`):
     ~0.2 µs per tensor against ~2.6 µs for :func:`numpy_view`'s DLPack export, which matters for
     the kernels' per-call overhead. The caller keeps ``t`` alive during the call."""
     if t.device.type != "cpu" or t.is_conj() or t.is_neg() or not t.is_contiguous():
-        raise ValueError(f"tensor_address: expected a contiguous CPU tensor without lazy conjugation, got {t.device} {tuple(t.shape)} stride {t.stride()}")
+        raise ValueError(f"{name}: expected a contiguous CPU tensor without lazy conjugation, got {t.device} {tuple(t.shape)} stride {t.stride()}")
     return t.data_ptr(), tuple(t.shape)
 
 
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64), torch.complex64: np.dtype(np.complex64), torch.complex128: np.dtype(np.complex128)}
 
 
+#: torch dtypes the compiled kernels support
+KERNEL_DTYPES = tuple(_NUMPY_DTYPES)
+
+
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    """The NumPy dtype of a floating or complex torch dtype."""
+    """The NumPy dtype of a :data:`KERNEL_DTYPES` torch dtype."""
+    if dtype not in _NUMPY_DTYPES:
+        raise TypeError(f"dtype: the compiled kernels take float32, float64, complex64 or complex128, got {dtype}")
     return _NUMPY_DTYPES[dtype]
 
 

@@ -57,7 +57,7 @@ import torch
 
 from ..core.errors import describe
 from ..core.sizes import is_power_of_two
-from .backend import choose, numba_available
+from .backend import KERNEL_DTYPES, choose, numba_available
 
 #: Fused backends by device type: ``(forward, backward)`` with
 #: ``forward(twiddle, x, increasing_stride, transpose) -> out`` and
@@ -271,7 +271,8 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
     dtype = torch.promote_types(twiddle.dtype, x.dtype)
     twiddle, x = twiddle.to(dtype), x.to(dtype)
     backend = choose(twiddle, x)
-    if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0:
+    if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0 or (backend == "cpu" and dtype not in KERNEL_DTYPES):
+        # (float16/bfloat16 on the CPU: the reference)
         return butterfly_multiply_reference(twiddle, x, increasing_stride, transpose)
     if not torch.is_grad_enabled() and _plain_eager(twiddle, x):
         # eager inference: the backend directly (the autograd.Function and custom-op dispatch cost

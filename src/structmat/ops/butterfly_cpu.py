@@ -540,7 +540,7 @@ def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int, workers: 
 
 def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
     """Fused forward: ``x`` ``(B, S_in, N)`` -> ``(B, S, N)`` (see :mod:`structmat.ops.butterfly`)."""
-    _same_dtype(twiddle, x)
+    _check_operands(twiddle, x)
     stacks, n_blocks, _, half = twiddle.shape[:4]
     n = 2 * half
     batch = x.shape[0]
@@ -555,7 +555,7 @@ def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_str
     fused = _fused_load_plan(n, n_blocks, increasing_stride, transpose, dtype)
     kernel = _forward_parallel if workers > 1 else _forward_serial
     twiddle, x = _plain(twiddle), _plain(x)
-    kernel(tensor_address(twiddle), tensor_address(x), tensor_address(out), scratch, *plan, bool(transpose), chunk, *fused)
+    kernel(tensor_address(twiddle, "twiddle"), tensor_address(x, "x"), tensor_address(out, "out"), scratch, *plan, bool(transpose), chunk, *fused)
     return out
 
 
@@ -582,9 +582,10 @@ def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
     :data:`BACKWARD_CHUNK_BYTES` (cache). From :data:`BACKWARD_TARGET_ITERATIONS` vector-loop
     iterations down, the chunk is the widest for which all step inputs fit, or -- at one or two
     iterations, where wider chunks pay most (module docstring) -- at least half of them (at least
-    2); at :data:`MIN_BACKWARD_CHUNK` rows any 2 will do. Wider chunks that keep fewer inputs lose
+    2); at :data:`MIN_BACKWARD_CHUNK` rows any 2 will do (and if not even 2 fit -- tiny batches,
+    large twiddles -- 2 are kept over the cap). Wider chunks that keep fewer inputs lose
     to the extra recomputation (n = 16384, batch 1024: 128 rows keeping 3 of 6 inputs 77 ms, 64 rows
-    keeping all 63 ms). Only when not even that fits (tiny batches) is the cap exceeded."""
+    keeping all 63 ms)."""
     n_blocks, _, half = twiddle.shape[1:4]
     n, batch = 2 * half, x.shape[0]
     plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
@@ -609,14 +610,14 @@ def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
                 kept = fit
                 break
             if smallest:
-                kept = inputs  # over the cap: tiny batches
+                kept = min(inputs, 2)  # over the cap (tiny batches, large twiddles): the least that works
                 break
             chunk = max(MIN_BACKWARD_CHUNK, (chunk - 1) // multiple * multiple if chunk > multiple else chunk // 2)
         if workers * chunk * buffer_row * (fixed + kept) + partial_bytes <= cap:
             break
     n_chunks = -(-batch // chunk) if batch else 0
     workers = max(1, min(workers, n_chunks))
-    return plan, chunk, workers, max(kept, 1), x_in_grad  # kept >= 1: the slot arithmetic divides by it
+    return plan, chunk, workers, kept, x_in_grad  # kept = 0 only with one step (no slots used)
 
 
 def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> int:
@@ -633,30 +634,37 @@ def butterfly_backward_cpu(
     twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring)."""
-    _same_dtype(twiddle, x)
+    _check_operands(twiddle, x, grad)
     plan, chunk, workers, kept, x_in_grad = _backward_plan(twiddle, x, increasing_stride, transpose)
     grad_twiddle = torch.empty(twiddle.shape, dtype=twiddle.dtype)
     grad_x = torch.empty(x.shape, dtype=x.dtype)
     if not x.shape[0]:
         return grad_twiddle.zero_(), grad_x
     # the partials are zeroed and added up inside the kernel: no torch op (whose OpenMP pool would
-    # spin against Numba's) runs between the two kernels of a training step
+    # spin against Numba's) runs here between the two kernels of a training step (a caller's
+    # contiguous copy of an expanded gradient, e.g. sum()'s, still does)
     dtype = numpy_dtype(x.dtype)
     parts = _workspace((workers - 1,) + tuple(twiddle.shape), dtype, slot="partials")
     scratch = _workspace((workers, 1 + kept + (0 if x_in_grad else 1), x.shape[2], chunk), dtype)
     kernel = _backward_parallel if workers > 1 else _backward_serial
     twiddle, x, grad = _plain(twiddle), _plain(x), _plain(grad.to(x.dtype))
     kernel(
-        tensor_address(twiddle), tensor_address(x), tensor_address(grad), tensor_address(grad_twiddle), parts,
-        tensor_address(grad_x), scratch, *plan, bool(transpose), chunk, kept, x_in_grad,
+        tensor_address(twiddle, "twiddle"), tensor_address(x, "x"), tensor_address(grad, "grad"),
+        tensor_address(grad_twiddle, "grad_twiddle"), parts, tensor_address(grad_x, "grad_x"), scratch, *plan, bool(transpose), chunk, kept, x_in_grad,
     )
     return grad_twiddle, grad_x
 
 
-def _same_dtype(twiddle: torch.Tensor, x: torch.Tensor) -> None:
-    """The kernels read every tensor with one dtype (:func:`array_at`); callers promote first."""
+def _check_operands(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor | None = None) -> None:
+    """The kernels read every tensor with one dtype (:func:`array_at`) and do no bounds checks:
+    callers (:mod:`structmat.ops.butterfly`) promote and validate first; this guards direct calls."""
     if twiddle.dtype != x.dtype:
         raise TypeError(f"twiddle and x: expected one dtype (promote first), got {twiddle.dtype} and {x.dtype}")
+    stacks, n = twiddle.shape[0], 2 * twiddle.shape[3]
+    if twiddle.dim() != 6 or x.dim() != 3 or x.shape[2] != n or x.shape[1] not in (1, stacks):
+        raise ValueError(f"x: expected shape (B, 1 or {stacks}, {n}) for twiddle {tuple(twiddle.shape)}, got {tuple(x.shape)}")
+    if grad is not None and tuple(grad.shape) != (x.shape[0], stacks, n):
+        raise ValueError(f"grad: expected shape {(x.shape[0], stacks, n)}, got {tuple(grad.shape)}")
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
