@@ -218,15 +218,22 @@ def _tile(buf):
     return VECTOR_BYTES // buf.itemsize
 
 
+@njit(cache=True, inline="always")
+def _tile_grid(buf, rows, row0, cols, stack):
+    """``(n, width, t, k_full, i_full, row, base)`` shared by :func:`_load`, :func:`_load_fused` and
+    :func:`_store`: the buffer's shape, the tile side, the extent of whole tiles, and the flat
+    row length and offset of batch row ``row0``, stack ``stack`` in ``rows`` ``(B, S, N)``."""
+    n, width = buf.shape
+    t = _tile(buf)
+    row = rows.shape[1] * n
+    return n, width, t, cols - cols % t, n - n % t, row, row0 * row + stack * n
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def _load(buf, x, row0, cols, stack):
     """``buf[i, k] = x[row0 + k, stack, i]`` for ``k < cols``: whole ``T x T`` tiles by register
     transposition (:func:`~structmat.ops.simd.transpose_tile`), the edges element by element."""
-    n, width = buf.shape
-    t = _tile(buf)
-    k_full, i_full = cols - cols % t, n - n % t
-    row = x.shape[1] * n
-    base = row0 * row + stack * n
+    n, width, t, k_full, i_full, row, base = _tile_grid(buf, x, row0, cols, stack)
     for k0 in range(0, k_full, t):
         for i0 in range(0, i_full, t):
             transpose_tile(x, base + k0 * row + i0, row, buf, i0 * width + k0, width)
@@ -244,10 +251,7 @@ def _load_fused(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, tra
     first factors (strides ``1 .. T/2``, see :func:`_fused_load_plan`) in registers
     (:func:`~structmat.ops.simd.transpose_tile_butterfly`): one sweep of the chunk less per two
     factors."""
-    n, width = buf.shape
-    t = _tile(buf)
-    row = x.shape[1] * n
-    base = row0 * row + stack * n
+    n, width, t, _, _, row, base = _tile_grid(buf, x, row0, cols, stack)
     for k0 in range(0, cols, t):
         for i0 in range(0, n, t):
             transpose_tile_butterfly(x, base + k0 * row + i0, row, buf, i0 * width + k0, width, tw_flat, tw_offset + i0 // 2 * 4, level_stride, transposed)
@@ -284,11 +288,7 @@ def _load_first_numba(buf, x, row0, cols, stack, tw_flat, tw_offset, level_strid
 def _store(out, buf, row0, cols, stack, accumulate):
     """``out[row0 + k, stack, i] (+)= buf[i, k]`` for ``k < cols`` (whole tiles by register
     transposition, see :func:`_load`; accumulating, element by element in tiles)."""
-    n, width = buf.shape
-    t = _tile(buf)
-    k_full, i_full = cols - cols % t, n - n % t
-    row = out.shape[1] * n
-    base = row0 * row + stack * n
+    n, width, t, k_full, i_full, row, base = _tile_grid(buf, out, row0, cols, stack)
     for k0 in range(0, k_full, t):
         for i0 in range(0, i_full, t):
             if accumulate:
