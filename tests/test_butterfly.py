@@ -96,7 +96,7 @@ def test_fused_kernels_with_several_workers(dtype, workers, monkeypatch):
 
     monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: workers)
     tol = 1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5
-    for case in [(1, 1, 1, 64, 96), (2, 1, 1, 32, 70), (1, 1, 1, 256, 300), (1, 1, 1, 1024, 256), (2, 1, 1, 64, 512)]:
+    for case in [(1, 1, 1, 64, 96), (2, 1, 1, 32, 70), (1, 1, 1, 256, 300), (1, 1, 1, 1024, 256), (1, 1, 1, 1024, 77), (2, 1, 1, 64, 512)]:
         _assert_fused_matches_reference(butterfly_multiply, dtype, True, *case, tol=tol)
 
 
@@ -115,6 +115,8 @@ def test_fused_backends_check_their_operands():
         butterfly_backward_cpu(tw, torch.randn(4, 2, 16, dtype=torch.float64), torch.randn(4, 1, 16, dtype=torch.float64), True, False)
     with pytest.raises(ValueError, match="^grad: expected shape"):
         butterfly_backward_cpu(tw, torch.randn(4, 1, 16, dtype=torch.float64), torch.randn(4, 1, 8, dtype=torch.float64), True, False)
+    with pytest.raises(ValueError, match="^x: the fused CPU butterfly kernels take CPU tensors"):
+        butterfly_forward_cpu(tw, torch.randn(4, 1, 16, dtype=torch.float64, device="meta"), True, False)
 
 
 def test_half_precision_runs_the_reference():

@@ -24,8 +24,6 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import torch
-
 from .base import StructuredMatrix
 from .errors import check_int, describe
 

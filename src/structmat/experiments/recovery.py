@@ -32,7 +32,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 import scipy.fft

@@ -28,7 +28,7 @@ from torch import nn
 from ..core import StructuredMatrix, register
 from ..core.errors import check_int
 from ..core.registry import OptionRange, Sample
-from ..core.sizes import log2_exact, next_power_of_two, pad_last, truncate_last
+from ..core.sizes import log2_exact, pad_last, truncate_last
 from ..ops.butterfly import (
     butterfly_multiply,
     butterfly_multiply_transpose,

@@ -29,7 +29,6 @@ backward of the same order, ``O(R N²)`` memory.
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 

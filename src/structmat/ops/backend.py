@@ -83,21 +83,30 @@ def numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return _NUMPY_DTYPES[dtype]
 
 
+_NUMBA_AVAILABLE: bool | None = None
+
+
 def numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except Exception:  # pragma: no cover - numba is a dependency
-        return False
-    return True
+    """Whether Numba imports (probed once; a module global rather than ``functools.cache``, which
+    ``torch.compile`` warns about when it traces :func:`choose`)."""
+    global _NUMBA_AVAILABLE
+    if _NUMBA_AVAILABLE is None:
+        try:
+            import numba  # noqa: F401
+        except Exception:  # pragma: no cover - numba is a dependency
+            _NUMBA_AVAILABLE = False
+        else:
+            _NUMBA_AVAILABLE = True
+    return _NUMBA_AVAILABLE
 
 
 def choose(*tensors) -> str:
     """``"reference"``, ``"cpu"`` (fused Numba kernels) or ``"cuda"`` for the given tensors."""
     if reference_forced():
         return "reference"
-    devices = {t.device.type for t in tensors}
-    if devices == {"cpu"}:
+    device = tensors[0].device.type
+    if any(t.device.type != device for t in tensors[1:]):
+        return "reference"
+    if device == "cpu":
         return "cpu" if numba_available() else "reference"
-    if devices == {"cuda"}:
-        return "cuda"
-    return "reference"
+    return "cuda" if device == "cuda" else "reference"

@@ -265,11 +265,13 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a tensor of shape (B, {n}) or (B, {stacks}, {n}), got {describe(x)}")
     if x.dim() == 2 and x.shape[1] == n:
-        x = x[:, None, :]
+        x = x.unsqueeze(1)
     if x.dim() != 3 or x.shape[2] != n or x.shape[1] not in (1, stacks):
         raise ValueError(f"x: expected shape (B, {n}) or (B, {stacks}, {n}), got {describe(x)}")
-    dtype = torch.promote_types(twiddle.dtype, x.dtype)
-    twiddle, x = twiddle.to(dtype), x.to(dtype)
+    dtype = x.dtype
+    if twiddle.dtype != dtype:
+        dtype = torch.promote_types(twiddle.dtype, x.dtype)
+        twiddle, x = twiddle.to(dtype), x.to(dtype)
     backend = choose(twiddle, x)
     if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0 or (backend == "cpu" and dtype not in KERNEL_DTYPES):
         # (float16/bfloat16 on the CPU: the reference)

@@ -43,10 +43,10 @@ from numba import njit, prange
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
-from .backend import numpy_dtype, tensor_address
+from .backend import numpy_dtype
 from .butterfly import FUSED_BACKENDS, butterfly_schedule
 from .numba_rows import compile_variant
-from .simd import VECTOR_BYTES, array_at, fused_levels, tile_size, transpose_tile, transpose_tile_butterfly
+from .simd import CACHE_SET_PERIOD, TILE_ROWS, VECTOR_BYTES, array_at, fused_levels, tile_size, transpose_tile, transpose_tile_butterfly, transpose_tile_to_rows
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 #: target size in bytes of one chunk's two ping-pong buffers (about the L2 size)
@@ -287,18 +287,27 @@ def _load_first_numba(buf, x, row0, cols, stack, tw_flat, tw_offset, level_strid
 @njit(cache=True, fastmath=_FASTMATH)
 def _store(out, buf, row0, cols, stack, accumulate):
     """``out[row0 + k, stack, i] (+)= buf[i, k]`` for ``k < cols`` (whole tiles by register
-    transposition, see :func:`_load`; accumulating, element by element in tiles)."""
-    n, width, t, k_full, i_full, row, base = _tile_grid(buf, out, row0, cols, stack)
-    for k0 in range(0, k_full, t):
+    transposition, see :func:`_load`; accumulating, element by element in tiles). When ``out``'s
+    rows are a multiple of :data:`~structmat.ops.simd.CACHE_SET_PERIOD` bytes apart (power-of-two
+    ``N >= 1024`` in float32), tiles span :func:`~structmat.ops.simd.tile_rows` rows
+    (:func:`~structmat.ops.simd.transpose_tile_to_rows`; n = 1024, 128 rows: 24-32 -> 15 us)."""
+    n, width, t, _, i_full, row, base = _tile_grid(buf, out, row0, cols, stack)
+    r = t
+    if not accumulate and row * out.itemsize % CACHE_SET_PERIOD == 0:
+        r = min(t, TILE_ROWS)
+    k_full = cols - cols % r
+    for k0 in range(0, k_full, r):
         for i0 in range(0, i_full, t):
             if accumulate:
-                for kk in range(t):
+                for kk in range(r):
                     for ii in range(t):
                         out[row0 + k0 + kk, stack, i0 + ii] += buf[i0 + ii, k0 + kk]
+            elif r < t:
+                transpose_tile_to_rows(buf, i0 * width + k0, width, out, base + k0 * row + i0, row)
             else:
                 transpose_tile(buf, i0 * width + k0, width, out, base + k0 * row + i0, row)
         for i in range(i_full, n):
-            for k in range(k0, k0 + t):
+            for k in range(k0, k0 + r):
                 if accumulate:
                     out[row0 + k, stack, i] += buf[i, k]
                 else:
@@ -538,24 +547,32 @@ def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int, workers: 
     return max(1, min(chunk, batch))
 
 
+@functools.lru_cache(maxsize=256)
+def _forward_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: torch.dtype, batch: int, threads: int):
+    """``(kernel, scratch shape, NumPy dtype, trailing kernel arguments)`` of a forward call, cached
+    per configuration: the planning costs several microseconds of Python per call, 5-10 % of a
+    batch-256 forward at N = 1024 (docs/benchmarks.md)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    chunk = _chunk_size(batch, 2 * n * itemsize, CHUNK_BYTES, MIN_CHUNK, threads)
+    workers = min(threads, -(-batch // chunk))
+    np_dtype = numpy_dtype(dtype)
+    plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
+    fused = _fused_load_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
+    kernel = _forward_parallel if workers > 1 else _forward_serial
+    return kernel, (workers, 2, n, chunk), np_dtype, (*plan, bool(transpose), chunk, *fused)
+
+
 def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
     """Fused forward: ``x`` ``(B, S_in, N)`` -> ``(B, S, N)`` (see :mod:`structmat.ops.butterfly`)."""
     _check_operands(twiddle, x)
     stacks, n_blocks, _, half = twiddle.shape[:4]
-    n = 2 * half
     batch = x.shape[0]
-    out = torch.empty(batch, stacks, n, dtype=x.dtype)
+    out = torch.empty(batch, stacks, 2 * half, dtype=x.dtype)
     if batch == 0:
         return out
-    plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
-    chunk = _chunk_size(batch, 2 * n * x.element_size(), CHUNK_BYTES, MIN_CHUNK, numba.get_num_threads())
-    workers = min(numba.get_num_threads(), -(-batch // chunk))
-    dtype = numpy_dtype(x.dtype)
-    scratch = _workspace((workers, 2, n, chunk), dtype)
-    fused = _fused_load_plan(n, n_blocks, increasing_stride, transpose, dtype)
-    kernel = _forward_parallel if workers > 1 else _forward_serial
+    kernel, scratch_shape, dtype, arguments = _forward_launch(2 * half, n_blocks, bool(increasing_stride), bool(transpose), x.dtype, batch, numba.get_num_threads())
     twiddle, x = _plain(twiddle), _plain(x)
-    kernel(tensor_address(twiddle, "twiddle"), tensor_address(x, "x"), tensor_address(out, "out"), scratch, *plan, bool(transpose), chunk, *fused)
+    kernel(_address(twiddle), _address(x), _address(out), _workspace(scratch_shape, dtype), *arguments)
     return out
 
 
@@ -648,16 +665,16 @@ def butterfly_backward_cpu(
     scratch = _workspace((workers, 1 + kept + (0 if x_in_grad else 1), x.shape[2], chunk), dtype)
     kernel = _backward_parallel if workers > 1 else _backward_serial
     twiddle, x, grad = _plain(twiddle), _plain(x), _plain(grad.to(x.dtype))
-    kernel(
-        tensor_address(twiddle, "twiddle"), tensor_address(x, "x"), tensor_address(grad, "grad"),
-        tensor_address(grad_twiddle, "grad_twiddle"), parts, tensor_address(grad_x, "grad_x"), scratch, *plan, bool(transpose), chunk, kept, x_in_grad,
-    )
+    kernel(_address(twiddle), _address(x), _address(grad), _address(grad_twiddle), parts, _address(grad_x), scratch, *plan, bool(transpose), chunk, kept, x_in_grad)
     return grad_twiddle, grad_x
 
 
 def _check_operands(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor | None = None) -> None:
     """The kernels read every tensor with one dtype (:func:`array_at`) and do no bounds checks:
     callers (:mod:`structmat.ops.butterfly`) promote and validate first; this guards direct calls."""
+    for name, t in (("twiddle", twiddle), ("x", x), ("grad", grad)):
+        if t is not None and t.device.type != "cpu":
+            raise ValueError(f"{name}: the fused CPU butterfly kernels take CPU tensors, got one on {t.device}")
     if twiddle.dtype != x.dtype:
         raise TypeError(f"twiddle and x: expected one dtype (promote first), got {twiddle.dtype} and {x.dtype}")
     stacks, n = twiddle.shape[0], 2 * twiddle.shape[3]
@@ -668,9 +685,15 @@ def _check_operands(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor |
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
-    """``t`` contiguous, without lazy conjugate or negative bits (what :func:`tensor_address`
+    """``t`` contiguous, without lazy conjugate or negative bits (what :func:`structmat.ops.backend.tensor_address`
     needs; a no-op for the usual inputs)."""
     return t.resolve_conj().resolve_neg().contiguous()
+
+
+def _address(t: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    """:func:`structmat.ops.backend.tensor_address` of a CPU tensor that :func:`_plain` returned or this module allocated
+    (its checks, ~0.5 us per tensor, already hold)."""
+    return t.data_ptr(), tuple(t.shape)
 
 
 FUSED_BACKENDS["cpu"] = (butterfly_forward_cpu, butterfly_backward_cpu)
