@@ -42,10 +42,11 @@ def random_twiddle(stacks, blocks, n, dtype=torch.float64):
 def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
     tol = 1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5
     op = butterfly_multiply_transpose if transpose else butterfly_multiply
-    # batches and sizes off the register-tile grid (16 float32, 8 float64/complex64, 4 complex128
-    # elements a side) exercise the element-by-element edges of the transpositions; batches of
-    # whole tiles the loads that apply the first factors in registers (real dtypes, strides 1, 2,
-    # ... first: increasing, or transposed decreasing), with a partial last chunk at batch 40
+    # real dtypes run the row-layout forward from N = T on (16 float32, 8 float64 features a
+    # vector): N = 16 is one run of small strides, N = 32 with 3 butterflies mixes runs and lone
+    # factors of stride 16, N >= 64 radix-4 steps; batches off the block grid leave partial
+    # blocks. Complex dtypes, N < T and every backward run the transposed layout, where batches
+    # and sizes off the register-tile grid exercise the element-by-element edges
     cases = [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1), (2, 1, 1, 64, 50), (1, 1, 1, 128, 64), (2, 1, 1, 64, 40)]
     for case in cases:
         _assert_fused_matches_reference(op, dtype, increasing_stride, *case, tol=tol)
@@ -69,9 +70,9 @@ def _assert_fused_matches_reference(op, dtype, increasing_stride, stacks, blocks
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("increasing_stride, transpose", [(True, False), (False, True), (False, False)])
-def test_fused_load_path_matches_reference_on_one_thread(dtype, increasing_stride, transpose):
-    """One thread: chunks of whole tiles (the register path when the first strides are 1, 2, ...),
-    several input stacks, two butterflies (no fused path) and a partial last chunk."""
+def test_row_layout_forward_matches_reference_on_one_thread(dtype, increasing_stride, transpose):
+    """One thread (the serial builds): whole and partial row blocks, several input stacks, two
+    butterflies (runs of small strides back to back)."""
     import numba
 
     threads = numba.get_num_threads()
@@ -101,6 +102,28 @@ def test_fused_kernels_with_several_workers(dtype, workers, monkeypatch):
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+def test_rows_plan_groups_the_schedule_into_register_runs_and_radix4_steps():
+    from structmat.ops.butterfly_cpu import _rows_plan
+
+    f32, f64, c64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.complex64)
+
+    def steps(*args):
+        kinds, firsts, seconds, strides, _, slots, n_slots = _rows_plan(*args)
+        return [(int(k), int(strides[f]), int(strides[g])) for k, f, g in zip(kinds, firsts, seconds)], n_slots
+
+    # one increasing butterfly, n = 1024, float32: strides 1..8 in registers, then (16, 32), (64, 128), (256, 512)
+    assert steps(1024, 1, True, False, f32) == ([(0, 1, 1), (1, 16, 32), (1, 64, 128), (1, 256, 512)], 6)
+    assert steps(1024, 1, False, False, f32) == ([(1, 512, 256), (1, 128, 64), (1, 32, 16), (0, 8, 8)], 6)
+    assert steps(1024, 1, True, True, f32) == ([(1, 512, 256), (1, 128, 64), (1, 32, 16), (0, 8, 8)], 6)
+    assert steps(1024, 1, True, False, f64)[0][:2] == [(0, 1, 1), (1, 8, 16)]  # 8 features a vector
+    # two butterflies at n = 32: the repeated stride 16 runs alone twice
+    assert steps(32, 2, True, False, f32) == ([(0, 1, 1), (2, 16, 16), (2, 16, 16), (0, 8, 8)], 2)
+    assert _rows_plan(1024, 1, True, False, c64) is None  # complex: the transposed layout
+    assert _rows_plan(8, 1, True, False, f32) is None  # N below one vector
+    assert _rows_plan(8, 1, True, False, f64) is not None
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 def test_fused_backends_check_their_operands():
     """The kernels do no bounds checks: direct calls with mismatched dtypes or shapes get clear
     errors instead of reading or writing past a tensor."""
@@ -126,21 +149,6 @@ def test_half_precision_runs_the_reference():
         y = butterfly_multiply(tw.to(dtype), x.to(dtype))
         assert y.dtype == dtype
         assert rel_error(y, butterfly_multiply(tw, x)) <= 2e-2
-
-
-@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
-def test_fused_load_plan_applies_to_real_dtypes_with_small_strides_first():
-    from structmat.ops.butterfly_cpu import _fused_load_plan
-
-    f32, f64, c64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.complex64)
-    assert _fused_load_plan(1024, 1, True, False, f32)[0] == 4  # strides 1, 2, 4, 8 in 16-row tiles
-    assert _fused_load_plan(1024, 1, True, False, f64)[0] == 3
-    assert _fused_load_plan(1024, 1, False, True, f32)[0] == 4  # transposed decreasing: 1, 2, ... too
-    assert _fused_load_plan(1024, 1, False, False, f32)[0] == 0  # largest stride first
-    assert _fused_load_plan(1024, 1, True, False, c64)[0] == 0
-    assert _fused_load_plan(8, 1, True, False, f32)[0] == 0  # N below one tile
-    fused, _, _, firsts, sizes = _fused_load_plan(1024, 1, True, False, f64)
-    assert list(firsts) == [3, 5, 7, 9] and list(sizes) == [2, 2, 2, 1]
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")

@@ -7,7 +7,7 @@ import torch
 from numba import njit
 
 from structmat.ops.backend import tensor_address
-from structmat.ops.simd import TILE_ROWS, VECTOR_BYTES, array_at, fused_levels, tile_rows, tile_size, transpose_tile, transpose_tile_butterfly, transpose_tile_to_rows
+from structmat.ops.simd import TILE_ROWS, VECTOR_BYTES, array_at, rows_low_levels, rows_radix2, rows_radix4, tile_rows, tile_size, transpose_tile, transpose_tile_to_rows
 
 
 @njit
@@ -30,44 +30,6 @@ def test_transpose_tile_matches_numpy(dtype):
     expected = np.zeros_like(dst)
     expected[2 : 2 + t, 7 : 7 + t] = src[1 : 1 + t, 3 : 3 + t].T
     np.testing.assert_array_equal(dst, expected)
-
-
-@njit
-def _one_tile_butterfly(src, src_offset, src_stride, dst, dst_offset, dst_stride, tw, tw_offset, level_stride, transposed):
-    transpose_tile_butterfly(src, src_offset, src_stride, dst, dst_offset, dst_stride, tw, tw_offset, level_stride, transposed)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("transposed", [False, True])
-def test_transpose_tile_butterfly_matches_numpy(dtype, transposed):
-    """The tile of features f0 .. f0 + T - 1 of T rows, transposed, then factors of strides 1, 2,
-    ..., T/2 with the blocks of pairs f0/2 + p (level l at l * level_stride), written as 2 x 2
-    matrices applied to NumPy arrays."""
-    t, levels = tile_size(dtype), fused_levels(dtype)
-    n, f0 = 4 * t, t
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((t + 2, n)).astype(dtype)
-    tw = rng.standard_normal((levels + 1, n // 2, 2, 2)).astype(dtype)
-    dst = np.zeros((t, t + 3), dtype)
-    level_stride = n // 2 * 4
-    _one_tile_butterfly(x, 2 * n + f0, n, dst, 3, dst.shape[1], tw.reshape(-1), f0 // 2 * 4, level_stride, transposed)
-    expected = x[2 : 2 + t, f0 : f0 + t].T.astype(np.float64)  # rows: features, columns: batch rows
-    for level in range(levels):
-        h = 1 << level
-        out = expected.copy()
-        for p in range(t // 2):
-            i = (p // h) * 2 * h + p % h
-            block = tw[level, f0 // 2 + p].astype(np.float64)
-            block = block.T if transposed else block
-            out[i], out[i + h] = block @ np.stack([expected[i], expected[i + h]])
-        expected = out
-    np.testing.assert_allclose(dst[:, 3:], expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
-    assert not dst[:, :3].any()
-
-
-def test_fused_levels_only_for_real_dtypes():
-    assert (fused_levels(np.float32), fused_levels(np.float64)) == (4, 3)
-    assert fused_levels(np.complex64) == fused_levels(np.complex128) == 0
 
 
 def test_transpose_tile_rejects_integer_arrays():
@@ -117,3 +79,95 @@ def test_transpose_tile_to_rows_matches_numpy(dtype):
     expected = np.zeros_like(dst)
     expected[1 : 1 + r, 4 : 4 + t] = src[3 : 3 + t, 2 : 2 + r].T
     np.testing.assert_array_equal(dst, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Row-layout butterfly steps
+
+
+def _factor(x, tw, h, transposed=False):
+    """One butterfly factor of stride ``h`` on the rows of ``x`` (SPEC.md §1.4), in float64."""
+    y = x.copy()
+    for p in range(x.shape[1] // 2):
+        i = (p // h) * 2 * h + p % h
+        block = tw[p].T if transposed else tw[p]
+        y[:, i], y[:, i + h] = block @ np.stack([x[:, i], x[:, i + h]])
+    return y
+
+
+def _pair(f, h):
+    return (f // (2 * h)) * h + f % h
+
+
+@njit
+def _low(src, so, ss, dst, do, ds, rows, tw, to, ls, increasing, transposed):
+    rows_low_levels(src, so, ss, dst, do, ds, rows, tw, to, ls, increasing, transposed)
+
+
+@njit
+def _radix4(src, so, ss, dst, do, ds, rows, h1, h2, planar, half, a, b, c, d):
+    rows_radix4(src, so, ss, dst, do, ds, rows, h1, h2, planar, half, a, b, c, d)
+
+
+@njit
+def _radix2(src, so, ss, dst, do, ds, rows, h, planar, half, a):
+    rows_radix2(src, so, ss, dst, do, ds, rows, h, planar, half, a)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("increasing", [True, False])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_rows_low_levels_match_numpy(dtype, increasing, transposed):
+    """The factors of strides 1 .. T/2 (or T/2 .. 1) on the T-feature block at f0 of 3 rows, read
+    from one array and written to another with other row strides and offsets; factor j's blocks
+    at twiddle_offset + j level_stride (negative for the decreasing order here)."""
+    t = tile_size(dtype)
+    levels, n, rows, f0 = t.bit_length() - 1, 4 * t, 3, t
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((rows + 1, n + 5)).astype(dtype)
+    tw = rng.standard_normal((levels, n // 2, 2, 2)).astype(dtype)
+    dst = np.zeros((rows + 2, n + 3), dtype)
+    level_size = n // 2 * 4
+    strides = [1 << j for j in range(levels)] if increasing else [t >> (j + 1) for j in range(levels)]
+    order = list(range(levels)) if increasing else list(range(levels - 1, -1, -1))
+    _low(x.ravel(), (n + 5) + 2 + f0, n + 5, dst.ravel(), 2 * (n + 3) + 1 + f0, n + 3, rows, tw.ravel(), order[0] * level_size + f0 // 2 * 4, (order[1] - order[0]) * level_size, increasing, transposed)
+    expected = x[1 : 1 + rows, 2 : 2 + n].astype(np.float64)
+    for j, h in enumerate(strides):
+        expected = _factor(expected, tw[order[j]].astype(np.float64), h, transposed)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(dst[2 : 2 + rows, 1 + f0 : 1 + f0 + t], expected[:, f0 : f0 + t], rtol=tol, atol=tol)
+    dst[2 : 2 + rows, 1 + f0 : 1 + f0 + t] = 0
+    assert not dst.any()  # nothing else written
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_radix4_and_radix2_match_numpy(dtype):
+    """Factors of strides >= T in place on 3 rows, with planar coefficients (planes a, b, c, d of
+    N/2 elements; the second factor's planes after the first's)."""
+    t = tile_size(dtype)
+    n, rows = 8 * t, 3
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((rows, n)).astype(dtype)
+    tw1, tw2 = (rng.standard_normal((n // 2, 2, 2)).astype(dtype) for _ in range(2))
+    planar = np.concatenate([tw.reshape(-1, 4).T.ravel() for tw in (tw1, tw2)])
+    half = n // 2
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for h1, h2 in [(t, 2 * t), (2 * t, t), (t, 4 * t)]:
+        y = x.ravel().copy()
+        for f in range(0, n, t):
+            if not (f & h1 or f & h2):
+                _radix4(y, f, n, y, f, n, rows, h1, h2, planar, half, _pair(f, h1), _pair(f + h2, h1), 4 * half + _pair(f, h2), 4 * half + _pair(f + h1, h2))
+        expected = _factor(_factor(x.astype(np.float64), tw1.astype(np.float64), h1), tw2.astype(np.float64), h2)
+        np.testing.assert_allclose(y.reshape(rows, n), expected, rtol=tol, atol=tol)
+    for h in (t, 4 * t):
+        y = np.zeros(rows * n, dtype)
+        for f in range(0, n, t):
+            if not f & h:
+                _radix2(x.ravel(), f, n, y, f, n, rows, h, planar, half, _pair(f, h))
+        np.testing.assert_allclose(y.reshape(rows, n), _factor(x.astype(np.float64), tw1.astype(np.float64), h), rtol=tol, atol=tol)
+
+
+def test_row_kernels_reject_complex_arrays():
+    z = np.zeros(64, np.complex64)
+    with pytest.raises(Exception):
+        _radix2(z, 0, 16, z, 0, 16, 1, 16, z, 16, 0)

@@ -46,7 +46,7 @@ from numba.np.numpy_support import as_dtype
 from .backend import numpy_dtype
 from .butterfly import FUSED_BACKENDS, butterfly_schedule
 from .numba_rows import compile_variant
-from .simd import CACHE_SET_PERIOD, TILE_ROWS, VECTOR_BYTES, array_at, fused_levels, tile_size, transpose_tile, transpose_tile_butterfly, transpose_tile_to_rows
+from .simd import CACHE_SET_PERIOD, TILE_ROWS, VECTOR_BYTES, array_at, rows_low_levels, rows_radix2, rows_radix4, tile_size, transpose_tile, transpose_tile_to_rows
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 #: target size in bytes of one chunk's two ping-pong buffers (about the L2 size)
@@ -220,8 +220,7 @@ def _tile(buf):
 
 @njit(cache=True, inline="always")
 def _tile_grid(buf, rows, row0, cols, stack):
-    """``(n, width, t, k_full, i_full, row, base)`` shared by :func:`_load`, :func:`_load_fused` and
-    :func:`_store`: the buffer's shape, the tile side, the extent of whole tiles, and the flat
+    """``(n, width, t, k_full, i_full, row, base)`` shared by :func:`_load` and :func:`_store`: the buffer's shape, the tile side, the extent of whole tiles, and the flat
     row length and offset of batch row ``row0``, stack ``stack`` in ``rows`` ``(B, S, N)``."""
     n, width = buf.shape
     t = _tile(buf)
@@ -243,45 +242,6 @@ def _load(buf, x, row0, cols, stack):
     for k in range(k_full, cols):
         for i in range(n):
             buf[i, k] = x[row0 + k, stack, i]
-
-
-@njit(cache=True, fastmath=_FASTMATH)
-def _load_fused(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed):
-    """:func:`_load` of whole tiles (``cols`` and ``N`` multiples of ``T``) that also applies the
-    first factors (strides ``1 .. T/2``, see :func:`_fused_load_plan`) in registers
-    (:func:`~structmat.ops.simd.transpose_tile_butterfly`): one sweep of the chunk less per two
-    factors."""
-    n, width, t, _, _, row, base = _tile_grid(buf, x, row0, cols, stack)
-    for k0 in range(0, cols, t):
-        for i0 in range(0, n, t):
-            transpose_tile_butterfly(x, base + k0 * row + i0, row, buf, i0 * width + k0, width, tw_flat, tw_offset + i0 // 2 * 4, level_stride, transposed)
-
-
-def _load_first(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed, fused):
-    """:func:`_load_fused` when ``fused > 0`` and the chunk is whole tiles, else :func:`_load`;
-    whether the first factors were applied (complex dtypes: always :func:`_load`). The body is
-    empty on purpose: Numba compiles the implementation :func:`_load_first_numba` picks per dtype
-    (the register kernel exists for real dtypes only)."""
-
-
-@overload(_load_first)
-def _load_first_numba(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed, fused):
-    if isinstance(buf.dtype, numba.types.Float):
-
-        def fused_or_plain(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed, fused):
-            if fused > 0 and cols % _tile(buf) == 0:
-                _load_fused(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed)
-                return True
-            _load(buf, x, row0, cols, stack)
-            return False
-
-        return fused_or_plain
-
-    def plain(buf, x, row0, cols, stack, tw_flat, tw_offset, level_stride, transposed, fused):
-        _load(buf, x, row0, cols, stack)
-        return False
-
-    return plain
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -331,12 +291,10 @@ def _step_forward(src, dst, tw, blocks, levels, strides, first, size, cols, tran
         _radix2(src, dst, t1, strides[first], cols, transposed)
 
 
-def _forward_chunks(tw_at, x_at, out_at, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk, fused, fused_offset, fused_stride, rest_firsts, rest_sizes):
-    """Worker ``w`` runs chunks ``w, w + W, ...`` in its ping-pong buffers ``scratch[w]``
-    ``(2, N, chunk)`` (distinct source and target). With ``fused > 0`` (:func:`_fused_load_plan`),
-    chunks of whole tiles (all but a partial last chunk, :func:`_chunk_size`) apply the first
-    ``fused`` factors while loading (:func:`_load_fused`) and then the steps ``rest_*``; other
-    chunks run every step. Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
+def _forward_chunks(tw_at, x_at, out_at, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk):
+    """The transposed-layout forward (complex dtypes, ``N < T``; module docstring): worker ``w``
+    runs chunks ``w, w + W, ...`` in its ping-pong buffers ``scratch[w]`` ``(2, N, chunk)``
+    (distinct source and target). Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
     tw, x, out = array_at(tw_at, scratch), array_at(x_at, scratch), array_at(out_at, scratch)
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
@@ -348,12 +306,81 @@ def _forward_chunks(tw_at, x_at, out_at, scratch, blocks, levels, strides, first
             row0 = c * chunk
             cols = min(chunk, batch - row0)
             for s in range(stacks):
-                steps_first, steps_size = firsts, sizes
-                if _load_first(bufs[0], x, row0, cols, s if stacks_in > 1 else 0, tw[s].ravel(), fused_offset, fused_stride, transposed, fused):
-                    steps_first, steps_size = rest_firsts, rest_sizes
-                for step in range(steps_first.shape[0]):
-                    _step_forward(bufs[step % 2], bufs[1 - step % 2], tw[s], blocks, levels, strides, steps_first[step], steps_size[step], cols, transposed)
-                _store(out, bufs[steps_first.shape[0] % 2], row0, cols, s, False)
+                _load(bufs[0], x, row0, cols, s if stacks_in > 1 else 0)
+                for step in range(firsts.shape[0]):
+                    _step_forward(bufs[step % 2], bufs[1 - step % 2], tw[s], blocks, levels, strides, firsts[step], sizes[step], cols, transposed)
+                _store(out, bufs[firsts.shape[0] % 2], row0, cols, s, False)
+
+
+@njit(cache=True, inline="always")
+def _pair_index(f, h):
+    """Pair of stride ``h`` (a power of two) whose low feature is ``f`` (SPEC.md §1.4)."""
+    return ((f >> 1) & ~(h - 1)) | (f & (h - 1))
+
+
+def _forward_rows(tw_at, x_at, out_at, planar, kinds, firsts, seconds, strides, offsets, slots, transposed, block_rows, workers):
+    """The row-layout forward (real dtypes, :func:`_rows_plan`): blocks of ``block_rows`` batch rows
+    (worker ``w`` takes blocks ``w, w + W, ...``), each stack's steps applied in place in ``out``
+    (the first step reads ``x``): ``kinds`` 0 -- the ``log2 T`` factors of strides ``< T`` from
+    factor ``firsts[step]`` on, in registers (:func:`~structmat.ops.simd.rows_low_levels`); 1 --
+    factors ``firsts[step]``, ``seconds[step]`` together (:func:`~structmat.ops.simd.rows_radix4`);
+    2 -- factor ``firsts[step]`` alone. ``offsets[f]``: factor ``f``'s first element in one stack's
+    flat twiddle; ``slots[f]``: its slot in ``planar`` ``(S, slots, 4, N/2)``, the planes ``a, b,
+    c, d`` of the factors of strides ``>= T`` (filled here first; ``transposed`` swaps ``b, c``).
+    Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
+    tw, x, out = array_at(tw_at, planar), array_at(x_at, planar), array_at(out_at, planar)
+    batch, stacks_in, n = x.shape
+    stacks = tw.shape[0]
+    half = n // 2
+    t = VECTOR_BYTES // planar.itemsize
+    tw_flat = tw.reshape(stacks, tw.size // stacks)
+    for s in range(stacks):
+        for f in range(strides.shape[0]):
+            k = slots[f]
+            if k < 0:
+                continue
+            base = offsets[f]
+            for p in range(half):
+                planar[s, k, 0, p] = tw_flat[s, base + 4 * p]
+                planar[s, k, 1, p] = tw_flat[s, base + 4 * p + (2 if transposed else 1)]
+                planar[s, k, 2, p] = tw_flat[s, base + 4 * p + (1 if transposed else 2)]
+                planar[s, k, 3, p] = tw_flat[s, base + 4 * p + 3]
+    x_flat, out_flat = x.reshape(x.size), out.reshape(out.size)
+    n_blocks = (batch + block_rows - 1) // block_rows
+    for worker in prange(workers):
+        for block in range(worker * n_blocks // workers, (worker + 1) * n_blocks // workers):
+            row0 = block * block_rows
+            rows = min(block_rows, batch - row0)
+            for s in range(stacks):
+                dst_off = (row0 * stacks + s) * n
+                dst_str = stacks * n
+                tw_s, planar_s = tw_flat[s], planar[s].reshape(planar[s].size)
+                for step in range(kinds.shape[0]):
+                    src, src_off, src_str = out_flat, dst_off, dst_str
+                    if step == 0:
+                        src, src_off, src_str = x_flat, (row0 * stacks_in + (s if stacks_in > 1 else 0)) * n, stacks_in * n
+                    f = firsts[step]
+                    if kinds[step] == 0:
+                        for f0 in range(0, n, t):
+                            rows_low_levels(src, src_off + f0, src_str, out_flat, dst_off + f0, dst_str, rows, tw_s, offsets[f] + f0 // 2 * 4, offsets[f + 1] - offsets[f], strides[f] == 1, transposed)
+                    elif kinds[step] == 1:
+                        g = seconds[step]
+                        h1, h2 = strides[f], strides[g]
+                        low, high = min(h1, h2), max(h1, h2)
+                        a, b = slots[f] * 4 * half, slots[g] * 4 * half
+                        for base in range(0, n, 2 * high):
+                            for middle in range(base, base + high, 2 * low):
+                                for f0 in range(middle, middle + low, t):
+                                    rows_radix4(
+                                        src, src_off + f0, src_str, out_flat, dst_off + f0, dst_str, rows, h1, h2, planar_s, half,
+                                        a + _pair_index(f0, h1), a + _pair_index(f0 + h2, h1), b + _pair_index(f0, h2), b + _pair_index(f0 + h1, h2),
+                                    )
+                    else:
+                        h = strides[f]
+                        a = slots[f] * 4 * half
+                        for base in range(0, n, 2 * h):
+                            for f0 in range(base, base + h, t):
+                                rows_radix2(src, src_off + f0, src_str, out_flat, dst_off + f0, dst_str, rows, h, planar_s, half, a + _pair_index(f0, h))
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -447,6 +474,8 @@ def _backward_chunks(tw_at, x_at, grad_at, grad_tw_at, grad_tw_parts, grad_x_at,
 # Each kernel is compiled twice: parallel over chunks, and serial for a single chunk (small
 # batches), where waking the thread pool would cost more than the work.
 _forward_parallel = compile_variant(_forward_chunks, parallel=True, fastmath=_FASTMATH)
+_forward_rows_parallel = compile_variant(_forward_rows, parallel=True, fastmath=_FASTMATH)
+_forward_rows_serial = compile_variant(_forward_rows, parallel=False, fastmath=_FASTMATH)
 _forward_serial = compile_variant(_forward_chunks, parallel=False, fastmath=_FASTMATH)
 _backward_parallel = compile_variant(_backward_chunks, parallel=True, fastmath=_FASTMATH)
 _backward_serial = compile_variant(_backward_chunks, parallel=False, fastmath=_FASTMATH)
@@ -476,24 +505,44 @@ def _steps(strides: list[int], start: int) -> tuple[list[int], list[int]]:
 
 
 @functools.lru_cache(maxsize=256)
-def _fused_load_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: np.dtype):
-    """``(fused, first_offset, level_stride, firsts, sizes)`` for :func:`_load_fused`: when the first
-    ``fused = fused_levels(dtype)`` factors have strides ``1, 2, ..., T/2`` (in application order:
-    e.g. one increasing butterfly, or one decreasing butterfly transposed), they are applied while the chunk is transposed in; the steps
-    ``(firsts, sizes)`` cover the other factors. ``first_offset`` and ``level_stride`` locate the
-    fused factors in one stack's flat twiddle. ``fused = 0``: no fused load (complex dtypes, small
-    ``N``, other schedules)."""
-    blocks, levels, strides, firsts, sizes = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
-    fused = fused_levels(dtype)
-    level_size = n // 2 * 4
-    offsets = [(int(blocks[f]) * (n.bit_length() - 1) + int(levels[f])) * level_size for f in range(min(fused, len(strides)))]
-    ok = fused > 0 and n >= tile_size(dtype) and len(offsets) == fused
-    ok = ok and [int(h) for h in strides[:fused]] == [1 << f for f in range(fused)]
-    ok = ok and all(offsets[f + 1] - offsets[f] == offsets[1] - offsets[0] for f in range(fused - 1))
-    if not ok:
-        return 0, 0, 0, firsts, sizes
-    rest_firsts, rest_sizes = _steps([int(h) for h in strides], fused)
-    return fused, offsets[0], offsets[1] - offsets[0], np.array(rest_firsts, dtype=np.int64), np.array(rest_sizes, dtype=np.int64)
+def _rows_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: np.dtype):
+    """``(kinds, firsts, seconds, strides, offsets, slots, n_slots)`` of :func:`_forward_rows`, or
+    ``None`` where the row layout does not apply (complex dtypes; ``N < T``). Factors of strides
+    ``< T`` come in runs of ``log2 T`` (every butterfly of size ``N >= T`` has its small strides
+    together, ``1 .. T/2`` or ``T/2 .. 1``); the others are paired into radix-4 steps where two
+    consecutive strides differ, else run alone."""
+    if dtype.kind != "f" or n < tile_size(dtype):
+        return None
+    t = tile_size(dtype)
+    run = t.bit_length() - 1
+    blocks, levels, strides = _schedule_arrays(n, n_blocks, increasing_stride, transpose)[:3]
+    log_n = n.bit_length() - 1
+    offsets = [(int(b) * log_n + int(level)) * (n // 2) * 4 for b, level in zip(blocks, levels)]
+    strides = [int(h) for h in strides]
+    kinds, firsts, seconds, slots = [], [], [], [-1] * len(strides)
+    f = 0
+    while f < len(strides):
+        if strides[f] < t:
+            window = strides[f : f + run]
+            if window not in ([1 << j for j in range(run)], [t >> (j + 1) for j in range(run)]):
+                return None
+            steps = {offsets[f + j + 1] - offsets[f + j] for j in range(run - 1)}
+            if len(steps) > 1:
+                return None
+            kinds.append(0), firsts.append(f), seconds.append(f)
+            f += run
+            continue
+        slots[f] = max(slots) + 1
+        if f + 1 < len(strides) and strides[f + 1] >= t and strides[f + 1] != strides[f]:
+            slots[f + 1] = slots[f] + 1
+            kinds.append(1), firsts.append(f), seconds.append(f + 1)
+            f += 2
+        else:
+            kinds.append(2), firsts.append(f), seconds.append(f)
+            f += 1
+    # offsets[f + 1] is read for the last factor of a run: pad by one
+    arrays = [np.array(a, dtype=np.int64) for a in (kinds, firsts, seconds, strides, offsets + [offsets[-1]], slots)]
+    return (*arrays, max(slots) + 1)
 
 
 #: largest scratch (bytes) kept between calls by :func:`_workspace`; larger requests are allocated
@@ -540,26 +589,42 @@ def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int, workers: 
     """Rows per chunk: about ``budget`` bytes of scratch (rounded down to a ``multiple`` of rows:
     whole SIMD vectors and register tiles), at least ``minimum`` rows (long SIMD loops), at most an
     equal share of the batch per worker rounded up to the ``multiple`` (so every thread gets work
-    and every chunk but the last is whole tiles, see :func:`_load_fused`)."""
+    and every chunk but the last is whole tiles)."""
     chunk = max(minimum, budget // max(1, row_bytes) // multiple * multiple)
     share = -(-batch // workers)
     chunk = min(chunk, -(-share // multiple) * multiple)
     return max(1, min(chunk, batch))
 
 
+#: bytes of one block of rows in the row-layout forward (about two thirds of the level-1 cache)
+ROWS_BLOCK_BYTES = 32 << 10
+#: fewest and most rows per block: fewer rows reload the twiddles more often; more than 8 rows
+#: whose stride is a multiple of 4 KiB share too few cache sets (see
+#: :data:`~structmat.ops.simd.TILE_ROWS`) -- n = 1024, float32, batch 256: 8 rows 47 us, 16 rows
+#: 73 us; n = 16384: 4 rows 1.8 ms, 8 rows 3.0 ms
+ROWS_BLOCK_MIN, ROWS_BLOCK_MAX = 4, 16
+
+
 @functools.lru_cache(maxsize=256)
-def _forward_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: torch.dtype, batch: int, threads: int):
+def _forward_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: torch.dtype, stacks: int, batch: int, threads: int):
     """``(kernel, scratch shape, NumPy dtype, trailing kernel arguments)`` of a forward call, cached
     per configuration: the planning costs several microseconds of Python per call, 5-10 % of a
-    batch-256 forward at N = 1024 (docs/benchmarks.md)."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    chunk = _chunk_size(batch, 2 * n * itemsize, CHUNK_BYTES, MIN_CHUNK, threads)
-    workers = min(threads, -(-batch // chunk))
+    batch-256 forward at N = 1024 (docs/benchmarks.md). Real dtypes run the row layout
+    (:func:`_forward_rows`, scratch: the planar twiddles), complex ones the transposed chunks
+    (:func:`_forward_chunks`, scratch: the ping-pong buffers)."""
     np_dtype = numpy_dtype(dtype)
+    rows = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
+    if rows is not None:
+        *arrays, slots = rows
+        block = min(ROWS_BLOCK_MAX, max(ROWS_BLOCK_MIN, ROWS_BLOCK_BYTES // (n * np_dtype.itemsize)))
+        workers = min(threads, -(-batch // block))
+        kernel = _forward_rows_parallel if workers > 1 else _forward_rows_serial
+        return kernel, (stacks, max(1, slots), 4, n // 2), np_dtype, (*arrays, bool(transpose), block, workers)
+    chunk = _chunk_size(batch, 2 * n * np_dtype.itemsize, CHUNK_BYTES, MIN_CHUNK, threads)
+    workers = min(threads, -(-batch // chunk))
     plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
-    fused = _fused_load_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
     kernel = _forward_parallel if workers > 1 else _forward_serial
-    return kernel, (workers, 2, n, chunk), np_dtype, (*plan, bool(transpose), chunk, *fused)
+    return kernel, (workers, 2, n, chunk), np_dtype, (*plan, bool(transpose), chunk)
 
 
 def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
@@ -570,7 +635,7 @@ def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_str
     out = torch.empty(batch, stacks, 2 * half, dtype=x.dtype)
     if batch == 0:
         return out
-    kernel, scratch_shape, dtype, arguments = _forward_launch(2 * half, n_blocks, bool(increasing_stride), bool(transpose), x.dtype, batch, numba.get_num_threads())
+    kernel, scratch_shape, dtype, arguments = _forward_launch(2 * half, n_blocks, bool(increasing_stride), bool(transpose), x.dtype, stacks, batch, numba.get_num_threads())
     twiddle, x = _plain(twiddle), _plain(x)
     kernel(_address(twiddle), _address(x), _address(out), _workspace(scratch_shape, dtype), *arguments)
     return out

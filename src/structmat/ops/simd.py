@@ -1,5 +1,5 @@
-"""LLVM-level helpers for the Numba kernels: register-level transposition (vector shuffles) and
-arrays over raw tensor memory.
+"""LLVM-level helpers for the Numba kernels: register-level transposition (vector shuffles),
+butterfly steps on rows of 64-byte vectors, and arrays over raw tensor memory.
 
 Numba has no SIMD types, and LLVM's vectorisers do not turn a scalar tile copy into a transposition
 network, so a tile transposed element by element costs a load and a store per element (about 1.5
@@ -16,6 +16,14 @@ of row ``i`` and keeps its own last ``d``. That swaps the off-diagonal ``d x d``
 
 Used by :mod:`structmat.ops.butterfly_cpu` to move a chunk of the batch between the ``(B, N)``
 layout and the kernels' ``(N, C)`` layout (the batch as the SIMD dimension).
+
+Row-layout butterfly steps (:func:`rows_low_levels`, :func:`rows_radix4`, :func:`rows_radix2`; the
+real-dtype forward of :mod:`structmat.ops.butterfly_cpu`): the features stay along the vector, so
+no transposition is needed. A factor of stride ``h >= T`` pairs whole vectors ``h`` features apart,
+with ``T`` consecutive pairs' coefficients as four vectors from a planar copy of the twiddles; the
+``log2 T`` factors of strides ``< T`` pair lanes of one vector (a lane permutation, a multiply and
+a fused multiply-add each). Every call runs a block of rows, keeping the coefficient vectors in
+registers across them (one row at a time, the coefficient loads dominated: 4-19 GFLOP/s).
 
 :func:`array_at` rebuilds, inside compiled code, an array over a tensor's memory from its address
 and shape (:func:`structmat.ops.backend.tensor_address`), cheaper per call than exporting the
@@ -224,63 +232,181 @@ def _contract(instruction):
     return instruction
 
 
-def fused_levels(dtype) -> int:
-    """Butterfly factors :func:`transpose_tile_butterfly` applies inside a tile (strides ``1 ..
-    T/2``): 4 for float32, 3 for float64; 0 (no fused path) for complex dtypes."""
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        return 0
-    return tile_size(dtype).bit_length() - 1
+# ---------------------------------------------------------------------------------------------
+# Row-layout butterfly steps: the batch rows stay as they are (features along the vector), so no
+# transposition is needed; each call applies its factors to ``rows`` rows at once, keeping the
+# twiddle vectors in registers across the rows.
+
+
+def _vector_at(builder, data, index, vector):
+    """Pointer to the vector starting at element ``index`` of ``data`` (a ``unit*``)."""
+    return builder.bitcast(builder.gep(data, [index]), vector.as_pointer())
+
+
+def _row_operands(context, builder, signature, args, unit, positions):
+    """``(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows)`` at ``positions``: the
+    data pointers as ``unit*`` and the integers as int64."""
+    s, so, ss, d, do, ds, r = positions
+    src = builder.bitcast(_data(context, builder, signature, args, s), unit.as_pointer())
+    dst = builder.bitcast(_data(context, builder, signature, args, d), unit.as_pointer())
+    so_, ss_, do_, ds_, r_ = _int64_args(context, builder, signature, args, (so, ss, do, ds, r))
+    return src, so_, ss_, dst, do_, ds_, r_
+
+
+def _real_rows_types(src, dst, twiddle):
+    """``(unit, T, vector)`` for the row kernels, or ``None`` unless all three are arrays of one
+    real dtype."""
+    arrays = (src, dst, twiddle)
+    if not all(isinstance(a, types.Array) for a in arrays) or len({a.dtype for a in arrays}) != 1:
+        return None
+    if not isinstance(src.dtype, types.Float):
+        return None
+    unit, _, unit_bytes = _unit(src.dtype)
+    T = VECTOR_BYTES // unit_bytes
+    return unit, T, ir.VectorType(unit, T), unit_bytes
+
+
+def _pair_fma(builder, coefficients, low, high):
+    """``(a low + b high, c low + d high)`` for vectors ``coefficients = (a, b, c, d)``."""
+    a, b, c, d = coefficients
+    first = _contract(builder.fadd(_contract(builder.fmul(a, low)), _contract(builder.fmul(b, high))))
+    second = _contract(builder.fadd(_contract(builder.fmul(c, low)), _contract(builder.fmul(d, high))))
+    return first, second
+
+
+def _local_pair(lane: int, h: int) -> tuple[int, bool]:
+    """``(pair, is_low)`` of lane ``lane`` of a ``T``-feature block for the factor of stride ``h``
+    (``h < T``; SPEC.md §1.4 pair ``p`` joins ``i = ⌊p/h⌋ 2h + p mod h`` and ``i + h``)."""
+    low = lane & ~h
+    return ((low >> 1) & ~(h - 1)) | (low & (h - 1)), not lane & h
 
 
 @intrinsic
-def transpose_tile_butterfly(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride, twiddle, twiddle_offset, level_stride, transposed):
-    """:func:`transpose_tile`, then the butterfly factors of strides ``1, 2, ..., T/2`` (in that
-    order) applied to the transposed tile in registers before it is stored: row ``i`` of the
-    transposed tile is feature ``i`` of a contiguous block of ``T`` features (the batch along the
-    vector), so every pair of those factors lies inside the tile (SPEC.md §1.4; the block at
-    feature ``f0`` uses pairs ``f0/2 + p``). ``twiddle`` is a real array; factor ``l``'s ``2 x 2``
-    block of local pair ``p`` starts at element ``twiddle_offset + l level_stride + 4 p`` (row
-    major; ``transposed`` uses its transpose). Real dtypes only (:func:`fused_levels`)."""
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and isinstance(twiddle, types.Array)):
+def rows_low_levels(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, twiddle, twiddle_offset, level_stride, increasing, transposed):
+    """The ``log2 T`` factors of strides ``< T`` on one ``T``-feature block of ``rows`` rows, in
+    registers: ``dst[dst_offset + r dst_stride + l] = (F_L ⋯ F_1 src[src_offset + r src_stride +
+    :])[l]`` for ``r < rows``, ``l < T`` (``src`` and ``dst`` may be the same rows).
+
+    Strides in application order ``1, 2, ..., T/2`` when ``increasing``, else ``T/2, ..., 1``.
+    Factor ``j`` (application order) of the block's pairs ``f0/2 + q`` has its ``2 x 2`` blocks at
+    ``twiddle[twiddle_offset + j level_stride + 4 q + (r, c)]`` (row major; ``transposed`` uses each
+    block's transpose; ``level_stride`` may be negative). Lane ``l`` of stride ``h``: ``y_l = A_l
+    x_l + B_l x_{l xor h}`` with ``(A, B) = (a, b)`` on a pair's low lane and ``(d, c)`` on its high
+    lane -- one permutation, one multiply and one fused multiply-add per factor and row. Real
+    dtypes only."""
+    kinds = _real_rows_types(src, dst, twiddle)
+    if kinds is None:
         return None
-    if src.dtype != dst.dtype or twiddle.dtype != src.dtype or not isinstance(src.dtype, types.Float):
-        return None
-    unit, k, unit_bytes = _unit(src.dtype)
-    T = VECTOR_BYTES // unit_bytes
+    unit, T, vector, unit_bytes = kinds
     levels = T.bit_length() - 1
-    vector = ir.VectorType(unit, T)
-    sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, twiddle, twiddle_offset, level_stride, transposed)
+    sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, twiddle, twiddle_offset, level_stride, increasing, transposed)
 
     def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        src_off, src_str, dst_off, dst_str, tw_off, lvl_str = _int64_args(context, builder, signature, args, (1, 2, 4, 5, 7, 8))
-        flip = context.cast(builder, args[9], signature.args[9], types.boolean)
-        tw_data = _data(context, builder, signature, args, 6)
-        loads = _row_pointers(builder, _data(context, builder, signature, args, 0), unit, 1, src_off, src_str, vector)
-        rows = _transpose_rows(builder, [builder.load(p, align=unit_bytes) for p in loads], T, 1)
-        zeros = ir.Constant(ir.VectorType(ir.IntType(32), T), [0] * T)
-        undef = ir.Constant(vector, ir.Undefined)
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 3, 4, 5, 6))
+        tw = builder.bitcast(_data(context, builder, signature, args, 7), unit.as_pointer())
+        tw_off, lvl_str = _int64_args(context, builder, signature, args, (8, 9))
+        rising = context.cast(builder, args[10], signature.args[10], types.boolean)
+        flip = context.cast(builder, args[11], signature.args[11], types.boolean)
+        mask = lambda values: ir.Constant(ir.VectorType(i32, T), values)  # noqa: E731
 
-        def broadcast(index):
-            scalar = builder.load(builder.gep(tw_data, [index]))
-            return builder.shuffle_vector(builder.insert_element(undef, scalar, ir.Constant(ir.IntType(32), 0)), undef, zeros)
+        def apply(strides):
+            coefficients = []
+            for j, h in enumerate(strides):
+                base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, j)))
+                halves = [builder.load(_vector_at(builder, tw, builder.add(base, ir.Constant(i64, e * T)), vector), align=unit_bytes) for e in (0, 1)]
+                pairs = [_local_pair(lane, h) for lane in range(T)]
+                a = builder.shuffle_vector(halves[0], halves[1], mask([4 * q + (0 if low else 3) for q, low in pairs]))
+                b = builder.shuffle_vector(halves[0], halves[1], mask([4 * q + (1 if low else 2) for q, low in pairs]))
+                b_t = builder.shuffle_vector(halves[0], halves[1], mask([4 * q + (2 if low else 1) for q, low in pairs]))
+                coefficients.append((h, a, builder.select(flip, b_t, b)))
+            with cgutils.for_range(builder, n_rows) as loop:
+                x = builder.load(_vector_at(builder, src_p, builder.add(src_off, builder.mul(loop.index, src_str)), vector), align=unit_bytes)
+                for h, a, b in coefficients:
+                    partner = builder.shuffle_vector(x, x, mask([lane ^ h for lane in range(T)]))
+                    x = _contract(builder.fadd(_contract(builder.fmul(a, x)), _contract(builder.fmul(b, partner))))
+                builder.store(x, _vector_at(builder, dst_p, builder.add(dst_off, builder.mul(loop.index, dst_str)), vector), align=unit_bytes)
 
-        for level in range(levels):
-            h = 1 << level
-            base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, level)))
-            for p in range(T // 2):
-                i = (p // h) * 2 * h + p % h
-                j = i + h
-                entry = [builder.add(base, ir.Constant(i64, 4 * p + e)) for e in range(4)]
-                a, d = broadcast(entry[0]), broadcast(entry[3])
-                b = broadcast(builder.select(flip, entry[2], entry[1]))
-                c = broadcast(builder.select(flip, entry[1], entry[2]))
-                lo, hi = rows[i], rows[j]
-                rows[i] = _contract(builder.fadd(_contract(builder.fmul(a, lo)), _contract(builder.fmul(b, hi))))
-                rows[j] = _contract(builder.fadd(_contract(builder.fmul(c, lo)), _contract(builder.fmul(d, hi))))
-        for row, pointer in zip(rows, _row_pointers(builder, _data(context, builder, signature, args, 3), unit, 1, dst_off, dst_str, vector)):
-            builder.store(row, pointer, align=unit_bytes)
+        with builder.if_else(rising) as (then, otherwise):
+            with then:
+                apply([1 << j for j in range(levels)])
+            with otherwise:
+                apply([T >> (j + 1) for j in range(levels)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _planar_coefficients(builder, planar, offset, half, vector, unit_bytes):
+    """The vectors ``(a, b, c, d)`` of ``T`` consecutive pairs from a planar twiddle (planes ``a, b,
+    c, d`` of ``half`` elements each, ``offset`` the first pair's element in plane ``a``)."""
+    i64 = ir.IntType(64)
+    return tuple(
+        builder.load(_vector_at(builder, planar, builder.add(offset, builder.mul(half, ir.Constant(i64, e))), vector), align=unit_bytes)
+        for e in range(4)
+    )
+
+
+@intrinsic
+def rows_radix4(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, h1, h2, planar, half, s1a, s1b, s2a, s2b):
+    """Two factors of strides ``h1`` then ``h2`` (both multiples of ``T``) on the ``T``-feature
+    vectors at features ``f + {0, h1, h2, h1 + h2}`` of ``rows`` rows (``src_offset``,
+    ``dst_offset``: feature ``f`` of row 0; ``src`` and ``dst`` may be the same rows). First
+    factor: pairs ``(f, f + h1)`` with the coefficients at ``s1a``, ``(f + h2, f + h1 + h2)`` at
+    ``s1b``; second: ``(f, f + h2)`` at ``s2a``, ``(f + h1, f + h1 + h2)`` at ``s2b`` -- element
+    offsets of ``T`` consecutive pairs in plane ``a`` of a planar twiddle (planes ``a, b, c, d``
+    ``half`` elements apart, any transposition already applied). The eight coefficient vectors stay
+    in registers over the rows. Real dtypes only."""
+    kinds = _real_rows_types(src, dst, planar)
+    if kinds is None:
+        return None
+    unit, T, vector, unit_bytes = kinds
+    sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, h1, h2, planar, half, s1a, s1b, s2a, s2b)
+
+    def codegen(context, builder, signature, args):
+        src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 3, 4, 5, 6))
+        first, second, half_, *sets = _int64_args(context, builder, signature, args, (7, 8, 10, 11, 12, 13, 14))
+        tw = builder.bitcast(_data(context, builder, signature, args, 9), unit.as_pointer())
+        coefficients = [_planar_coefficients(builder, tw, s, half_, vector, unit_bytes) for s in sets]
+        offsets = [ir.Constant(ir.IntType(64), 0), first, second, builder.add(first, second)]
+        with cgutils.for_range(builder, n_rows) as loop:
+            src_row = builder.add(src_off, builder.mul(loop.index, src_str))
+            dst_row = builder.add(dst_off, builder.mul(loop.index, dst_str))
+            x = [builder.load(_vector_at(builder, src_p, builder.add(src_row, o), vector), align=unit_bytes) for o in offsets]
+            x[0], x[1] = _pair_fma(builder, coefficients[0], x[0], x[1])
+            x[2], x[3] = _pair_fma(builder, coefficients[1], x[2], x[3])
+            x[0], x[2] = _pair_fma(builder, coefficients[2], x[0], x[2])
+            x[1], x[3] = _pair_fma(builder, coefficients[3], x[1], x[3])
+            for value, o in zip(x, offsets):
+                builder.store(value, _vector_at(builder, dst_p, builder.add(dst_row, o), vector), align=unit_bytes)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def rows_radix2(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, h, planar, half, s):
+    """One factor of stride ``h`` (a multiple of ``T``) on the pairs ``(f, f + h)`` of ``rows`` rows
+    (see :func:`rows_radix4`; coefficients of the ``T`` pairs at ``s`` in plane ``a``)."""
+    kinds = _real_rows_types(src, dst, planar)
+    if kinds is None:
+        return None
+    unit, T, vector, unit_bytes = kinds
+    sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, h, planar, half, s)
+
+    def codegen(context, builder, signature, args):
+        src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 3, 4, 5, 6))
+        stride, half_, first = _int64_args(context, builder, signature, args, (7, 9, 10))
+        tw = builder.bitcast(_data(context, builder, signature, args, 8), unit.as_pointer())
+        coefficients = _planar_coefficients(builder, tw, first, half_, vector, unit_bytes)
+        with cgutils.for_range(builder, n_rows) as loop:
+            src_row = builder.add(src_off, builder.mul(loop.index, src_str))
+            dst_row = builder.add(dst_off, builder.mul(loop.index, dst_str))
+            offsets = [ir.Constant(ir.IntType(64), 0), stride]
+            x = [builder.load(_vector_at(builder, src_p, builder.add(src_row, o), vector), align=unit_bytes) for o in offsets]
+            x = _pair_fma(builder, coefficients, x[0], x[1])
+            for value, o in zip(x, offsets):
+                builder.store(value, _vector_at(builder, dst_p, builder.add(dst_row, o), vector), align=unit_bytes)
         return context.get_dummy_value()
 
     return sig, codegen
