@@ -45,9 +45,10 @@ def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
     # real dtypes run the row-layout forward from N = T on (16 float32, 8 float64 features a
     # vector): N = 16 is one run of small strides, N = 32 with 3 butterflies mixes runs and lone
     # factors of stride 16, N >= 64 radix-4 steps; batches off the block grid leave partial
-    # blocks. Complex dtypes, N < T and every backward run the transposed layout, where batches
-    # and sizes off the register-tile grid exercise the element-by-element edges
-    cases = [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1), (2, 1, 1, 64, 50), (1, 1, 1, 128, 64), (2, 1, 1, 64, 40)]
+    # blocks; the backward from N = 8 T on (N = 128, 256: several butterflies and stacks, one
+    # input row shared by two stacks). Complex dtypes and smaller N run the transposed layout,
+    # where batches and sizes off the register-tile grid exercise the element-by-element edges
+    cases = [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1), (2, 1, 1, 64, 50), (1, 1, 1, 128, 64), (2, 1, 1, 64, 40), (2, 3, 1, 128, 21), (3, 2, 3, 256, 9)]
     for case in cases:
         _assert_fused_matches_reference(op, dtype, increasing_stride, *case, tol=tol)
 
@@ -108,16 +109,22 @@ def test_rows_plan_groups_the_schedule_into_register_runs_and_radix4_steps():
     f32, f64, c64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.complex64)
 
     def steps(*args):
-        kinds, firsts, seconds, strides, _, slots, n_slots = _rows_plan(*args)
-        return [(int(k), int(strides[f]), int(strides[g])) for k, f, g in zip(kinds, firsts, seconds)], n_slots
+        kinds, h1, h2, starts, positions, *_, n_slots = _rows_plan(*args)
+        return [(int(k), int(a), int(b), int(e - s)) for k, a, b, s, e in zip(kinds, h1, h2, starts[:-1], starts[1:])], n_slots
 
-    # one increasing butterfly, n = 1024, float32: strides 1..8 in registers, then (16, 32), (64, 128), (256, 512)
-    assert steps(1024, 1, True, False, f32) == ([(0, 1, 1), (1, 16, 32), (1, 64, 128), (1, 256, 512)], 6)
-    assert steps(1024, 1, False, False, f32) == ([(1, 512, 256), (1, 128, 64), (1, 32, 16), (0, 8, 8)], 6)
-    assert steps(1024, 1, True, True, f32) == ([(1, 512, 256), (1, 128, 64), (1, 32, 16), (0, 8, 8)], 6)
-    assert steps(1024, 1, True, False, f64)[0][:2] == [(0, 1, 1), (1, 8, 16)]  # 8 features a vector
-    # two butterflies at n = 32: the repeated stride 16 runs alone twice
-    assert steps(32, 2, True, False, f32) == ([(0, 1, 1), (2, 16, 16), (2, 16, 16), (0, 8, 8)], 2)
+    # one increasing butterfly, n = 1024, float32 (64 vectors a row): strides 1..8 in registers
+    # (64 positions), then (16, 32), (64, 128), (256, 512) (16 positions of 4 vectors each)
+    assert steps(1024, 1, True, False, f32) == ([(0, 1, 1, 64), (1, 16, 32, 16), (1, 64, 128, 16), (1, 256, 512, 16)], 6)
+    decreasing = ([(1, 512, 256, 16), (1, 128, 64, 16), (1, 32, 16, 16), (0, 8, 8, 64)], 6)
+    assert steps(1024, 1, False, False, f32) == steps(1024, 1, True, True, f32) == decreasing
+    assert steps(1024, 1, True, False, f64)[0][:2] == [(0, 1, 1, 128), (1, 8, 16, 32)]  # 8 features a vector
+    # two butterflies at n = 32: the repeated stride 16 runs alone twice (1 position: the low half)
+    assert steps(32, 2, True, False, f32) == ([(0, 1, 1, 2), (2, 16, 16, 1), (2, 16, 16, 1), (0, 8, 8, 2)], 2)
+    kinds, h1, h2, starts, positions, strides, offsets, slots, _ = _rows_plan(64, 1, True, False, f32)
+    # the radix-4 step (16, 32) at feature 0: pairs 0 and 16 (features 0, 32) of stride 16, 0 and 16
+    # (features 0, 16) of stride 32, in planar slots 0 and 1 (planes of N / 2 = 32)
+    assert positions[starts[1]].tolist() == [0, 0, 16, 4 * 32 + 0, 4 * 32 + 16]
+    assert positions[starts[0] + 1].tolist()[:3] == [16, offsets[0] + 8 * 4, offsets[1] - offsets[0]]
     assert _rows_plan(1024, 1, True, False, c64) is None  # complex: the transposed layout
     assert _rows_plan(8, 1, True, False, f32) is None  # N below one vector
     assert _rows_plan(8, 1, True, False, f64) is not None
@@ -156,7 +163,8 @@ def test_half_precision_runs_the_reference():
 @pytest.mark.parametrize("stacks", [1, 2])
 def test_fused_backward_recomputes_in_segments_when_few_inputs_fit(dtype, stacks, monkeypatch):
     """A cache budget of three or four chunk buffers keeps 2 of the 3 step inputs: the lower
-    segment is recomputed again; one stack keeps the chunk's input in the input gradient's rows."""
+    segment is recomputed again; one stack keeps the chunk's input in the input gradient's rows.
+    (The transposed-layout backward is called directly: real dtypes at this N run the row layout.)"""
     import numba
 
     from structmat.ops import butterfly_cpu
@@ -173,7 +181,8 @@ def test_fused_backward_recomputes_in_segments_when_few_inputs_fit(dtype, stacks
         _, planned_chunk, _, kept, x_in_grad = butterfly_cpu._backward_plan(tw, x, True, False)
         assert (planned_chunk, kept, x_in_grad) == (chunk, 2, stacks == 1)  # 2 of act[1 .. 3]
         g = torch.randn(batch, stacks, n, dtype=dtype)
-        grads = torch.autograd.grad(butterfly_multiply(tw, x), (tw, x), g)
+        grads = (torch.empty_like(tw), torch.empty_like(x))
+        butterfly_cpu._backward_transposed(tw.detach(), x.detach(), g, *grads, True, False)
     finally:
         numba.set_num_threads(threads)
     with use_reference():

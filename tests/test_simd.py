@@ -7,7 +7,21 @@ import torch
 from numba import njit
 
 from structmat.ops.backend import tensor_address
-from structmat.ops.simd import TILE_ROWS, VECTOR_BYTES, array_at, rows_low_levels, rows_radix2, rows_radix4, tile_rows, tile_size, transpose_tile, transpose_tile_to_rows
+from structmat.ops.simd import (
+    TILE_ROWS,
+    VECTOR_BYTES,
+    array_at,
+    rows_low_levels,
+    rows_low_levels_backward,
+    rows_radix2,
+    rows_radix2_backward,
+    rows_radix4,
+    rows_radix4_backward,
+    tile_rows,
+    tile_size,
+    transpose_tile,
+    transpose_tile_to_rows,
+)
 
 
 @njit
@@ -171,3 +185,86 @@ def test_row_kernels_reject_complex_arrays():
     z = np.zeros(64, np.complex64)
     with pytest.raises(Exception):
         _radix2(z, 0, 16, z, 0, 16, 1, 16, z, 16, 0)
+
+
+def _factor_torch(x, tw, h, transposed=False):
+    """:func:`_factor` in torch (differentiable)."""
+    p = torch.arange(x.shape[1] // 2)
+    i = (p // h) * 2 * h + p % h
+    block = tw.transpose(-1, -2) if transposed else tw
+    low, high = x[:, i], x[:, i + h]
+    y = torch.zeros_like(x).index_copy(1, i, block[:, 0, 0] * low + block[:, 0, 1] * high)
+    return y.index_copy(1, i + h, block[:, 1, 0] * low + block[:, 1, 1] * high)
+
+
+@njit
+def _low_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, tw, to, ls, grad, increasing, transposed):
+    rows_low_levels_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, tw, to, ls, grad, increasing, transposed)
+
+
+@njit
+def _radix4_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, h1, h2, planar, half, a, b, c, d, grad_planar):
+    rows_radix4_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, h1, h2, planar, half, a, b, c, d, grad_planar)
+
+
+@njit
+def _radix2_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, h, planar, half, a, grad_planar):
+    rows_radix2_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, h, planar, half, a, grad_planar)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("increasing", [True, False])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_rows_low_levels_backward_matches_autograd(dtype, increasing, transposed):
+    """Input adjoint and block gradients of the small strides on the block at f0 of 3 rows
+    against torch autograd (float64) of the same factors."""
+    t = tile_size(dtype)
+    levels, n, rows, f0 = t.bit_length() - 1, 2 * t, 3, t
+    rng = np.random.default_rng(5)
+    x, g = (rng.standard_normal((rows, n)).astype(dtype) for _ in range(2))
+    tw = rng.standard_normal((levels, n // 2, 2, 2)).astype(dtype)
+    strides = [1 << j for j in range(levels)] if increasing else [t >> (j + 1) for j in range(levels)]
+    order = list(range(levels)) if increasing else list(range(levels - 1, -1, -1))
+    level_size = n // 2 * 4
+    grad, grad_x = np.zeros(tw.size, dtype), np.zeros_like(x)
+    _low_backward(x.ravel(), f0, n, g.ravel(), f0, n, grad_x.ravel(), f0, n, rows, tw.ravel(), order[0] * level_size + f0 // 2 * 4, (order[1] - order[0]) * level_size, grad, increasing, transposed)
+    xt, twt = torch.tensor(x, dtype=torch.float64, requires_grad=True), torch.tensor(tw, dtype=torch.float64, requires_grad=True)
+    y = xt
+    for j, h in enumerate(strides):
+        y = _factor_torch(y, twt[order[j]], h, transposed)
+    (y[:, f0 : f0 + t] * torch.tensor(g[:, f0 : f0 + t], dtype=torch.float64)).sum().backward()
+    tol = 2e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(grad_x[:, f0 : f0 + t], xt.grad[:, f0 : f0 + t].numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad.reshape(tw.shape), twt.grad.numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_radix4_and_radix2_backward_match_autograd(dtype):
+    t = tile_size(dtype)
+    n, rows, half = 8 * t, 3, 4 * t
+    rng = np.random.default_rng(6)
+    tol = 2e-4 if dtype == np.float32 else 1e-11
+    x, g = (rng.standard_normal((rows, n)).astype(dtype) for _ in range(2))
+    tws = [rng.standard_normal((half, 2, 2)).astype(dtype) for _ in range(2)]
+    planar = np.concatenate([tw.reshape(-1, 4).T.ravel() for tw in tws])
+    as_torch = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    unplanar = lambda p: p.reshape(4, half).T.reshape(half, 2, 2)  # noqa: E731
+    for h1, h2 in [(t, 2 * t), (2 * t, t), (t, 4 * t)]:
+        grad_planar, adjoint = np.zeros_like(planar), g.ravel().copy()
+        for f in range(0, n, t):
+            if not (f & h1 or f & h2):  # in place: the adjoint overwrites the output adjoint
+                _radix4_backward(x.ravel(), f, n, adjoint, f, n, adjoint, f, n, rows, h1, h2, planar, half, _pair(f, h1), _pair(f + h2, h1), 4 * half + _pair(f, h2), 4 * half + _pair(f + h1, h2), grad_planar)
+        xt, t1, t2 = as_torch(x), as_torch(tws[0]), as_torch(tws[1])
+        (_factor_torch(_factor_torch(xt, t1, h1), t2, h2) * torch.tensor(g, dtype=torch.float64)).sum().backward()
+        np.testing.assert_allclose(adjoint.reshape(rows, n), xt.grad.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(unplanar(grad_planar[: 4 * half]), t1.grad.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(unplanar(grad_planar[4 * half :]), t2.grad.numpy(), rtol=tol, atol=tol)
+    for h in (t, 4 * t):
+        grad_planar, adjoint = np.zeros_like(planar), np.zeros(rows * n, dtype)
+        for f in range(0, n, t):
+            if not f & h:
+                _radix2_backward(x.ravel(), f, n, g.ravel(), f, n, adjoint, f, n, rows, h, planar, half, _pair(f, h), grad_planar)
+        xt, t1 = as_torch(x), as_torch(tws[0])
+        (_factor_torch(xt, t1, h) * torch.tensor(g, dtype=torch.float64)).sum().backward()
+        np.testing.assert_allclose(adjoint.reshape(rows, n), xt.grad.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(unplanar(grad_planar[: 4 * half]), t1.grad.numpy(), rtol=tol, atol=tol)

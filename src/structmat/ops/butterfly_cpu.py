@@ -46,7 +46,21 @@ from numba.np.numpy_support import as_dtype
 from .backend import numpy_dtype
 from .butterfly import FUSED_BACKENDS, butterfly_schedule
 from .numba_rows import compile_variant
-from .simd import CACHE_SET_PERIOD, TILE_ROWS, VECTOR_BYTES, array_at, rows_low_levels, rows_radix2, rows_radix4, tile_size, transpose_tile, transpose_tile_to_rows
+from .simd import (
+    CACHE_SET_PERIOD,
+    TILE_ROWS,
+    VECTOR_BYTES,
+    array_at,
+    rows_low_levels,
+    rows_low_levels_backward,
+    rows_radix2,
+    rows_radix2_backward,
+    rows_radix4,
+    rows_radix4_backward,
+    tile_size,
+    transpose_tile,
+    transpose_tile_to_rows,
+)
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 #: target size in bytes of one chunk's two ping-pong buffers (about the L2 size)
@@ -312,39 +326,68 @@ def _forward_chunks(tw_at, x_at, out_at, scratch, blocks, levels, strides, first
                 _store(out, bufs[firsts.shape[0] % 2], row0, cols, s, False)
 
 
-@njit(cache=True, inline="always")
-def _pair_index(f, h):
-    """Pair of stride ``h`` (a power of two) whose low feature is ``f`` (SPEC.md §1.4)."""
-    return ((f >> 1) & ~(h - 1)) | (f & (h - 1))
-
-
-def _forward_rows(tw_at, x_at, out_at, planar, kinds, firsts, seconds, strides, offsets, slots, transposed, block_rows, workers):
-    """The row-layout forward (real dtypes, :func:`_rows_plan`): blocks of ``block_rows`` batch rows
-    (worker ``w`` takes blocks ``w, w + W, ...``), each stack's steps applied in place in ``out``
-    (the first step reads ``x``): ``kinds`` 0 -- the ``log2 T`` factors of strides ``< T`` from
-    factor ``firsts[step]`` on, in registers (:func:`~structmat.ops.simd.rows_low_levels`); 1 --
-    factors ``firsts[step]``, ``seconds[step]`` together (:func:`~structmat.ops.simd.rows_radix4`);
-    2 -- factor ``firsts[step]`` alone. ``offsets[f]``: factor ``f``'s first element in one stack's
-    flat twiddle; ``slots[f]``: its slot in ``planar`` ``(S, slots, 4, N/2)``, the planes ``a, b,
-    c, d`` of the factors of strides ``>= T`` (filled here first; ``transposed`` swaps ``b, c``).
-    Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
-    tw, x, out = array_at(tw_at, planar), array_at(x_at, planar), array_at(out_at, planar)
-    batch, stacks_in, n = x.shape
-    stacks = tw.shape[0]
-    half = n // 2
-    t = VECTOR_BYTES // planar.itemsize
-    tw_flat = tw.reshape(stacks, tw.size // stacks)
-    for s in range(stacks):
+@njit(cache=True)
+def _planar_copy(tw_flat, planar, strides, offsets, slots, transposed, to_planar):
+    """``to_planar``: ``planar[s, slots[f]]`` = the planes ``a, b, c, d`` of factor ``f``'s blocks in
+    stack ``s`` (``transposed`` swaps ``b, c``) for every factor with a slot (strides ``>= T``);
+    else the inverse, added: ``tw_flat[s]`` += the planes (the twiddle gradient)."""
+    half = planar.shape[3]
+    for s in range(planar.shape[0]):
         for f in range(strides.shape[0]):
             k = slots[f]
             if k < 0:
                 continue
-            base = offsets[f]
             for p in range(half):
-                planar[s, k, 0, p] = tw_flat[s, base + 4 * p]
-                planar[s, k, 1, p] = tw_flat[s, base + 4 * p + (2 if transposed else 1)]
-                planar[s, k, 2, p] = tw_flat[s, base + 4 * p + (1 if transposed else 2)]
-                planar[s, k, 3, p] = tw_flat[s, base + 4 * p + 3]
+                base = offsets[f] + 4 * p
+                for e in range(4):
+                    entry = base + ((3 - e) if transposed and 0 < e < 3 else e)
+                    if to_planar:
+                        planar[s, k, e, p] = tw_flat[s, entry]
+                    else:
+                        tw_flat[s, entry] += planar[s, k, e, p]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _rows_step(src, src_off, src_str, dst, dst_off, dst_str, rows, half, kind, h1, h2, positions, tw_s, planar_s, transposed):
+    """One step of a row-layout plan (:func:`_rows_plan`) on ``rows`` rows of ``2 half`` features:
+    ``dst = step · src`` (flat arrays, row offsets and strides in elements)."""
+    for q in range(positions.shape[0]):
+        f0, c0, c1, c2, c3 = positions[q, 0], positions[q, 1], positions[q, 2], positions[q, 3], positions[q, 4]
+        if kind == 0:
+            rows_low_levels(src, src_off + f0, src_str, dst, dst_off + f0, dst_str, rows, tw_s, c0, c1, h1 == 1, transposed)
+        elif kind == 1:
+            rows_radix4(src, src_off + f0, src_str, dst, dst_off + f0, dst_str, rows, h1, h2, planar_s, half, c0, c1, c2, c3)
+        else:
+            rows_radix2(src, src_off + f0, src_str, dst, dst_off + f0, dst_str, rows, h1, planar_s, half, c0)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _rows_step_backward(act, act_off, act_str, gsrc, gsrc_off, gsrc_str, gdst, gdst_off, gdst_str, rows, half, kind, h1, h2, positions, tw_s, planar_s, grad_s, grad_planar_s, transposed):
+    """Backward of :func:`_rows_step`: ``act`` the step's input, ``gsrc`` its output adjoint,
+    ``gdst`` receives the input adjoint; gradients added to ``grad_s`` (the twiddle's layout: runs
+    of small strides) and ``grad_planar_s`` (planar: the other factors)."""
+    for q in range(positions.shape[0]):
+        f0, c0, c1, c2, c3 = positions[q, 0], positions[q, 1], positions[q, 2], positions[q, 3], positions[q, 4]
+        a, g, d = act_off + f0, gsrc_off + f0, gdst_off + f0
+        if kind == 0:
+            rows_low_levels_backward(act, a, act_str, gsrc, g, gsrc_str, gdst, d, gdst_str, rows, tw_s, c0, c1, grad_s, h1 == 1, transposed)
+        elif kind == 1:
+            rows_radix4_backward(act, a, act_str, gsrc, g, gsrc_str, gdst, d, gdst_str, rows, h1, h2, planar_s, half, c0, c1, c2, c3, grad_planar_s)
+        else:
+            rows_radix2_backward(act, a, act_str, gsrc, g, gsrc_str, gdst, d, gdst_str, rows, h1, planar_s, half, c0, grad_planar_s)
+
+
+def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, positions, strides, offsets, slots, transposed, block_rows, workers):
+    """The row-layout forward (real dtypes, :func:`_rows_plan`): blocks of ``block_rows`` batch rows
+    (worker ``w`` takes a contiguous range of blocks: interleaved blocks ran 1.5x slower on two
+    threads), each stack's steps applied in place in ``out`` (the first step reads ``x``; see
+    :func:`_rows_step`). ``planar`` ``(S, slots, 4, N/2)`` receives the planar coefficients first
+    (:func:`_planar_copy`). Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
+    tw, x, out = array_at(tw_at, planar), array_at(x_at, planar), array_at(out_at, planar)
+    batch, stacks_in, n = x.shape
+    stacks = tw.shape[0]
+    tw_flat = tw.reshape(stacks, tw.size // stacks)
+    _planar_copy(tw_flat, planar, strides, offsets, slots, transposed, True)
     x_flat, out_flat = x.reshape(x.size), out.reshape(out.size)
     n_blocks = (batch + block_rows - 1) // block_rows
     for worker in prange(workers):
@@ -352,35 +395,83 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, firsts, seconds, strides, 
             row0 = block * block_rows
             rows = min(block_rows, batch - row0)
             for s in range(stacks):
-                dst_off = (row0 * stacks + s) * n
-                dst_str = stacks * n
-                tw_s, planar_s = tw_flat[s], planar[s].reshape(planar[s].size)
-                for step in range(kinds.shape[0]):
-                    src, src_off, src_str = out_flat, dst_off, dst_str
-                    if step == 0:
-                        src, src_off, src_str = x_flat, (row0 * stacks_in + (s if stacks_in > 1 else 0)) * n, stacks_in * n
-                    f = firsts[step]
-                    if kinds[step] == 0:
-                        for f0 in range(0, n, t):
-                            rows_low_levels(src, src_off + f0, src_str, out_flat, dst_off + f0, dst_str, rows, tw_s, offsets[f] + f0 // 2 * 4, offsets[f + 1] - offsets[f], strides[f] == 1, transposed)
-                    elif kinds[step] == 1:
-                        g = seconds[step]
-                        h1, h2 = strides[f], strides[g]
-                        low, high = min(h1, h2), max(h1, h2)
-                        a, b = slots[f] * 4 * half, slots[g] * 4 * half
-                        for base in range(0, n, 2 * high):
-                            for middle in range(base, base + high, 2 * low):
-                                for f0 in range(middle, middle + low, t):
-                                    rows_radix4(
-                                        src, src_off + f0, src_str, out_flat, dst_off + f0, dst_str, rows, h1, h2, planar_s, half,
-                                        a + _pair_index(f0, h1), a + _pair_index(f0 + h2, h1), b + _pair_index(f0, h2), b + _pair_index(f0 + h1, h2),
-                                    )
+                dst_off, dst_str = (row0 * stacks + s) * n, stacks * n
+                src_off, src_str = (row0 * stacks_in + (s if stacks_in > 1 else 0)) * n, stacks_in * n
+                planar_s = planar[s].reshape(planar[s].size)
+                for k in range(kinds.shape[0]):
+                    step = (rows, n // 2, kinds[k], h1s[k], h2s[k], positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, transposed)
+                    if k == 0:
+                        _rows_step(x_flat, src_off, src_str, out_flat, dst_off, dst_str, *step)
                     else:
-                        h = strides[f]
-                        a = slots[f] * 4 * half
-                        for base in range(0, n, 2 * h):
-                            for f0 in range(base, base + h, t):
-                                rows_radix2(src, src_off + f0, src_str, out_flat, dst_off + f0, dst_str, rows, h, planar_s, half, a + _pair_index(f0, h))
+                        _rows_step(out_flat, dst_off, dst_str, out_flat, dst_off, dst_str, *step)
+
+
+def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, strides, offsets, slots, transposed, block_rows):
+    """The row-layout backward (real dtypes): per block of ``block_rows`` rows and stack, the
+    inputs of steps ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a few
+    blocks of ``rows x N``, flat: all of them fit, whatever the batch), then the steps are walked back
+    (:func:`_rows_step_backward`), the adjoint in place in ``grad_x``'s rows (with several stacks
+    sharing one input row, in ``scratch[w, steps - 1]``, then added). Worker ``w`` adds its
+    twiddle gradients to ``parts[w]`` (the twiddle's layout) and ``planar_parts[w]`` (planar),
+    summed into ``grad_tw`` at the end. Tensors arrive as ``(address, shape)``."""
+    tw, x, grad = array_at(tw_at, planar), array_at(x_at, planar), array_at(grad_at, planar)
+    grad_tw, grad_x = array_at(grad_tw_at, planar), array_at(grad_x_at, planar)
+    batch, stacks_in, n = x.shape
+    stacks = tw.shape[0]
+    steps = kinds.shape[0]
+    workers = parts.shape[0]
+    tw_flat = tw.reshape(stacks, tw.size // stacks)
+    _planar_copy(tw_flat, planar, strides, offsets, slots, transposed, True)
+    x_flat, grad_flat, grad_x_flat = x.reshape(x.size), grad.reshape(grad.size), grad_x.reshape(grad_x.size)
+    shared = stacks_in == 1 and stacks > 1
+    n_blocks = (batch + block_rows - 1) // block_rows
+    for worker in prange(workers):
+        parts[worker] = 0
+        planar_parts[worker] = 0
+        for block in range(worker * n_blocks // workers, (worker + 1) * n_blocks // workers):
+            row0 = block * block_rows
+            rows = min(block_rows, batch - row0)
+            for s in range(stacks):
+                planar_s = planar[s].reshape(planar[s].size)
+                grad_s = parts[worker, s]
+                grad_planar_s = planar_parts[worker, s].reshape(planar_parts[worker, s].size)
+                x_off, x_str = (row0 * stacks_in + (s if stacks_in > 1 else 0)) * n, stacks_in * n
+                for k in range(steps - 1):  # act[k + 1] = step k (act[k]), act[0] = x
+                    step = (rows, n // 2, kinds[k], h1s[k], h2s[k], positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, transposed)
+                    if k == 0:
+                        _rows_step(x_flat, x_off, x_str, scratch[worker, k], 0, n, *step)
+                    else:
+                        _rows_step(scratch[worker, k - 1], 0, n, scratch[worker, k], 0, n, *step)
+                if shared:
+                    g, g_off, g_str = scratch[worker, steps - 1], 0, n
+                else:
+                    g, g_off, g_str = grad_x_flat, x_off, x_str
+                for k in range(steps - 1, -1, -1):
+                    if k == 0:
+                        act, act_off, act_str = x_flat, x_off, x_str
+                    else:
+                        act, act_off, act_str = scratch[worker, k - 1], 0, n
+                    if k == steps - 1:
+                        gsrc, gsrc_off, gsrc_str = grad_flat, (row0 * stacks + s) * n, stacks * n
+                    else:
+                        gsrc, gsrc_off, gsrc_str = g, g_off, g_str
+                    _rows_step_backward(
+                        act, act_off, act_str, gsrc, gsrc_off, gsrc_str, g, g_off, g_str, rows, n // 2, kinds[k], h1s[k], h2s[k],
+                        positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, grad_s, grad_planar_s, transposed,
+                    )
+                if shared:
+                    for r in range(rows):
+                        target = grad_x_flat[(row0 + r) * n : (row0 + r + 1) * n]
+                        source = g[r * n : (r + 1) * n]
+                        if s == 0:
+                            target[:] = source
+                        else:
+                            target += source
+    grad_tw_flat = grad_tw.reshape(stacks, grad_tw.size // stacks)
+    grad_tw_flat[:] = 0
+    for worker in range(workers):
+        grad_tw_flat += parts[worker]
+        _planar_copy(grad_tw_flat, planar_parts[worker], strides, offsets, slots, transposed, False)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -476,6 +567,8 @@ def _backward_chunks(tw_at, x_at, grad_at, grad_tw_at, grad_tw_parts, grad_x_at,
 _forward_parallel = compile_variant(_forward_chunks, parallel=True, fastmath=_FASTMATH)
 _forward_rows_parallel = compile_variant(_forward_rows, parallel=True, fastmath=_FASTMATH)
 _forward_rows_serial = compile_variant(_forward_rows, parallel=False, fastmath=_FASTMATH)
+_backward_rows_parallel = compile_variant(_backward_rows, parallel=True, fastmath=_FASTMATH)
+_backward_rows_serial = compile_variant(_backward_rows, parallel=False, fastmath=_FASTMATH)
 _forward_serial = compile_variant(_forward_chunks, parallel=False, fastmath=_FASTMATH)
 _backward_parallel = compile_variant(_backward_chunks, parallel=True, fastmath=_FASTMATH)
 _backward_serial = compile_variant(_backward_chunks, parallel=False, fastmath=_FASTMATH)
@@ -504,44 +597,67 @@ def _steps(strides: list[int], start: int) -> tuple[list[int], list[int]]:
     return firsts, sizes
 
 
+def _pair_of(f: int, h: int) -> int:
+    """Pair of stride ``h`` whose low feature is ``f`` (SPEC.md §1.4: ``i = ⌊p/h⌋ 2h + p mod h``)."""
+    return (f // (2 * h)) * h + f % h
+
+
 @functools.lru_cache(maxsize=256)
 def _rows_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: np.dtype):
-    """``(kinds, firsts, seconds, strides, offsets, slots, n_slots)`` of :func:`_forward_rows`, or
-    ``None`` where the row layout does not apply (complex dtypes; ``N < T``). Factors of strides
-    ``< T`` come in runs of ``log2 T`` (every butterfly of size ``N >= T`` has its small strides
-    together, ``1 .. T/2`` or ``T/2 .. 1``); the others are paired into radix-4 steps where two
-    consecutive strides differ, else run alone."""
+    """The row-layout plan ``(kinds, h1, h2, starts, positions, strides, offsets, slots, n_slots)``,
+    or ``None`` where the row layout does not apply (complex dtypes; ``N < T``).
+
+    Factors of strides ``< T`` come in runs of ``log2 T`` (every butterfly of size ``N >= T`` has
+    its small strides together, ``1 .. T/2`` or ``T/2 .. 1``): a step of kind 0
+    (:func:`~structmat.ops.simd.rows_low_levels`, ``h1`` its first stride); the others are paired
+    into radix-4 steps of kind 1 where two consecutive strides ``h1, h2`` differ
+    (:func:`~structmat.ops.simd.rows_radix4`), else run alone (kind 2). Step ``k`` visits the
+    vector positions ``positions[starts[k]:starts[k + 1]]``, rows ``(f0, c0, c1, c2, c3)``: feature
+    ``f0`` and the coefficient offsets the kernel takes (kind 0: the run's first block entry at
+    ``f0`` in one stack's flat twiddle and the stride between the run's factors; kinds 1, 2: the
+    pairs' offsets in one stack's planar coefficients). ``offsets[f]``: factor ``f``'s first element
+    in one stack's flat twiddle; ``slots[f]``: its slot among the planar coefficients
+    ``(slots, 4, N/2)`` (strides ``>= T``; ``-1`` otherwise)."""
     if dtype.kind != "f" or n < tile_size(dtype):
         return None
     t = tile_size(dtype)
     run = t.bit_length() - 1
+    half = n // 2
     blocks, levels, strides = _schedule_arrays(n, n_blocks, increasing_stride, transpose)[:3]
     log_n = n.bit_length() - 1
-    offsets = [(int(b) * log_n + int(level)) * (n // 2) * 4 for b, level in zip(blocks, levels)]
+    offsets = [(int(b) * log_n + int(level)) * half * 4 for b, level in zip(blocks, levels)]
     strides = [int(h) for h in strides]
-    kinds, firsts, seconds, slots = [], [], [], [-1] * len(strides)
+    kinds, h1s, h2s, starts, positions, slots = [], [], [], [0], [], [-1] * len(strides)
     f = 0
     while f < len(strides):
-        if strides[f] < t:
-            window = strides[f : f + run]
-            if window not in ([1 << j for j in range(run)], [t >> (j + 1) for j in range(run)]):
+        h1 = strides[f]
+        if h1 < t:
+            if strides[f : f + run] not in ([1 << j for j in range(run)], [t >> (j + 1) for j in range(run)]):
                 return None
-            steps = {offsets[f + j + 1] - offsets[f + j] for j in range(run - 1)}
-            if len(steps) > 1:
+            level_steps = {offsets[f + j + 1] - offsets[f + j] for j in range(run - 1)}
+            if len(level_steps) > 1:
                 return None
-            kinds.append(0), firsts.append(f), seconds.append(f)
+            (level_step,) = level_steps
+            kinds.append(0), h1s.append(h1), h2s.append(h1)
+            positions += [(f0, offsets[f] + f0 // 2 * 4, level_step, 0, 0) for f0 in range(0, n, t)]
             f += run
-            continue
-        slots[f] = max(slots) + 1
-        if f + 1 < len(strides) and strides[f + 1] >= t and strides[f + 1] != strides[f]:
-            slots[f + 1] = slots[f] + 1
-            kinds.append(1), firsts.append(f), seconds.append(f + 1)
+        elif f + 1 < len(strides) and t <= strides[f + 1] != h1:
+            h2 = strides[f + 1]
+            slots[f], slots[f + 1] = max(slots) + 1, max(slots) + 2
+            a, b = slots[f] * 4 * half, slots[f + 1] * 4 * half
+            kinds.append(1), h1s.append(h1), h2s.append(h2)
+            for f0 in range(0, n, t):
+                if not (f0 & h1 or f0 & h2):
+                    positions.append((f0, a + _pair_of(f0, h1), a + _pair_of(f0 + h2, h1), b + _pair_of(f0, h2), b + _pair_of(f0 + h1, h2)))
             f += 2
         else:
-            kinds.append(2), firsts.append(f), seconds.append(f)
+            slots[f] = max(slots) + 1
+            a = slots[f] * 4 * half
+            kinds.append(2), h1s.append(h1), h2s.append(h1)
+            positions += [(f0, a + _pair_of(f0, h1), 0, 0, 0) for f0 in range(0, n, t) if not f0 & h1]
             f += 1
-    # offsets[f + 1] is read for the last factor of a run: pad by one
-    arrays = [np.array(a, dtype=np.int64) for a in (kinds, firsts, seconds, strides, offsets + [offsets[-1]], slots)]
+        starts.append(len(positions))
+    arrays = [np.array(v, dtype=np.int64) for v in (kinds, h1s, h2s, starts, positions, strides, offsets, slots)]
     return (*arrays, max(slots) + 1)
 
 
@@ -598,11 +714,14 @@ def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int, workers: 
 
 #: bytes of one block of rows in the row-layout forward (about two thirds of the level-1 cache)
 ROWS_BLOCK_BYTES = 32 << 10
-#: fewest and most rows per block: fewer rows reload the twiddles more often; more than 8 rows
-#: whose stride is a multiple of 4 KiB share too few cache sets (see
-#: :data:`~structmat.ops.simd.TILE_ROWS`) -- n = 1024, float32, batch 256: 8 rows 47 us, 16 rows
-#: 73 us; n = 16384: 4 rows 1.8 ms, 8 rows 3.0 ms
-ROWS_BLOCK_MIN, ROWS_BLOCK_MAX = 4, 16
+#: fewest and most rows per block: fewer rows reload the twiddles more often (the block budget
+#: keeps rows whose stride is a multiple of 4 KiB at <= 8, see :data:`~structmat.ops.simd.TILE_ROWS`:
+#: n = 1024, float32, batch 256: 8 rows 47 us, 16 rows 73 us; n = 16384: 4 rows 1.8 ms, 8 rows
+#: 3.0 ms); small N gets long blocks (n = 16, batch 256, backward: 16 rows 21 us, 256 rows 16 us)
+ROWS_BLOCK_MIN, ROWS_BLOCK_MAX = 4, 256
+#: the row-layout backward from ``N >= ROWS_BACKWARD_MIN_VECTORS * T`` on; below, its per-block
+#: set-up costs more than the transpositions it saves (n = 64, float32, batch 256: 25 against 21 us)
+ROWS_BACKWARD_MIN_VECTORS = 8
 
 
 @functools.lru_cache(maxsize=256)
@@ -616,7 +735,7 @@ def _forward_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: b
     rows = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
     if rows is not None:
         *arrays, slots = rows
-        block = min(ROWS_BLOCK_MAX, max(ROWS_BLOCK_MIN, ROWS_BLOCK_BYTES // (n * np_dtype.itemsize)))
+        block = _rows_block(n, np_dtype)
         workers = min(threads, -(-batch // block))
         kernel = _forward_rows_parallel if workers > 1 else _forward_rows_serial
         return kernel, (stacks, max(1, slots), 4, n // 2), np_dtype, (*arrays, bool(transpose), block, workers)
@@ -703,35 +822,85 @@ def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
 
 
 def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> int:
-    """Bytes the fused backward allocates beyond its inputs: the input gradient, per-worker
-    buffers (the adjoint, ``kept`` step inputs and, with several stacks, the chunk's input; each
-    ``N · chunk``) and per-worker twiddle-gradient partials (worker 0's is the returned gradient)."""
+    """Bytes the fused backward allocates beyond its inputs: the input gradient and the workers'
+    buffers -- row layout (:func:`_backward_rows`): the planar coefficients, per-worker
+    twiddle-gradient partials (both layouts) and step inputs of one block; transposed layout: the
+    adjoint, ``kept`` step inputs and, with several stacks, the chunk's input (each ``N · chunk``)
+    and twiddle-gradient partials (worker 0's is the returned gradient)."""
+    stacks, n_blocks, _, half = twiddle.shape[:4]
+    n = 2 * half
+    rows = _backward_rows_launch(n, n_blocks, bool(increasing_stride), False, x.dtype, stacks, x.shape[1], x.shape[0], numba.get_num_threads())
+    if rows is not None:
+        return (x.numel() + sum(math.prod(shape) for shape in rows[1])) * x.element_size()
     _, chunk, workers, kept, x_in_grad = _backward_plan(twiddle, x, increasing_stride, False)
-    n = 2 * twiddle.shape[3]
     scratch = workers * (1 + kept + (0 if x_in_grad else 1)) * n * chunk
     return (x.numel() + scratch + workers * twiddle.numel()) * x.element_size()
+
+
+def _rows_block(n: int, dtype: np.dtype) -> int:
+    """Rows per block of the row-layout kernels (:data:`ROWS_BLOCK_BYTES`)."""
+    return min(ROWS_BLOCK_MAX, max(ROWS_BLOCK_MIN, ROWS_BLOCK_BYTES // (n * dtype.itemsize)))
+
+
+@functools.lru_cache(maxsize=256)
+def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: torch.dtype, stacks: int, stacks_in: int, batch: int, threads: int):
+    """``(kernel, shapes of planar / parts / planar parts / scratch, NumPy dtype, trailing
+    arguments)`` of the row-layout backward (:func:`_backward_rows`), or ``None`` where the row
+    layout does not apply or does not pay (:data:`ROWS_BACKWARD_MIN_VECTORS`). Workers are dropped while their buffers and twiddle-gradient partials
+    would take the backward beyond :data:`BACKWARD_EXTRA_X_INPUT` times the input (tiny batches
+    with large twiddles may exceed it with one worker)."""
+    np_dtype = numpy_dtype(dtype)
+    plan = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
+    if plan is None or n < ROWS_BACKWARD_MIN_VECTORS * tile_size(np_dtype):
+        return None
+    *arrays, slots = plan
+    block = _rows_block(n, np_dtype)
+    steps = len(arrays[0])
+    buffers = max(1, steps - 1 + (1 if stacks_in == 1 and stacks > 1 else 0))
+    per_stack = n_blocks * (n.bit_length() - 1) * n // 2 * 4
+    planar = (stacks, max(1, slots), 4, n // 2)
+    cap = (BACKWARD_EXTRA_X_INPUT - 1) * batch * stacks_in * n  # elements beyond the input gradient
+    workers = max(1, min(threads, -(-batch // block)))
+    while workers > 1 and workers * (buffers * block * n + stacks * per_stack + math.prod(planar)) + math.prod(planar) > cap:
+        workers -= 1
+    kernel = _backward_rows_parallel if workers > 1 else _backward_rows_serial
+    shapes = (planar, (workers, stacks, per_stack), (workers, *planar), (workers, buffers, block * n))
+    return kernel, shapes, np_dtype, (*arrays, bool(transpose), block)
 
 
 def butterfly_backward_cpu(
     twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring)."""
+    """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring): the
+    row layout for real dtypes (:func:`_backward_rows`), else the transposed chunks."""
     _check_operands(twiddle, x, grad)
-    plan, chunk, workers, kept, x_in_grad = _backward_plan(twiddle, x, increasing_stride, transpose)
+    stacks, n_blocks, _, half = twiddle.shape[:4]
     grad_twiddle = torch.empty(twiddle.shape, dtype=twiddle.dtype)
     grad_x = torch.empty(x.shape, dtype=x.dtype)
     if not x.shape[0]:
         return grad_twiddle.zero_(), grad_x
-    # the partials are zeroed and added up inside the kernel: no torch op (whose OpenMP pool would
-    # spin against Numba's) runs here between the two kernels of a training step (a caller's
-    # contiguous copy of an expanded gradient, e.g. sum()'s, still does)
+    rows = _backward_rows_launch(2 * half, n_blocks, bool(increasing_stride), bool(transpose), x.dtype, stacks, x.shape[1], x.shape[0], numba.get_num_threads())
+    twiddle, x, grad = _plain(twiddle), _plain(x), _plain(grad.to(x.dtype))
+    if rows is not None:
+        kernel, shapes, dtype, arguments = rows
+        buffers = [_workspace(shape, dtype, slot) for shape, slot in zip(shapes, ("planar", "partials", "planar_partials", "scratch"))]
+        kernel(_address(twiddle), _address(x), _address(grad), _address(grad_twiddle), _address(grad_x), *buffers, *arguments)
+    else:
+        _backward_transposed(twiddle, x, grad, grad_twiddle, grad_x, increasing_stride, transpose)
+    return grad_twiddle, grad_x
+
+
+def _backward_transposed(twiddle, x, grad, grad_twiddle, grad_x, increasing_stride, transpose) -> None:
+    """The transposed-layout backward (:func:`_backward_chunks`) into ``grad_twiddle``, ``grad_x``.
+    The partials are zeroed and added up inside the kernel: no torch op (whose OpenMP pool would
+    spin against Numba's) runs between the two kernels of a training step (a caller's contiguous
+    copy of an expanded gradient, e.g. ``sum()``'s, still does)."""
+    plan, chunk, workers, kept, x_in_grad = _backward_plan(twiddle, x, increasing_stride, transpose)
     dtype = numpy_dtype(x.dtype)
     parts = _workspace((workers - 1,) + tuple(twiddle.shape), dtype, slot="partials")
     scratch = _workspace((workers, 1 + kept + (0 if x_in_grad else 1), x.shape[2], chunk), dtype)
     kernel = _backward_parallel if workers > 1 else _backward_serial
-    twiddle, x, grad = _plain(twiddle), _plain(x), _plain(grad.to(x.dtype))
     kernel(_address(twiddle), _address(x), _address(grad), _address(grad_twiddle), parts, _address(grad_x), scratch, *plan, bool(transpose), chunk, kept, x_in_grad)
-    return grad_twiddle, grad_x
 
 
 def _check_operands(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor | None = None) -> None:

@@ -281,6 +281,29 @@ def _local_pair(lane: int, h: int) -> tuple[int, bool]:
     return ((low >> 1) & ~(h - 1)) | (low & (h - 1)), not lane & h
 
 
+def _low_coefficients(builder, twiddle, base, h, T, vector, unit_bytes, flip):
+    """``(A, B, to_entries, to_entries_transposed)`` for the factor of stride ``h < T`` on one
+    ``T``-feature block whose ``T/2`` pairs' blocks are the ``2 T`` elements at ``base``: the lane
+    coefficients (``A``: ``a`` on a pair's low lane, ``d`` on its high lane; ``B``: ``b`` and ``c``,
+    swapped when ``flip``) and the shuffle masks taking ``(A, B)``-shaped vectors back to the
+    ``2 T`` block entries (for the gradients; one per value of ``flip``)."""
+    i64, i32 = ir.IntType(64), ir.IntType(32)
+    mask = lambda values: ir.Constant(ir.VectorType(i32, len(values)), values)  # noqa: E731
+    halves = [builder.load(_vector_at(builder, twiddle, builder.add(base, ir.Constant(i64, e * T)), vector), align=unit_bytes) for e in (0, 1)]
+    pairs = [_local_pair(lane, h) for lane in range(T)]
+    entries = {}
+    for flipped in (False, True):
+        roles = [(4 * q + (0 if low else 3), 4 * q + ((2 if low else 1) if flipped else (1 if low else 2))) for q, low in pairs]
+        entries[flipped] = [builder.shuffle_vector(halves[0], halves[1], mask([r[k] for r in roles])) for k in (0, 1)]
+        source = {}
+        for lane, (a_entry, b_entry) in enumerate(roles):
+            source[a_entry], source[b_entry] = lane, T + lane
+        entries[flipped].append(mask([source[e] for e in range(2 * T)]))
+    a = entries[False][0]
+    b = builder.select(flip, entries[True][1], entries[False][1])
+    return a, b, entries[False][2], entries[True][2]
+
+
 @intrinsic
 def rows_low_levels(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, twiddle, twiddle_offset, level_stride, increasing, transposed):
     """The ``log2 T`` factors of strides ``< T`` on one ``T``-feature block of ``rows`` rows, in
@@ -314,12 +337,7 @@ def rows_low_levels(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
             coefficients = []
             for j, h in enumerate(strides):
                 base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, j)))
-                halves = [builder.load(_vector_at(builder, tw, builder.add(base, ir.Constant(i64, e * T)), vector), align=unit_bytes) for e in (0, 1)]
-                pairs = [_local_pair(lane, h) for lane in range(T)]
-                a = builder.shuffle_vector(halves[0], halves[1], mask([4 * q + (0 if low else 3) for q, low in pairs]))
-                b = builder.shuffle_vector(halves[0], halves[1], mask([4 * q + (1 if low else 2) for q, low in pairs]))
-                b_t = builder.shuffle_vector(halves[0], halves[1], mask([4 * q + (2 if low else 1) for q, low in pairs]))
-                coefficients.append((h, a, builder.select(flip, b_t, b)))
+                coefficients.append((h, *_low_coefficients(builder, tw, base, h, T, vector, unit_bytes, flip)[:2]))
             with cgutils.for_range(builder, n_rows) as loop:
                 x = builder.load(_vector_at(builder, src_p, builder.add(src_off, builder.mul(loop.index, src_str)), vector), align=unit_bytes)
                 for h, a, b in coefficients:
@@ -407,6 +425,215 @@ def rows_radix2(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_str
             x = _pair_fma(builder, coefficients, x[0], x[1])
             for value, o in zip(x, offsets):
                 builder.store(value, _vector_at(builder, dst_p, builder.add(dst_row, o), vector), align=unit_bytes)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# Backward of the row-layout steps: each call recomputes its factors' intermediate vectors in
+# registers from the stored step input ``act``, turns the output adjoint ``g`` (read from ``gsrc``)
+# into the input adjoint (written to ``gdst``; may be the same rows) and adds the coefficient
+# gradients ``Σ_rows`` (SPEC.md §4.14 "Grad") to a per-worker accumulator.
+
+
+def _backward_pair(builder, coefficients, accumulators, low, high, g_low, g_high):
+    """Adjoint of ``(y_lo, y_hi) = (a lo + b hi, c lo + d hi)``: adds ``(g_lo lo, g_lo hi, g_hi lo,
+    g_hi hi)`` to ``accumulators`` (a list, updated) and returns ``(a g_lo + c g_hi, b g_lo + d
+    g_hi)``."""
+    a, b, c, d = coefficients
+    for e, (g, v) in enumerate(((g_low, low), (g_low, high), (g_high, low), (g_high, high))):
+        accumulators[e] = _contract(builder.fadd(accumulators[e], _contract(builder.fmul(g, v))))
+    return (
+        _contract(builder.fadd(_contract(builder.fmul(a, g_low)), _contract(builder.fmul(c, g_high)))),
+        _contract(builder.fadd(_contract(builder.fmul(b, g_low)), _contract(builder.fmul(d, g_high)))),
+    )
+
+
+def _phi_vectors(builder, vector, count):
+    """``count`` zero vectors to start loop-carried accumulators from (updated through phi nodes)."""
+    return [ir.Constant(vector, None) for _ in range(count)]
+
+
+def _accumulating_loop(builder, n_rows, initial, body):
+    """A loop over ``n_rows`` rows carrying the vectors ``initial`` (phi nodes); ``body(row,
+    values)`` returns the updated values. Returns the values after the loop."""
+    i64 = ir.IntType(64)
+    entry = builder.basic_block
+    header = builder.append_basic_block("rows.header")
+    loop = builder.append_basic_block("rows.body")
+    done = builder.append_basic_block("rows.done")
+    builder.branch(header)
+    builder.position_at_end(header)
+    index = builder.phi(i64)
+    index.add_incoming(ir.Constant(i64, 0), entry)
+    phis = []
+    for value in initial:
+        phi = builder.phi(value.type)
+        phi.add_incoming(value, entry)
+        phis.append(phi)
+    builder.cbranch(builder.icmp_signed("<", index, n_rows), loop, done)
+    builder.position_at_end(loop)
+    updated = body(index, list(phis))
+    latch = builder.basic_block
+    index.add_incoming(builder.add(index, ir.Constant(i64, 1)), latch)
+    for phi, value in zip(phis, updated):
+        phi.add_incoming(value, latch)
+    builder.branch(header)
+    builder.position_at_end(done)
+    return phis
+
+
+def _add_to(builder, pointer, value, unit_bytes):
+    """``*pointer += value`` (vectors)."""
+    builder.store(builder.fadd(builder.load(pointer, align=unit_bytes), value), pointer, align=unit_bytes)
+
+
+@intrinsic
+def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, twiddle, twiddle_offset, level_stride, grad, increasing, transposed):
+    """Backward of :func:`rows_low_levels` on one ``T``-feature block of ``rows`` rows: ``act`` the
+    run's input, ``gsrc`` its output adjoint, ``gdst`` receives the input adjoint (``y = A x + B
+    x_{xor h}`` per factor: ``x̄ = A ȳ + (B ȳ)_{xor h}``, ``Ā += ȳ x``, ``B̄ += ȳ x_{xor h}``); the
+    gradients of the blocks are added to ``grad`` at the twiddle's offsets (the same layout)."""
+    kinds = _real_rows_types(act, gdst, twiddle)
+    if kinds is None or not isinstance(gsrc, types.Array) or gsrc.dtype != act.dtype or not isinstance(grad, types.Array) or grad.dtype != act.dtype:
+        return None
+    unit, T, vector, unit_bytes = kinds
+    levels = T.bit_length() - 1
+    sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, twiddle, twiddle_offset, level_stride, grad, increasing, transposed)
+
+    def codegen(context, builder, signature, args):
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 6, 7, 8, 9))
+        gsrc_p = builder.bitcast(_data(context, builder, signature, args, 3), unit.as_pointer())
+        gsrc_off, gsrc_str, tw_off, lvl_str = _int64_args(context, builder, signature, args, (4, 5, 11, 12))
+        tw = builder.bitcast(_data(context, builder, signature, args, 10), unit.as_pointer())
+        grad_p = builder.bitcast(_data(context, builder, signature, args, 13), unit.as_pointer())
+        rising = context.cast(builder, args[14], signature.args[14], types.boolean)
+        flip = context.cast(builder, args[15], signature.args[15], types.boolean)
+        mask = lambda values: ir.Constant(ir.VectorType(i32, len(values)), values)  # noqa: E731
+        wide = ir.VectorType(unit, 2 * T)
+
+        def apply(strides):
+            levels_ = []
+            for j, h in enumerate(strides):
+                base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, j)))
+                a, b, inverse, inverse_t = _low_coefficients(builder, tw, base, h, T, vector, unit_bytes, flip)
+                levels_.append((h, a, b, base, inverse, inverse_t))
+            permutations = [mask([lane ^ h for lane in range(T)]) for h, *_ in levels_]
+
+            def body(row, sums):
+                x = [builder.load(_vector_at(builder, act_p, builder.add(act_off, builder.mul(row, act_str)), vector), align=unit_bytes)]
+                partners = []
+                for (h, a, b, *_), perm in zip(levels_, permutations):
+                    partners.append(builder.shuffle_vector(x[-1], x[-1], perm))
+                    x.append(_contract(builder.fadd(_contract(builder.fmul(a, x[-1])), _contract(builder.fmul(b, partners[-1])))))
+                g = builder.load(_vector_at(builder, gsrc_p, builder.add(gsrc_off, builder.mul(row, gsrc_str)), vector), align=unit_bytes)
+                for j in range(len(levels_) - 1, -1, -1):
+                    h, a, b, *_ = levels_[j]
+                    sums[2 * j] = _contract(builder.fadd(sums[2 * j], _contract(builder.fmul(g, x[j]))))
+                    sums[2 * j + 1] = _contract(builder.fadd(sums[2 * j + 1], _contract(builder.fmul(g, partners[j]))))
+                    bg = _contract(builder.fmul(b, g))
+                    g = _contract(builder.fadd(_contract(builder.fmul(a, g)), builder.shuffle_vector(bg, bg, permutations[j])))
+                builder.store(g, _vector_at(builder, gdst_p, builder.add(gdst_off, builder.mul(row, gdst_str)), vector), align=unit_bytes)
+                return sums
+
+            sums = _accumulating_loop(builder, n_rows, _phi_vectors(builder, vector, 2 * len(levels_)), body)
+            for j, (h, a, b, base, inverse, inverse_t) in enumerate(levels_):
+                entries = builder.select(flip, builder.shuffle_vector(sums[2 * j], sums[2 * j + 1], inverse_t), builder.shuffle_vector(sums[2 * j], sums[2 * j + 1], inverse))
+                _add_to(builder, builder.bitcast(builder.gep(grad_p, [base]), wide.as_pointer()), entries, unit_bytes)
+
+        with builder.if_else(rising) as (then, otherwise):
+            with then:
+                apply([1 << j for j in range(levels)])
+            with otherwise:
+                apply([T >> (j + 1) for j in range(levels)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h1, h2, planar, half, s1a, s1b, s2a, s2b, grad_planar):
+    """Backward of :func:`rows_radix4` (same positions and coefficients): ``act`` the step's input,
+    ``gsrc`` its output adjoint, ``gdst`` receives the input adjoint; the coefficient gradients
+    are added to ``grad_planar`` at the coefficients' offsets (the same planar layout)."""
+    kinds = _real_rows_types(act, gdst, planar)
+    if kinds is None or not isinstance(gsrc, types.Array) or gsrc.dtype != act.dtype or not isinstance(grad_planar, types.Array) or grad_planar.dtype != act.dtype:
+        return None
+    unit, T, vector, unit_bytes = kinds
+    sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h1, h2, planar, half, s1a, s1b, s2a, s2b, grad_planar)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 6, 7, 8, 9))
+        gsrc_p = builder.bitcast(_data(context, builder, signature, args, 3), unit.as_pointer())
+        gsrc_off, gsrc_str, first, second, half_, *sets = _int64_args(context, builder, signature, args, (4, 5, 10, 11, 13, 14, 15, 16, 17))
+        tw = builder.bitcast(_data(context, builder, signature, args, 12), unit.as_pointer())
+        grad_p = builder.bitcast(_data(context, builder, signature, args, 18), unit.as_pointer())
+        coefficients = [_planar_coefficients(builder, tw, s, half_, vector, unit_bytes) for s in sets]
+        offsets = [ir.Constant(i64, 0), first, second, builder.add(first, second)]
+
+        def body(row, sums):
+            act_row = builder.add(act_off, builder.mul(row, act_str))
+            x = [builder.load(_vector_at(builder, act_p, builder.add(act_row, o), vector), align=unit_bytes) for o in offsets]
+            m = list(x)
+            m[0], m[1] = _pair_fma(builder, coefficients[0], x[0], x[1])
+            m[2], m[3] = _pair_fma(builder, coefficients[1], x[2], x[3])
+            gsrc_row = builder.add(gsrc_off, builder.mul(row, gsrc_str))
+            g = [builder.load(_vector_at(builder, gsrc_p, builder.add(gsrc_row, o), vector), align=unit_bytes) for o in offsets]
+            acc = [sums[4 * k : 4 * k + 4] for k in range(4)]
+            g[0], g[2] = _backward_pair(builder, coefficients[2], acc[2], m[0], m[2], g[0], g[2])
+            g[1], g[3] = _backward_pair(builder, coefficients[3], acc[3], m[1], m[3], g[1], g[3])
+            g[0], g[1] = _backward_pair(builder, coefficients[0], acc[0], x[0], x[1], g[0], g[1])
+            g[2], g[3] = _backward_pair(builder, coefficients[1], acc[1], x[2], x[3], g[2], g[3])
+            gdst_row = builder.add(gdst_off, builder.mul(row, gdst_str))
+            for value, o in zip(g, offsets):
+                builder.store(value, _vector_at(builder, gdst_p, builder.add(gdst_row, o), vector), align=unit_bytes)
+            return [v for group in acc for v in group]
+
+        sums = _accumulating_loop(builder, n_rows, _phi_vectors(builder, vector, 16), body)
+        for k, s in enumerate(sets):
+            for e in range(4):
+                pointer = _vector_at(builder, grad_p, builder.add(s, builder.mul(half_, ir.Constant(i64, e))), vector)
+                _add_to(builder, pointer, sums[4 * k + e], unit_bytes)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def rows_radix2_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h, planar, half, s, grad_planar):
+    """Backward of :func:`rows_radix2` (see :func:`rows_radix4_backward`)."""
+    kinds = _real_rows_types(act, gdst, planar)
+    if kinds is None or not isinstance(gsrc, types.Array) or gsrc.dtype != act.dtype or not isinstance(grad_planar, types.Array) or grad_planar.dtype != act.dtype:
+        return None
+    unit, T, vector, unit_bytes = kinds
+    sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h, planar, half, s, grad_planar)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 6, 7, 8, 9))
+        gsrc_p = builder.bitcast(_data(context, builder, signature, args, 3), unit.as_pointer())
+        gsrc_off, gsrc_str, stride, half_, first = _int64_args(context, builder, signature, args, (4, 5, 10, 12, 13))
+        tw = builder.bitcast(_data(context, builder, signature, args, 11), unit.as_pointer())
+        grad_p = builder.bitcast(_data(context, builder, signature, args, 14), unit.as_pointer())
+        coefficients = _planar_coefficients(builder, tw, first, half_, vector, unit_bytes)
+        offsets = [ir.Constant(i64, 0), stride]
+
+        def body(row, sums):
+            act_row = builder.add(act_off, builder.mul(row, act_str))
+            x = [builder.load(_vector_at(builder, act_p, builder.add(act_row, o), vector), align=unit_bytes) for o in offsets]
+            gsrc_row = builder.add(gsrc_off, builder.mul(row, gsrc_str))
+            g = [builder.load(_vector_at(builder, gsrc_p, builder.add(gsrc_row, o), vector), align=unit_bytes) for o in offsets]
+            g = _backward_pair(builder, coefficients, sums, x[0], x[1], g[0], g[1])
+            gdst_row = builder.add(gdst_off, builder.mul(row, gdst_str))
+            for value, o in zip(g, offsets):
+                builder.store(value, _vector_at(builder, gdst_p, builder.add(gdst_row, o), vector), align=unit_bytes)
+            return sums
+
+        sums = _accumulating_loop(builder, n_rows, _phi_vectors(builder, vector, 4), body)
+        for e in range(4):
+            _add_to(builder, _vector_at(builder, grad_p, builder.add(first, builder.mul(half_, ir.Constant(i64, e))), vector), sums[e], unit_bytes)
         return context.get_dummy_value()
 
     return sig, codegen
