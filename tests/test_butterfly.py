@@ -131,6 +131,23 @@ def test_rows_plan_groups_the_schedule_into_register_runs_and_radix4_steps():
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128])
+def test_fused_backward_of_a_gradient_broadcast_over_the_batch(dtype):
+    """``sum()`` hands the backward an expanded gradient (stride 0 over the batch; the row layout
+    reads its one row for every row), as does an explicitly expanded one."""
+    tw = random_twiddle(2, 1, 256, dtype).requires_grad_(True)
+    x = torch.randn(37, 1, 256, dtype=dtype).requires_grad_(True)
+    row = torch.randn(1, 2, 256, dtype=dtype)
+    tol = 1e-10 if dtype != torch.float32 else 1e-5
+    for loss in (lambda y: y.real.sum(), lambda y: (y * row.expand(37, 2, 256)).real.sum()):
+        grads = torch.autograd.grad(loss(butterfly_multiply(tw, x)), (tw, x))
+        with use_reference():
+            ref_grads = torch.autograd.grad(loss(butterfly_multiply(tw, x)), (tw, x))
+        for a, b in zip(grads, ref_grads):
+            assert rel_error(a, b) <= tol
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 def test_fused_backends_check_their_operands():
     """The kernels do no bounds checks: direct calls with mismatched dtypes or shapes get clear
     errors instead of reading or writing past a tensor."""

@@ -411,7 +411,8 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
     inputs of steps ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a few
     blocks of ``rows x N``, flat: all of them fit, whatever the batch), then the steps are walked back
     (:func:`_rows_step_backward`), the adjoint in place in ``grad_x``'s rows (with several stacks
-    sharing one input row, in ``scratch[w, steps - 1]``, then added). Worker ``w`` adds its
+    sharing one input row, in ``scratch[w, steps - 1]``, then added); ``grad`` of one row stands
+    for every row (a broadcast gradient, e.g. ``sum()``'s). Worker ``w`` adds its
     twiddle gradients to ``parts[w]`` (the twiddle's layout) and ``planar_parts[w]`` (planar),
     summed into ``grad_tw`` at the end. Tensors arrive as ``(address, shape)``."""
     tw, x, grad = array_at(tw_at, planar), array_at(x_at, planar), array_at(grad_at, planar)
@@ -419,6 +420,7 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     steps = kinds.shape[0]
+    grad_rows = stacks * n if grad.shape[0] > 1 or batch == 1 else 0  # one row: broadcast over the batch
     workers = parts.shape[0]
     tw_flat = tw.reshape(stacks, tw.size // stacks)
     _planar_copy(tw_flat, planar, strides, offsets, slots, transposed, True)
@@ -452,7 +454,7 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
                     else:
                         act, act_off, act_str = scratch[worker, k - 1], 0, n
                     if k == steps - 1:
-                        gsrc, gsrc_off, gsrc_str = grad_flat, (row0 * stacks + s) * n, stacks * n
+                        gsrc, gsrc_off, gsrc_str = grad_flat, row0 * grad_rows + s * n, grad_rows
                     else:
                         gsrc, gsrc_off, gsrc_str = g, g_off, g_str
                     _rows_step_backward(
@@ -880,6 +882,11 @@ def butterfly_backward_cpu(
     if not x.shape[0]:
         return grad_twiddle.zero_(), grad_x
     rows = _backward_rows_launch(2 * half, n_blocks, bool(increasing_stride), bool(transpose), x.dtype, stacks, x.shape[1], x.shape[0], numba.get_num_threads())
+    if rows is not None and grad.stride(0) == 0:
+        # a gradient broadcast over the batch (sum()'s: autograd hands over an expanded scalar):
+        # one row instead of a batch-sized copy -- a torch copy whose OpenMP threads then spin
+        # against the kernel's (n = 1024, batch 256: ~45 us)
+        grad = grad[:1]
     twiddle, x, grad = _plain(twiddle), _plain(x), _plain(grad.to(x.dtype))
     if rows is not None:
         kernel, shapes, dtype, arguments = rows
