@@ -109,7 +109,7 @@ def test_rows_plan_groups_the_schedule_into_register_runs_and_radix4_steps():
     f32, f64, c64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.complex64)
 
     def steps(*args):
-        kinds, h1, h2, starts, positions, *_, n_slots = _rows_plan(*args)
+        kinds, h1, h2, starts, positions, *_, n_slots, _ = _rows_plan(*args)
         return [(int(k), int(a), int(b), int(e - s)) for k, a, b, s, e in zip(kinds, h1, h2, starts[:-1], starts[1:])], n_slots
 
     # one increasing butterfly, n = 1024, float32 (64 vectors a row): strides 1..8 in registers
@@ -120,11 +120,13 @@ def test_rows_plan_groups_the_schedule_into_register_runs_and_radix4_steps():
     assert steps(1024, 1, True, False, f64)[0][:2] == [(0, 1, 1, 128), (1, 8, 16, 32)]  # 8 features a vector
     # two butterflies at n = 32: the repeated stride 16 runs alone twice (1 position: the low half)
     assert steps(32, 2, True, False, f32) == ([(0, 1, 1, 2), (2, 16, 16, 1), (2, 16, 16, 1), (0, 8, 8, 2)], 2)
-    kinds, h1, h2, starts, positions, strides, offsets, slots, _ = _rows_plan(64, 1, True, False, f32)
+    kinds, h1, h2, starts, positions, strides, offsets, slots, low_slots, _, n_low = _rows_plan(64, 1, True, False, f32)
     # the radix-4 step (16, 32) at feature 0: pairs 0 and 16 (features 0, 32) of stride 16, 0 and 16
     # (features 0, 16) of stride 32, in planar slots 0 and 1 (planes of N / 2 = 32)
     assert positions[starts[1]].tolist() == [0, 0, 16, 4 * 32 + 0, 4 * 32 + 16]
-    assert positions[starts[0] + 1].tolist()[:3] == [16, offsets[0] + 8 * 4, offsets[1] - offsets[0]]
+    # the run at feature 16: its blocks from pair 8 on; gradients in low slots 0..3 (planes of 32 x 4)
+    assert positions[starts[0] + 1].tolist() == [16, offsets[0] + 8 * 4, offsets[1] - offsets[0], 8 * 4, 32 * 4]
+    assert low_slots.tolist() == [0, 1, 2, 3, -1, -1] and n_low == 4
     assert _rows_plan(1024, 1, True, False, c64) is None  # complex: the transposed layout
     assert _rows_plan(8, 1, True, False, f32) is None  # N below one vector
     assert _rows_plan(8, 1, True, False, f64) is not None

@@ -198,8 +198,8 @@ def _factor_torch(x, tw, h, transposed=False):
 
 
 @njit
-def _low_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, tw, to, ls, grad, increasing, transposed):
-    rows_low_levels_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, tw, to, ls, grad, increasing, transposed)
+def _low_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, tw, to, ls, grad, gro, grs, increasing, transposed):
+    rows_low_levels_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, tw, to, ls, grad, gro, grs, increasing, transposed)
 
 
 @njit
@@ -226,8 +226,12 @@ def test_rows_low_levels_backward_matches_autograd(dtype, increasing, transposed
     strides = [1 << j for j in range(levels)] if increasing else [t >> (j + 1) for j in range(levels)]
     order = list(range(levels)) if increasing else list(range(levels - 1, -1, -1))
     level_size = n // 2 * 4
-    grad, grad_x = np.zeros(tw.size, dtype), np.zeros_like(x)
-    _low_backward(x.ravel(), f0, n, g.ravel(), f0, n, grad_x.ravel(), f0, n, rows, tw.ravel(), order[0] * level_size + f0 // 2 * 4, (order[1] - order[0]) * level_size, grad, increasing, transposed)
+    # the gradients in their own array, factor j (application order) at j + 1 (one block of padding)
+    grad, grad_x = np.zeros((levels + 1) * level_size, dtype), np.zeros_like(x)
+    _low_backward(
+        x.ravel(), f0, n, g.ravel(), f0, n, grad_x.ravel(), f0, n, rows, tw.ravel(), order[0] * level_size + f0 // 2 * 4, (order[1] - order[0]) * level_size,
+        grad, level_size + f0 // 2 * 4, level_size, increasing, transposed,
+    )
     xt, twt = torch.tensor(x, dtype=torch.float64, requires_grad=True), torch.tensor(tw, dtype=torch.float64, requires_grad=True)
     y = xt
     for j, h in enumerate(strides):
@@ -235,7 +239,9 @@ def test_rows_low_levels_backward_matches_autograd(dtype, increasing, transposed
     (y[:, f0 : f0 + t] * torch.tensor(g[:, f0 : f0 + t], dtype=torch.float64)).sum().backward()
     tol = 2e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(grad_x[:, f0 : f0 + t], xt.grad[:, f0 : f0 + t].numpy(), rtol=tol, atol=tol)
-    np.testing.assert_allclose(grad.reshape(tw.shape), twt.grad.numpy(), rtol=tol, atol=tol)
+    grad = grad.reshape(levels + 1, n // 2, 2, 2)
+    assert not grad[0].any()
+    np.testing.assert_allclose(grad[1:], twt.grad.numpy()[order], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,30 +1,40 @@
 """Fused Numba CPU kernels for :mod:`structmat.ops.butterfly` (SPEC.md §1.4, §4.14).
 
-Layout: the batch is cut into chunks of ``C`` rows; each chunk of one stack is transposed (64-byte
-register tiles, :func:`structmat.ops.simd.transpose_tile`) into a scratch buffer ``(N, C)`` -- the
-batch is the contiguous (SIMD) dimension --, all factors are applied there while it stays in
-cache, and the result is transposed back. Two consecutive factors (strides ``h`` and ``2h``,
-either order) are applied per pass (radix 4: they close a group of 4 entries), so the chunk is
-swept ``⌈K log N / 2⌉`` times instead of ``K log N``, ping-ponging between two buffers (in place,
-LLVM's run-time aliasing check fails and the loops run scalar; see also
-:mod:`structmat.ops.llvm_options`). For real dtypes the factors of strides ``1 .. T/2`` are
-applied in registers while the chunk is transposed in (:func:`_load_fused`). Chunks run in
-parallel (``numba.prange``).
+Two layouts. Real dtypes run the *row layout* (:func:`_forward_rows`, :func:`_backward_rows`; plan
+:func:`_rows_plan`): the rows of the batch stay as they are, features along the 64-byte vectors
+(``T`` = 16 float32 / 8 float64 features). Blocks of 4-256 rows (about 32 KiB, :func:`_rows_block`)
+go through every step while they sit in the level-1/2 cache; the ``log2 T`` factors of strides
+``< T`` of each butterfly run in registers (lane permutations), the others two at a time (radix
+4) on whole vectors, with the coefficients of ``T`` consecutive pairs as four vectors from a
+planar copy of the twiddles made once per call. Each kernel call (:mod:`structmat.ops.simd`)
+keeps its coefficient vectors in registers across the block's rows. No transposition is needed,
+and a single row runs as fast per row as a batch.
 
-Backward, per chunk: recompute the forward, keeping the input of every radix-4 step (every other
-level; ``act[0]``, the chunk's input, lives in the chunk's rows of the input gradient when there is
-one stack -- the final input adjoint overwrites it once it is dead), then walk the steps back; each
-backward step recomputes its intermediate level in registers and, in one sweep, adds both factors'
-twiddle gradients (``Σ_k g_k x_k^*`` over the chunk's rows) and turns the output adjoint into the
-input adjoint with the conjugate-transposed blocks (SPEC.md §4.14 "Grad"). The per-pair gradient
+Complex dtypes (and real ones with ``N < T``; the backward below ``N = 8 T``) run the *transposed
+layout*: the batch is cut into chunks of ``C`` rows; each chunk of one stack is transposed
+(64-byte register tiles, :func:`structmat.ops.simd.transpose_tile`) into a scratch buffer ``(N,
+C)`` -- the batch is the contiguous (SIMD) dimension --, all factors are applied there while it
+stays in cache, and the result is transposed back. Two consecutive factors (strides ``h`` and
+``2h``, either order) are applied per pass (radix 4), so the chunk is swept ``⌈K log N / 2⌉``
+times instead of ``K log N``, ping-ponging between two buffers (in place, LLVM's run-time
+aliasing check fails and the loops run scalar; see also :mod:`structmat.ops.llvm_options`).
+Chunks run in parallel (``numba.prange``).
+
+Backward (both layouts) by recomputation, never storing ``K log N`` copies of the batch. Row
+layout, per block: recompute every step's input into the worker's block buffers (a few blocks
+of rows -- all of them fit), then walk the steps back, each recomputing its intermediate level
+in registers, adding the coefficient gradients ``Σ_rows ȳ x`` (SPEC.md §4.14 "Grad") in
+registers over the block's rows and turning the output adjoint into the input adjoint in place
+in the input gradient's rows. Transposed layout, per chunk: recompute the forward, keeping the
+input of every radix-4 step (``act[0]``, the chunk's input, lives in the chunk's rows of the
+input gradient when there is one stack), then walk the steps back. The per-pair gradient
 reductions are paid once per chunk, so wide chunks matter (n = 1024, batch 256, two threads:
 32-row chunks 0.53 ms, 64-row 0.38 ms); when the memory cap below admits a wider chunk only with
 fewer stored step inputs (at least half of them), the inputs are recomputed in segments from the
 top and the lower segments again (:func:`_backward_chunks`). Extra training memory is the input
-gradient, the workers' buffers and twiddle-gradient partials (worker 0 sums straight into the
-returned gradient), together capped at :data:`BACKWARD_EXTRA_X_INPUT` times the input (never
-``K log N`` copies of the batch). Scratch and partials come from a per-thread workspace reused
-across calls (:func:`_workspace`).
+gradient, the workers' buffers and twiddle-gradient partials, together capped at
+:data:`BACKWARD_EXTRA_X_INPUT` times the input. Scratch and partials come from a per-thread
+workspace reused across calls (:func:`_workspace`).
 
 Compiled signatures: one per dtype (float32/64, complex64/128) and kernel, cached on disk
 (``cache=True``).
@@ -364,20 +374,20 @@ def _rows_step(src, src_off, src_str, dst, dst_off, dst_str, rows, half, kind, h
 @njit(cache=True, fastmath=_FASTMATH)
 def _rows_step_backward(act, act_off, act_str, gsrc, gsrc_off, gsrc_str, gdst, gdst_off, gdst_str, rows, half, kind, h1, h2, positions, tw_s, planar_s, grad_s, grad_planar_s, transposed):
     """Backward of :func:`_rows_step`: ``act`` the step's input, ``gsrc`` its output adjoint,
-    ``gdst`` receives the input adjoint; gradients added to ``grad_s`` (the twiddle's layout: runs
-    of small strides) and ``grad_planar_s`` (planar: the other factors)."""
+    ``gdst`` receives the input adjoint; gradients added to ``grad_s`` (the runs of small strides,
+    see :func:`_rows_plan`) and ``grad_planar_s`` (planar: the other factors)."""
     for q in range(positions.shape[0]):
         f0, c0, c1, c2, c3 = positions[q, 0], positions[q, 1], positions[q, 2], positions[q, 3], positions[q, 4]
         a, g, d = act_off + f0, gsrc_off + f0, gdst_off + f0
         if kind == 0:
-            rows_low_levels_backward(act, a, act_str, gsrc, g, gsrc_str, gdst, d, gdst_str, rows, tw_s, c0, c1, grad_s, h1 == 1, transposed)
+            rows_low_levels_backward(act, a, act_str, gsrc, g, gsrc_str, gdst, d, gdst_str, rows, tw_s, c0, c1, grad_s, c2, c3, h1 == 1, transposed)
         elif kind == 1:
             rows_radix4_backward(act, a, act_str, gsrc, g, gsrc_str, gdst, d, gdst_str, rows, h1, h2, planar_s, half, c0, c1, c2, c3, grad_planar_s)
         else:
             rows_radix2_backward(act, a, act_str, gsrc, g, gsrc_str, gdst, d, gdst_str, rows, h1, planar_s, half, c0, grad_planar_s)
 
 
-def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, positions, strides, offsets, slots, transposed, block_rows, workers):
+def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, positions, strides, offsets, slots, low_slots, transposed, block_rows, workers):
     """The row-layout forward (real dtypes, :func:`_rows_plan`): blocks of ``block_rows`` batch rows
     (worker ``w`` takes a contiguous range of blocks: interleaved blocks ran 1.5x slower on two
     threads), each stack's steps applied in place in ``out`` (the first step reads ``x``; see
@@ -406,15 +416,16 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, position
                         _rows_step(out_flat, dst_off, dst_str, out_flat, dst_off, dst_str, *step)
 
 
-def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, strides, offsets, slots, transposed, block_rows):
+def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, strides, offsets, slots, low_slots, transposed, block_rows):
     """The row-layout backward (real dtypes): per block of ``block_rows`` rows and stack, the
     inputs of steps ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a few
     blocks of ``rows x N``, flat: all of them fit, whatever the batch), then the steps are walked back
     (:func:`_rows_step_backward`), the adjoint in place in ``grad_x``'s rows (with several stacks
     sharing one input row, in ``scratch[w, steps - 1]``, then added); ``grad`` of one row stands
     for every row (a broadcast gradient, e.g. ``sum()``'s). Worker ``w`` adds its
-    twiddle gradients to ``parts[w]`` (the twiddle's layout) and ``planar_parts[w]`` (planar),
-    summed into ``grad_tw`` at the end. Tensors arrive as ``(address, shape)``."""
+    twiddle gradients to ``parts[w]`` (the runs of small strides, ``(S, low slots · N/2 · 4)``)
+    and ``planar_parts[w]`` (planar), summed into ``grad_tw`` at the end: one twiddle's worth per
+    worker. Tensors arrive as ``(address, shape)``."""
     tw, x, grad = array_at(tw_at, planar), array_at(x_at, planar), array_at(grad_at, planar)
     grad_tw, grad_x = array_at(grad_tw_at, planar), array_at(grad_x_at, planar)
     batch, stacks_in, n = x.shape
@@ -471,8 +482,13 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
                             target += source
     grad_tw_flat = grad_tw.reshape(stacks, grad_tw.size // stacks)
     grad_tw_flat[:] = 0
+    block_size = n // 2 * 4
     for worker in range(workers):
-        grad_tw_flat += parts[worker]
+        for s in range(stacks):
+            for f in range(strides.shape[0]):
+                if low_slots[f] >= 0:
+                    start = low_slots[f] * block_size
+                    grad_tw_flat[s, offsets[f] : offsets[f] + block_size] += parts[worker, s, start : start + block_size]
         _planar_copy(grad_tw_flat, planar_parts[worker], strides, offsets, slots, transposed, False)
 
 
@@ -606,8 +622,9 @@ def _pair_of(f: int, h: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _rows_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: np.dtype):
-    """The row-layout plan ``(kinds, h1, h2, starts, positions, strides, offsets, slots, n_slots)``,
-    or ``None`` where the row layout does not apply (complex dtypes; ``N < T``).
+    """The row-layout plan ``(kinds, h1, h2, starts, positions, strides, offsets, slots, low_slots,
+    n_slots, n_low_slots)``, or ``None`` where the row layout does not apply (complex dtypes; ``N <
+    T``).
 
     Factors of strides ``< T`` come in runs of ``log2 T`` (every butterfly of size ``N >= T`` has
     its small strides together, ``1 .. T/2`` or ``T/2 .. 1``): a step of kind 0
@@ -616,10 +633,12 @@ def _rows_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, 
     (:func:`~structmat.ops.simd.rows_radix4`), else run alone (kind 2). Step ``k`` visits the
     vector positions ``positions[starts[k]:starts[k + 1]]``, rows ``(f0, c0, c1, c2, c3)``: feature
     ``f0`` and the coefficient offsets the kernel takes (kind 0: the run's first block entry at
-    ``f0`` in one stack's flat twiddle and the stride between the run's factors; kinds 1, 2: the
-    pairs' offsets in one stack's planar coefficients). ``offsets[f]``: factor ``f``'s first element
-    in one stack's flat twiddle; ``slots[f]``: its slot among the planar coefficients
-    ``(slots, 4, N/2)`` (strides ``>= T``; ``-1`` otherwise)."""
+    ``f0`` in one stack's flat twiddle, the stride between the run's factors there, and the same
+    two in the backward's gradient of the runs, ``(low slots, N/2, 2, 2)``; kinds 1, 2: the pairs'
+    offsets in one stack's planar coefficients). ``offsets[f]``: factor ``f``'s first element in
+    one stack's flat twiddle; ``slots[f]``: its slot among the planar coefficients ``(slots, 4,
+    N/2)`` (strides ``>= T``), ``low_slots[f]`` among the gradients of the runs (strides ``< T``);
+    ``-1`` otherwise."""
     if dtype.kind != "f" or n < tile_size(dtype):
         return None
     t = tile_size(dtype)
@@ -629,7 +648,7 @@ def _rows_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, 
     log_n = n.bit_length() - 1
     offsets = [(int(b) * log_n + int(level)) * half * 4 for b, level in zip(blocks, levels)]
     strides = [int(h) for h in strides]
-    kinds, h1s, h2s, starts, positions, slots = [], [], [], [0], [], [-1] * len(strides)
+    kinds, h1s, h2s, starts, positions, slots, low_slots = [], [], [], [0], [], [-1] * len(strides), [-1] * len(strides)
     f = 0
     while f < len(strides):
         h1 = strides[f]
@@ -640,8 +659,10 @@ def _rows_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, 
             if len(level_steps) > 1:
                 return None
             (level_step,) = level_steps
+            low = max(low_slots) + 1
+            low_slots[f : f + run] = range(low, low + run)
             kinds.append(0), h1s.append(h1), h2s.append(h1)
-            positions += [(f0, offsets[f] + f0 // 2 * 4, level_step, 0, 0) for f0 in range(0, n, t)]
+            positions += [(f0, offsets[f] + f0 // 2 * 4, level_step, low * half * 4 + f0 // 2 * 4, half * 4) for f0 in range(0, n, t)]
             f += run
         elif f + 1 < len(strides) and t <= strides[f + 1] != h1:
             h2 = strides[f + 1]
@@ -659,8 +680,8 @@ def _rows_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, 
             positions += [(f0, a + _pair_of(f0, h1), 0, 0, 0) for f0 in range(0, n, t) if not f0 & h1]
             f += 1
         starts.append(len(positions))
-    arrays = [np.array(v, dtype=np.int64) for v in (kinds, h1s, h2s, starts, positions, strides, offsets, slots)]
-    return (*arrays, max(slots) + 1)
+    arrays = [np.array(v, dtype=np.int64) for v in (kinds, h1s, h2s, starts, positions, strides, offsets, slots, low_slots)]
+    return (*arrays, max(slots) + 1, max(low_slots) + 1)
 
 
 #: largest scratch (bytes) kept between calls by :func:`_workspace`; larger requests are allocated
@@ -736,7 +757,7 @@ def _forward_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: b
     np_dtype = numpy_dtype(dtype)
     rows = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
     if rows is not None:
-        *arrays, slots = rows
+        *arrays, slots, _ = rows
         block = _rows_block(n, np_dtype)
         workers = min(threads, -(-batch // block))
         kernel = _forward_rows_parallel if workers > 1 else _forward_rows_serial
@@ -855,11 +876,11 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
     plan = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
     if plan is None or n < ROWS_BACKWARD_MIN_VECTORS * tile_size(np_dtype):
         return None
-    *arrays, slots = plan
+    *arrays, slots, low_slots = plan
     block = _rows_block(n, np_dtype)
     steps = len(arrays[0])
     buffers = max(1, steps - 1 + (1 if stacks_in == 1 and stacks > 1 else 0))
-    per_stack = n_blocks * (n.bit_length() - 1) * n // 2 * 4
+    per_stack = max(1, low_slots) * n // 2 * 4
     planar = (stacks, max(1, slots), 4, n // 2)
     cap = (BACKWARD_EXTRA_X_INPUT - 1) * batch * stacks_in * n  # elements beyond the input gradient
     workers = max(1, min(threads, -(-batch // block)))

@@ -489,17 +489,18 @@ def _add_to(builder, pointer, value, unit_bytes):
 
 
 @intrinsic
-def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, twiddle, twiddle_offset, level_stride, grad, increasing, transposed):
+def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, twiddle, twiddle_offset, level_stride, grad, grad_offset, grad_level_stride, increasing, transposed):
     """Backward of :func:`rows_low_levels` on one ``T``-feature block of ``rows`` rows: ``act`` the
     run's input, ``gsrc`` its output adjoint, ``gdst`` receives the input adjoint (``y = A x + B
     x_{xor h}`` per factor: ``x̄ = A ȳ + (B ȳ)_{xor h}``, ``Ā += ȳ x``, ``B̄ += ȳ x_{xor h}``); the
-    gradients of the blocks are added to ``grad`` at the twiddle's offsets (the same layout)."""
+    gradients of the blocks are added to ``grad`` in the twiddle's layout, factor ``j``'s at
+    ``grad_offset + j grad_level_stride``."""
     kinds = _real_rows_types(act, gdst, twiddle)
     if kinds is None or not isinstance(gsrc, types.Array) or gsrc.dtype != act.dtype or not isinstance(grad, types.Array) or grad.dtype != act.dtype:
         return None
     unit, T, vector, unit_bytes = kinds
     levels = T.bit_length() - 1
-    sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, twiddle, twiddle_offset, level_stride, grad, increasing, transposed)
+    sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, twiddle, twiddle_offset, level_stride, grad, grad_offset, grad_level_stride, increasing, transposed)
 
     def codegen(context, builder, signature, args):
         i64, i32 = ir.IntType(64), ir.IntType(32)
@@ -508,8 +509,9 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
         gsrc_off, gsrc_str, tw_off, lvl_str = _int64_args(context, builder, signature, args, (4, 5, 11, 12))
         tw = builder.bitcast(_data(context, builder, signature, args, 10), unit.as_pointer())
         grad_p = builder.bitcast(_data(context, builder, signature, args, 13), unit.as_pointer())
-        rising = context.cast(builder, args[14], signature.args[14], types.boolean)
-        flip = context.cast(builder, args[15], signature.args[15], types.boolean)
+        grad_off, grad_str = _int64_args(context, builder, signature, args, (14, 15))
+        rising = context.cast(builder, args[16], signature.args[16], types.boolean)
+        flip = context.cast(builder, args[17], signature.args[17], types.boolean)
         mask = lambda values: ir.Constant(ir.VectorType(i32, len(values)), values)  # noqa: E731
         wide = ir.VectorType(unit, 2 * T)
 
@@ -518,7 +520,7 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
             for j, h in enumerate(strides):
                 base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, j)))
                 a, b, inverse, inverse_t = _low_coefficients(builder, tw, base, h, T, vector, unit_bytes, flip)
-                levels_.append((h, a, b, base, inverse, inverse_t))
+                levels_.append((h, a, b, builder.add(grad_off, builder.mul(grad_str, ir.Constant(i64, j))), inverse, inverse_t))
             permutations = [mask([lane ^ h for lane in range(T)]) for h, *_ in levels_]
 
             def body(row, sums):
