@@ -29,6 +29,20 @@ from helpers import rel_error
 DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
 
 
+@pytest.fixture
+def fresh_launch_caches():
+    """Empty the kernels' per-configuration launch caches before and after a test that patches
+    their sizing constants (not part of the cache keys; teardown runs before monkeypatch's undo)."""
+    from structmat.ops import butterfly_cpu
+
+    caches = (butterfly_cpu._forward_launch, butterfly_cpu._backward_rows_launch)
+    for cache in caches:
+        cache.cache_clear()
+    yield
+    for cache in caches:
+        cache.cache_clear()
+
+
 def random_twiddle(stacks, blocks, n, dtype=torch.float64):
     levels = n.bit_length() - 1
     return torch.randn(stacks, blocks, levels, n // 2, 2, 2, dtype=dtype) / math.sqrt(2)
@@ -134,19 +148,38 @@ def test_rows_plan_groups_the_schedule_into_register_runs_and_radix4_steps():
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128])
-def test_fused_backward_of_a_gradient_broadcast_over_the_batch(dtype):
-    """``sum()`` hands the backward an expanded gradient (stride 0 over the batch; the row layout
-    reads its one row for every row), as does an explicitly expanded one."""
+@pytest.mark.parametrize("workers", [1, 3])
+def test_fused_backward_of_a_gradient_broadcast_over_the_batch(dtype, workers, monkeypatch):
+    """A gradient broadcast over the batch (stride 0; the row layout reads its one row for every
+    row): autograd hands the backend ``sum()``'s expanded gradient as it is, and the backend's
+    result matches the reference, over several blocks and workers."""
+    from structmat.ops import butterfly_cpu
+
+    monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: workers)
     tw = random_twiddle(2, 1, 256, dtype).requires_grad_(True)
     x = torch.randn(37, 1, 256, dtype=dtype).requires_grad_(True)
     row = torch.randn(1, 2, 256, dtype=dtype)
+    forward, backward = FUSED_BACKENDS["cpu"]
+    seen = []
+
+    def recording_backward(twiddle, x, grad, *args):
+        seen.append(grad.stride(0))
+        return backward(twiddle, x, grad, *args)
+
+    monkeypatch.setitem(FUSED_BACKENDS, "cpu", (forward, recording_backward))
+    loss = (lambda y: y.sum()) if not dtype.is_complex else (lambda y: y.real.sum())
+    grads = torch.autograd.grad(loss(butterfly_multiply(tw, x)), (tw, x))
+    assert seen == [0] or dtype.is_complex  # complex: the real part's gradient is a new tensor
+    with use_reference():
+        ref_grads = torch.autograd.grad(loss(butterfly_multiply(tw, x)), (tw, x))
     tol = 1e-10 if dtype != torch.float32 else 1e-5
-    for loss in (lambda y: y.real.sum(), lambda y: (y * row.expand(37, 2, 256)).real.sum()):
-        grads = torch.autograd.grad(loss(butterfly_multiply(tw, x)), (tw, x))
-        with use_reference():
-            ref_grads = torch.autograd.grad(loss(butterfly_multiply(tw, x)), (tw, x))
-        for a, b in zip(grads, ref_grads):
-            assert rel_error(a, b) <= tol
+    for a, b in zip(grads, ref_grads):
+        assert rel_error(a, b) <= tol
+    direct = butterfly_cpu.butterfly_backward_cpu(tw.detach(), x.detach(), row.expand(37, 2, 256), True, False)
+    with use_reference():
+        ref_direct = torch.autograd.grad(butterfly_multiply(tw, x), (tw, x), row.expand(37, 2, 256))
+    for a, b in zip(direct, ref_direct):
+        assert rel_error(a, b) <= tol
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
@@ -213,11 +246,13 @@ def test_fused_backward_recomputes_in_segments_when_few_inputs_fit(dtype, stacks
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_fused_cpu_many_chunks_per_worker_and_reused_workspace(dtype, monkeypatch):
-    """Small chunks: every worker runs several chunks in its slice of the (reused) workspace."""
+def test_fused_cpu_many_chunks_per_worker_and_reused_workspace(dtype, monkeypatch, fresh_launch_caches):
+    """Small chunks and blocks: every worker runs several transposed-layout chunks (complex128;
+    float64's backward at n = 16) or row-layout blocks of 4 rows in its slice of the (reused)
+    workspace."""
     from structmat.ops import butterfly_cpu
 
-    for name, value in [("CHUNK_BYTES", 1), ("MIN_CHUNK", 8), ("BACKWARD_CHUNK_BYTES", 1), ("MIN_BACKWARD_CHUNK", 8)]:
+    for name, value in [("CHUNK_BYTES", 1), ("MIN_CHUNK", 8), ("BACKWARD_CHUNK_BYTES", 1), ("MIN_BACKWARD_CHUNK", 8), ("ROWS_BLOCK_BYTES", 1)]:
         monkeypatch.setattr(butterfly_cpu, name, value)
     for n, batch in [(64, 61), (16, 45), (64, 61)]:
         tw = random_twiddle(2, 1, n, dtype).requires_grad_(True)
@@ -494,6 +529,22 @@ def test_fused_backward_memory_within_three_inputs(n, threads, monkeypatch):
     x = torch.empty(256, 1, n, device="meta")
     extra = butterfly_cpu.backward_extra_bytes(twiddle, x)
     assert extra <= 3 * x.numel() * x.element_size()
+
+
+def test_row_backward_drops_workers_to_stay_within_the_memory_cap(monkeypatch):
+    """n = 16384 (a twiddle of 1.8 MiB against 64 KiB rows): at batch 96 three or four workers'
+    block buffers and twiddle-gradient partials would take the backward past 3x the input, two fit;
+    at batch 64 only one does."""
+    butterfly_cpu = pytest.importorskip("structmat.ops.butterfly_cpu")
+    n, levels = 16384, 14
+    twiddle = torch.empty(1, 1, levels, n // 2, 2, 2, device="meta")
+    for batch, expected in [(96, 2), (64, 1)]:
+        x = torch.empty(batch, 1, n, device="meta")
+        for threads in (2, 3, 4):
+            monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: threads)
+            workers = butterfly_cpu._backward_rows_launch(n, 1, True, False, torch.float32, 1, 1, batch, threads)[1][1][0]
+            assert workers == expected
+            assert butterfly_cpu.backward_extra_bytes(twiddle, x) <= 3 * x.numel() * x.element_size()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])

@@ -104,6 +104,8 @@ def choose(*tensors) -> str:
     """``"reference"``, ``"cpu"`` (fused Numba kernels) or ``"cuda"`` for the given tensors."""
     if reference_forced():
         return "reference"
+    if not tensors:
+        return "reference"
     device = tensors[0].device.type
     if any(t.device.type != device for t in tensors[1:]):
         return "reference"

@@ -62,7 +62,8 @@ from .backend import KERNEL_DTYPES, choose, numba_available
 #: Fused backends by device type: ``(forward, backward)`` with
 #: ``forward(twiddle, x, increasing_stride, transpose) -> out`` and
 #: ``backward(twiddle, x, grad, increasing_stride, transpose) -> (grad_twiddle, grad_x)``,
-#: all tensors contiguous, ``x`` of shape ``(B, S_in, N)`` with ``S_in`` in ``{1, n_stacks}``.
+#: all tensors contiguous (the CPU backend's ``grad`` may also be broadcast over the batch, see
+#: :func:`_backend_grad`), ``x`` of shape ``(B, S_in, N)`` with ``S_in`` in ``{1, n_stacks}``.
 FUSED_BACKENDS: dict[str, tuple[Callable, Callable]] = {}
 
 
@@ -200,12 +201,22 @@ def _setup_context(ctx, inputs, output):
     ctx.increasing_stride, ctx.transpose = increasing_stride, transpose
 
 
+def _backend_grad(grad: torch.Tensor) -> torch.Tensor:
+    """The output gradient as the fused backends take it: contiguous, except that the CPU backend
+    reads a gradient broadcast over the batch (``sum()``'s: an expanded scalar) as one row --
+    copying it to the batch's size would run a torch kernel whose OpenMP threads then spin against
+    the backward's."""
+    if grad.device.type == "cpu" and grad.shape[0] > 1 and grad.stride(0) == 0:
+        return grad
+    return grad.contiguous()
+
+
 def _backward(ctx, grad):
     twiddle, x = ctx.saved_tensors
     with torch.no_grad():  # first-order gradients (the backward op has no derivative of its own)
         if _plain_eager(twiddle, x, grad):
             _, backward = _fused(x.device)
-            grads = backward(twiddle.contiguous(), x.contiguous(), grad.contiguous(), ctx.increasing_stride, ctx.transpose)
+            grads = backward(twiddle.contiguous(), x.contiguous(), _backend_grad(grad), ctx.increasing_stride, ctx.transpose)
         else:
             grads = _butterfly_fused_backward(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
     grad_twiddle, grad_x = grads

@@ -57,8 +57,6 @@ from .backend import numpy_dtype
 from .butterfly import FUSED_BACKENDS, butterfly_schedule
 from .numba_rows import compile_variant
 from .simd import (
-    CACHE_SET_PERIOD,
-    TILE_ROWS,
     VECTOR_BYTES,
     array_at,
     rows_low_levels,
@@ -69,16 +67,17 @@ from .simd import (
     rows_radix4_backward,
     tile_size,
     transpose_tile,
-    transpose_tile_to_rows,
 )
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
-#: target size in bytes of one chunk's two ping-pong buffers (about the L2 size)
+#: target size in bytes of one chunk's two ping-pong buffers in the transposed-layout forward
+#: (complex dtypes; about the L2 size)
 CHUNK_BYTES = 1 << 20
-#: fewest rows per chunk: shorter inner loops lose more to the per-group set-up (twiddle loads, the
-#: run-time aliasing check, the vector loop's prologue and remainder) than large buffers to cache
-#: misses -- single-threaded, batch 256: 32 -> 96 rows takes n = 4096 from 1.24 to 0.97 ms and
-#: n = 16384 from 6.8 to 4.9 ms, even though the two buffers then spill L2 into L3
+#: fewest rows per transposed-layout forward chunk: shorter inner loops lose more to the per-group
+#: set-up (twiddle loads, the run-time aliasing check, the vector loop's prologue and remainder)
+#: than large buffers to cache misses (measured when float32 still ran this layout:
+#: single-threaded, batch 256, 32 -> 96 rows took n = 4096 from 1.24 to 0.97 ms and n = 16384
+#: from 6.8 to 4.9 ms, even though the two buffers then spill L2 into L3)
 MIN_CHUNK = 96
 #: most bytes of one thread's backward scratch (the stored step inputs of a chunk): the L3 size --
 #: wide chunks amortise the per-pair gradient reductions, which dominate below 64 rows
@@ -271,27 +270,18 @@ def _load(buf, x, row0, cols, stack):
 @njit(cache=True, fastmath=_FASTMATH)
 def _store(out, buf, row0, cols, stack, accumulate):
     """``out[row0 + k, stack, i] (+)= buf[i, k]`` for ``k < cols`` (whole tiles by register
-    transposition, see :func:`_load`; accumulating, element by element in tiles). When ``out``'s
-    rows are a multiple of :data:`~structmat.ops.simd.CACHE_SET_PERIOD` bytes apart (power-of-two
-    ``N >= 1024`` in float32), tiles span :func:`~structmat.ops.simd.tile_rows` rows
-    (:func:`~structmat.ops.simd.transpose_tile_to_rows`; n = 1024, 128 rows: 24-32 -> 15 us)."""
-    n, width, t, _, i_full, row, base = _tile_grid(buf, out, row0, cols, stack)
-    r = t
-    if not accumulate and row * out.itemsize % CACHE_SET_PERIOD == 0:
-        r = min(t, TILE_ROWS)
-    k_full = cols - cols % r
-    for k0 in range(0, k_full, r):
+    transposition, see :func:`_load`; accumulating, element by element in tiles)."""
+    n, width, t, k_full, i_full, row, base = _tile_grid(buf, out, row0, cols, stack)
+    for k0 in range(0, k_full, t):
         for i0 in range(0, i_full, t):
             if accumulate:
-                for kk in range(r):
+                for kk in range(t):
                     for ii in range(t):
                         out[row0 + k0 + kk, stack, i0 + ii] += buf[i0 + ii, k0 + kk]
-            elif r < t:
-                transpose_tile_to_rows(buf, i0 * width + k0, width, out, base + k0 * row + i0, row)
             else:
                 transpose_tile(buf, i0 * width + k0, width, out, base + k0 * row + i0, row)
         for i in range(i_full, n):
-            for k in range(k0, k0 + r):
+            for k in range(k0, k0 + t):
                 if accumulate:
                     out[row0 + k, stack, i] += buf[i, k]
                 else:
@@ -337,13 +327,13 @@ def _forward_chunks(tw_at, x_at, out_at, scratch, blocks, levels, strides, first
 
 
 @njit(cache=True)
-def _planar_copy(tw_flat, planar, strides, offsets, slots, transposed, to_planar):
+def _planar_copy(tw_flat, planar, offsets, slots, transposed, to_planar):
     """``to_planar``: ``planar[s, slots[f]]`` = the planes ``a, b, c, d`` of factor ``f``'s blocks in
     stack ``s`` (``transposed`` swaps ``b, c``) for every factor with a slot (strides ``>= T``);
     else the inverse, added: ``tw_flat[s]`` += the planes (the twiddle gradient)."""
     half = planar.shape[3]
     for s in range(planar.shape[0]):
-        for f in range(strides.shape[0]):
+        for f in range(slots.shape[0]):
             k = slots[f]
             if k < 0:
                 continue
@@ -387,7 +377,7 @@ def _rows_step_backward(act, act_off, act_str, gsrc, gsrc_off, gsrc_str, gdst, g
             rows_radix2_backward(act, a, act_str, gsrc, g, gsrc_str, gdst, d, gdst_str, rows, h1, planar_s, half, c0, grad_planar_s)
 
 
-def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, positions, strides, offsets, slots, low_slots, transposed, block_rows, workers):
+def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, positions, offsets, slots, transposed, block_rows, workers):
     """The row-layout forward (real dtypes, :func:`_rows_plan`): blocks of ``block_rows`` batch rows
     (worker ``w`` takes a contiguous range of blocks: interleaved blocks ran 1.5x slower on two
     threads), each stack's steps applied in place in ``out`` (the first step reads ``x``; see
@@ -397,7 +387,7 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, position
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     tw_flat = tw.reshape(stacks, tw.size // stacks)
-    _planar_copy(tw_flat, planar, strides, offsets, slots, transposed, True)
+    _planar_copy(tw_flat, planar, offsets, slots, transposed, True)
     x_flat, out_flat = x.reshape(x.size), out.reshape(out.size)
     n_blocks = (batch + block_rows - 1) // block_rows
     for worker in prange(workers):
@@ -416,7 +406,7 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, position
                         _rows_step(out_flat, dst_off, dst_str, out_flat, dst_off, dst_str, *step)
 
 
-def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, strides, offsets, slots, low_slots, transposed, block_rows):
+def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, offsets, slots, low_slots, transposed, block_rows):
     """The row-layout backward (real dtypes): per block of ``block_rows`` rows and stack, the
     inputs of steps ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a few
     blocks of ``rows x N``, flat: all of them fit, whatever the batch), then the steps are walked back
@@ -434,7 +424,7 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
     grad_rows = stacks * n if grad.shape[0] > 1 or batch == 1 else 0  # one row: broadcast over the batch
     workers = parts.shape[0]
     tw_flat = tw.reshape(stacks, tw.size // stacks)
-    _planar_copy(tw_flat, planar, strides, offsets, slots, transposed, True)
+    _planar_copy(tw_flat, planar, offsets, slots, transposed, True)
     x_flat, grad_flat, grad_x_flat = x.reshape(x.size), grad.reshape(grad.size), grad_x.reshape(grad_x.size)
     shared = stacks_in == 1 and stacks > 1
     n_blocks = (batch + block_rows - 1) // block_rows
@@ -485,11 +475,11 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
     block_size = n // 2 * 4
     for worker in range(workers):
         for s in range(stacks):
-            for f in range(strides.shape[0]):
+            for f in range(low_slots.shape[0]):
                 if low_slots[f] >= 0:
                     start = low_slots[f] * block_size
                     grad_tw_flat[s, offsets[f] : offsets[f] + block_size] += parts[worker, s, start : start + block_size]
-        _planar_copy(grad_tw_flat, planar_parts[worker], strides, offsets, slots, transposed, False)
+        _planar_copy(grad_tw_flat, planar_parts[worker], offsets, slots, transposed, False)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -601,12 +591,12 @@ def _schedule_arrays(n: int, n_blocks: int, increasing_stride: bool, transpose: 
     if transpose:
         schedule = schedule[::-1]
     blocks, levels, strides = ([entry[i] for entry in schedule] for i in range(3))
-    return tuple(np.array(a, dtype=np.int64) for a in (blocks, levels, strides, *_steps(strides, 0)))
+    return tuple(np.array(a, dtype=np.int64) for a in (blocks, levels, strides, *_steps(strides)))
 
 
-def _steps(strides: list[int], start: int) -> tuple[list[int], list[int]]:
-    """``(firsts, sizes)`` of the steps from factor ``start`` on (see :func:`_schedule_arrays`)."""
-    firsts, sizes, step = [], [], start
+def _steps(strides: list[int]) -> tuple[list[int], list[int]]:
+    """``(firsts, sizes)`` of the transposed layout's steps (see :func:`_schedule_arrays`)."""
+    firsts, sizes, step = [], [], 0
     while step < len(strides):
         pair = step + 1 < len(strides) and strides[step + 1] in (2 * strides[step], strides[step] // 2)
         firsts.append(step)
@@ -737,10 +727,11 @@ def _chunk_size(batch: int, row_bytes: int, budget: int, minimum: int, workers: 
 
 #: bytes of one block of rows in the row-layout forward (about two thirds of the level-1 cache)
 ROWS_BLOCK_BYTES = 32 << 10
-#: fewest and most rows per block: fewer rows reload the twiddles more often (the block budget
-#: keeps rows whose stride is a multiple of 4 KiB at <= 8, see :data:`~structmat.ops.simd.TILE_ROWS`:
-#: n = 1024, float32, batch 256: 8 rows 47 us, 16 rows 73 us; n = 16384: 4 rows 1.8 ms, 8 rows
-#: 3.0 ms); small N gets long blocks (n = 16, batch 256, backward: 16 rows 21 us, 256 rows 16 us)
+#: fewest and most rows per block: fewer rows reload the twiddles more often; the block budget
+#: keeps rows whose stride is a multiple of 4 KiB -- all in one level-1 cache set (64 sets of
+#: 64-byte lines), 8-12 ways -- at <= 8 (n = 1024, float32, batch 256: 8 rows 47 us, 16 rows
+#: 73 us; n = 16384: 4 rows 1.8 ms, 8 rows 3.0 ms); small N gets long blocks (n = 16, batch 256,
+#: backward: 16 rows 21 us, 256 rows 16 us)
 ROWS_BLOCK_MIN, ROWS_BLOCK_MAX = 4, 256
 #: the row-layout backward from ``N >= ROWS_BACKWARD_MIN_VECTORS * T`` on; below, its per-block
 #: set-up costs more than the transpositions it saves (n = 64, float32, batch 256: 25 against 21 us)
@@ -757,7 +748,8 @@ def _forward_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: b
     np_dtype = numpy_dtype(dtype)
     rows = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
     if rows is not None:
-        *arrays, slots, _ = rows
+        kinds, h1s, h2s, starts, positions, _, offsets, slot_of, _, slots, _ = rows
+        arrays = (kinds, h1s, h2s, starts, positions, offsets, slot_of)
         block = _rows_block(n, np_dtype)
         workers = min(threads, -(-batch // block))
         kernel = _forward_rows_parallel if workers > 1 else _forward_rows_serial
@@ -846,15 +838,15 @@ def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
 
 def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> int:
     """Bytes the fused backward allocates beyond its inputs: the input gradient and the workers'
-    buffers -- row layout (:func:`_backward_rows`): the planar coefficients, per-worker
-    twiddle-gradient partials (both layouts) and step inputs of one block; transposed layout: the
+    buffers -- row layout (:func:`_backward_rows`): the twiddle gradient, the planar coefficients,
+    per-worker twiddle-gradient partials (one twiddle's worth) and step inputs of one block; transposed layout: the
     adjoint, ``kept`` step inputs and, with several stacks, the chunk's input (each ``N · chunk``)
     and twiddle-gradient partials (worker 0's is the returned gradient)."""
     stacks, n_blocks, _, half = twiddle.shape[:4]
     n = 2 * half
     rows = _backward_rows_launch(n, n_blocks, bool(increasing_stride), False, x.dtype, stacks, x.shape[1], x.shape[0], numba.get_num_threads())
-    if rows is not None:
-        return (x.numel() + sum(math.prod(shape) for shape in rows[1])) * x.element_size()
+    if rows is not None:  # the input and twiddle gradients, the planar coefficients, the workers' buffers
+        return (x.numel() + twiddle.numel() + sum(math.prod(shape) for shape in rows[1])) * x.element_size()
     _, chunk, workers, kept, x_in_grad = _backward_plan(twiddle, x, increasing_stride, False)
     scratch = workers * (1 + kept + (0 if x_in_grad else 1)) * n * chunk
     return (x.numel() + scratch + workers * twiddle.numel()) * x.element_size()
@@ -876,15 +868,17 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
     plan = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
     if plan is None or n < ROWS_BACKWARD_MIN_VECTORS * tile_size(np_dtype):
         return None
-    *arrays, slots, low_slots = plan
+    kinds, h1s, h2s, starts, positions, _, offsets, slot_of, low_slot_of, slots, low_slots = plan
+    arrays = (kinds, h1s, h2s, starts, positions, offsets, slot_of, low_slot_of)
     block = _rows_block(n, np_dtype)
-    steps = len(arrays[0])
+    steps = len(kinds)
     buffers = max(1, steps - 1 + (1 if stacks_in == 1 and stacks > 1 else 0))
     per_stack = max(1, low_slots) * n // 2 * 4
     planar = (stacks, max(1, slots), 4, n // 2)
     cap = (BACKWARD_EXTRA_X_INPUT - 1) * batch * stacks_in * n  # elements beyond the input gradient
     workers = max(1, min(threads, -(-batch // block)))
-    while workers > 1 and workers * (buffers * block * n + stacks * per_stack + math.prod(planar)) + math.prod(planar) > cap:
+    shared = math.prod(planar) + stacks * n_blocks * (n.bit_length() - 1) * n // 2 * 4  # planar coefficients, twiddle gradient
+    while workers > 1 and workers * (buffers * block * n + stacks * per_stack + math.prod(planar)) + shared > cap:
         workers -= 1
     kernel = _backward_rows_parallel if workers > 1 else _backward_rows_serial
     shapes = (planar, (workers, stacks, per_stack), (workers, *planar), (workers, buffers, block * n))

@@ -149,83 +149,6 @@ def transpose_tile(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_
     return sig, codegen
 
 
-#: most rows a tile written by :func:`transpose_tile_to_rows` spans: the associativity of the
-#: level-1 data cache (8 ways on AMD Zen 4; 12 on recent Intel cores)
-TILE_ROWS = 8
-#: rows whose stride is a multiple of this many bytes all map to the same level-1 cache set (64 sets
-#: of 64-byte lines)
-CACHE_SET_PERIOD = 4096
-
-
-def tile_rows(dtype) -> int:
-    """Rows ``R`` of the tiles :func:`transpose_tile_to_rows` writes: ``min(T, TILE_ROWS)``."""
-    return min(tile_size(dtype), TILE_ROWS)
-
-
-def _group_network(R: int, T: int, k: int) -> list[tuple[int, int, list[int], list[int]]]:
-    """:func:`_network` for ``R`` rows applied independently to each of the ``T / R`` groups of
-    ``R`` elements of ``T``-element vectors (masks over the two rows' ``2 T k`` units)."""
-    stages = []
-    for i, j, low, high in _network(R, k):
-        masks = []
-        for mask in (low, high):
-            full = []
-            for g in range(T // R):
-                full += [g * R * k + u if u < R * k else T * k + g * R * k + (u - R * k) for u in mask]
-            masks.append(full)
-        stages.append((i, j, *masks))
-    return stages
-
-
-@intrinsic
-def transpose_tile_to_rows(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride):
-    """``dst[dst_offset + i * dst_stride + j] = src[src_offset + j * src_stride + i]`` for
-    ``i < R``, ``j < T`` (``R = tile_rows(dtype)``): ``T`` source rows of ``R`` elements become
-    ``R`` rows of one 64-byte vector each. For ``R = T`` this is :func:`transpose_tile`.
-
-    Why (float32, ``T = 16 > R = 8``): ``T`` destination rows whose stride is a multiple of
-    :data:`CACHE_SET_PERIOD` bytes -- rows of a power-of-two length ``N >= 1024`` -- all fall into one
-    level-1 cache set, and 16 lines in an 8-way set evict each other while they are written: such
-    a store ran at ~15 GB/s here against ~50 GB/s at other strides; 8 rows per tile run at ~34 GB/s.
-    The tile is two ``8 x 8`` transpositions side by side in each vector: row ``m`` of the
-    network's input holds source rows ``m`` and ``R + m`` (group ``g`` of the vector: source row
-    ``g R + m``), and the network of :func:`_network` for ``R`` rows runs within each group."""
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)) or src.dtype != dst.dtype:
-        return None
-    unit, k, unit_bytes = _unit(src.dtype)
-    T = VECTOR_BYTES // (k * unit_bytes)
-    R = min(T, TILE_ROWS)
-    groups = T // R
-    vector, part = ir.VectorType(unit, T * k), ir.VectorType(unit, R * k)
-    sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride)
-
-    def codegen(context, builder, signature, args):
-        src_off, src_str, dst_off, dst_str = _int64_args(context, builder, signature, args, (1, 2, 4, 5))
-        loads = _row_pointers(builder, _data(context, builder, signature, args, 0), unit, k, src_off, src_str, vector)
-        parts = [builder.load(builder.bitcast(p, part.as_pointer()), align=unit_bytes) for p in loads]
-        i32 = ir.IntType(32)
-        rows = []
-        for m in range(R):
-            row = [parts[g * R + m] for g in range(groups)]
-            width = R * k
-            while len(row) > 1:  # concatenate the groups pairwise
-                mask = ir.Constant(ir.VectorType(i32, 2 * width), list(range(2 * width)))
-                row = [builder.shuffle_vector(row[e], row[e + 1], mask) for e in range(0, len(row), 2)]
-                width *= 2
-            rows.append(row[0])
-        mask_type = ir.VectorType(i32, T * k)
-        for i, j, low, high in _group_network(R, T, k):
-            a, b = rows[i], rows[j]
-            rows[i] = builder.shuffle_vector(a, b, ir.Constant(mask_type, low))
-            rows[j] = builder.shuffle_vector(a, b, ir.Constant(mask_type, high))
-        stores = _row_pointers(builder, _data(context, builder, signature, args, 3), unit, k, dst_off, dst_str, vector)
-        for row, pointer in zip(rows, stores[:R]):
-            builder.store(row, pointer, align=unit_bytes)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 def _contract(instruction):
     """Allow LLVM to fuse a multiply and an add into one FMA (what Numba's ``fastmath`` allows)."""
     instruction.flags.append("contract")
@@ -253,15 +176,14 @@ def _row_operands(context, builder, signature, args, unit, positions):
     return src, so_, ss_, dst, do_, ds_, r_
 
 
-def _real_rows_types(src, dst, twiddle):
-    """``(unit, T, vector)`` for the row kernels, or ``None`` unless all three are arrays of one
-    real dtype."""
-    arrays = (src, dst, twiddle)
+def _real_rows_types(*arrays):
+    """``(unit, T, vector, unit_bytes)`` for the row kernels, or ``None`` unless ``arrays`` are all
+    arrays of one real dtype."""
     if not all(isinstance(a, types.Array) for a in arrays) or len({a.dtype for a in arrays}) != 1:
         return None
-    if not isinstance(src.dtype, types.Float):
+    if not isinstance(arrays[0].dtype, types.Float):
         return None
-    unit, _, unit_bytes = _unit(src.dtype)
+    unit, _, unit_bytes = _unit(arrays[0].dtype)
     T = VECTOR_BYTES // unit_bytes
     return unit, T, ir.VectorType(unit, T), unit_bytes
 
@@ -315,8 +237,8 @@ def rows_low_levels(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
     ``twiddle[twiddle_offset + j level_stride + 4 q + (r, c)]`` (row major; ``transposed`` uses each
     block's transpose; ``level_stride`` may be negative). Lane ``l`` of stride ``h``: ``y_l = A_l
     x_l + B_l x_{l xor h}`` with ``(A, B) = (a, b)`` on a pair's low lane and ``(d, c)`` on its high
-    lane -- one permutation, one multiply and one fused multiply-add per factor and row. Real
-    dtypes only."""
+    lane -- one permutation, one multiply and one fused multiply-add per factor and row (SPEC.md
+    §1.4 factors, §4.14 cost). Real dtypes only."""
     kinds = _real_rows_types(src, dst, twiddle)
     if kinds is None:
         return None
@@ -373,8 +295,8 @@ def rows_radix4(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_str
     factor: pairs ``(f, f + h1)`` with the coefficients at ``s1a``, ``(f + h2, f + h1 + h2)`` at
     ``s1b``; second: ``(f, f + h2)`` at ``s2a``, ``(f + h1, f + h1 + h2)`` at ``s2b`` -- element
     offsets of ``T`` consecutive pairs in plane ``a`` of a planar twiddle (planes ``a, b, c, d``
-    ``half`` elements apart, any transposition already applied). The eight coefficient vectors stay
-    in registers over the rows. Real dtypes only."""
+    ``half`` elements apart, any transposition already applied). The sixteen coefficient vectors
+    stay in registers over the rows (SPEC.md §1.4, §4.14). Real dtypes only."""
     kinds = _real_rows_types(src, dst, planar)
     if kinds is None:
         return None
@@ -449,7 +371,7 @@ def _backward_pair(builder, coefficients, accumulators, low, high, g_low, g_high
     )
 
 
-def _phi_vectors(builder, vector, count):
+def _phi_vectors(vector, count):
     """``count`` zero vectors to start loop-carried accumulators from (updated through phi nodes)."""
     return [ir.Constant(vector, None) for _ in range(count)]
 
@@ -495,8 +417,8 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
     x_{xor h}`` per factor: ``x̄ = A ȳ + (B ȳ)_{xor h}``, ``Ā += ȳ x``, ``B̄ += ȳ x_{xor h}``); the
     gradients of the blocks are added to ``grad`` in the twiddle's layout, factor ``j``'s at
     ``grad_offset + j grad_level_stride``."""
-    kinds = _real_rows_types(act, gdst, twiddle)
-    if kinds is None or not isinstance(gsrc, types.Array) or gsrc.dtype != act.dtype or not isinstance(grad, types.Array) or grad.dtype != act.dtype:
+    kinds = _real_rows_types(act, gsrc, gdst, twiddle, grad)
+    if kinds is None:
         return None
     unit, T, vector, unit_bytes = kinds
     levels = T.bit_length() - 1
@@ -539,7 +461,7 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
                 builder.store(g, _vector_at(builder, gdst_p, builder.add(gdst_off, builder.mul(row, gdst_str)), vector), align=unit_bytes)
                 return sums
 
-            sums = _accumulating_loop(builder, n_rows, _phi_vectors(builder, vector, 2 * len(levels_)), body)
+            sums = _accumulating_loop(builder, n_rows, _phi_vectors(vector, 2 * len(levels_)), body)
             for j, (h, a, b, base, inverse, inverse_t) in enumerate(levels_):
                 entries = builder.select(flip, builder.shuffle_vector(sums[2 * j], sums[2 * j + 1], inverse_t), builder.shuffle_vector(sums[2 * j], sums[2 * j + 1], inverse))
                 _add_to(builder, builder.bitcast(builder.gep(grad_p, [base]), wide.as_pointer()), entries, unit_bytes)
@@ -559,8 +481,8 @@ def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
     """Backward of :func:`rows_radix4` (same positions and coefficients): ``act`` the step's input,
     ``gsrc`` its output adjoint, ``gdst`` receives the input adjoint; the coefficient gradients
     are added to ``grad_planar`` at the coefficients' offsets (the same planar layout)."""
-    kinds = _real_rows_types(act, gdst, planar)
-    if kinds is None or not isinstance(gsrc, types.Array) or gsrc.dtype != act.dtype or not isinstance(grad_planar, types.Array) or grad_planar.dtype != act.dtype:
+    kinds = _real_rows_types(act, gsrc, gdst, planar, grad_planar)
+    if kinds is None:
         return None
     unit, T, vector, unit_bytes = kinds
     sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h1, h2, planar, half, s1a, s1b, s2a, s2b, grad_planar)
@@ -593,7 +515,7 @@ def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
                 builder.store(value, _vector_at(builder, gdst_p, builder.add(gdst_row, o), vector), align=unit_bytes)
             return [v for group in acc for v in group]
 
-        sums = _accumulating_loop(builder, n_rows, _phi_vectors(builder, vector, 16), body)
+        sums = _accumulating_loop(builder, n_rows, _phi_vectors(vector, 16), body)
         for k, s in enumerate(sets):
             for e in range(4):
                 pointer = _vector_at(builder, grad_p, builder.add(s, builder.mul(half_, ir.Constant(i64, e))), vector)
@@ -606,8 +528,8 @@ def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
 @intrinsic
 def rows_radix2_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h, planar, half, s, grad_planar):
     """Backward of :func:`rows_radix2` (see :func:`rows_radix4_backward`)."""
-    kinds = _real_rows_types(act, gdst, planar)
-    if kinds is None or not isinstance(gsrc, types.Array) or gsrc.dtype != act.dtype or not isinstance(grad_planar, types.Array) or grad_planar.dtype != act.dtype:
+    kinds = _real_rows_types(act, gsrc, gdst, planar, grad_planar)
+    if kinds is None:
         return None
     unit, T, vector, unit_bytes = kinds
     sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h, planar, half, s, grad_planar)
@@ -633,7 +555,7 @@ def rows_radix2_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
                 builder.store(value, _vector_at(builder, gdst_p, builder.add(gdst_row, o), vector), align=unit_bytes)
             return sums
 
-        sums = _accumulating_loop(builder, n_rows, _phi_vectors(builder, vector, 4), body)
+        sums = _accumulating_loop(builder, n_rows, _phi_vectors(vector, 4), body)
         for e in range(4):
             _add_to(builder, _vector_at(builder, grad_p, builder.add(first, builder.mul(half_, ir.Constant(i64, e))), vector), sums[e], unit_bytes)
         return context.get_dummy_value()
