@@ -156,8 +156,12 @@ def test_fused_backward_of_a_gradient_broadcast_over_the_batch(dtype, workers, m
     from structmat.ops import butterfly_cpu
 
     monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: workers)
+    batch = 300
+    if not dtype.is_complex:  # the row layout's blocks and workers this test covers
+        plan = butterfly_cpu._backward_rows_launch(256, 1, True, False, dtype, 2, 1, batch, workers)
+        assert plan[1][1][0] == workers and batch > 2 * plan[3][-1]
     tw = random_twiddle(2, 1, 256, dtype).requires_grad_(True)
-    x = torch.randn(37, 1, 256, dtype=dtype).requires_grad_(True)
+    x = torch.randn(batch, 1, 256, dtype=dtype).requires_grad_(True)
     row = torch.randn(1, 2, 256, dtype=dtype)
     forward, backward = FUSED_BACKENDS["cpu"]
     seen = []
@@ -175,9 +179,9 @@ def test_fused_backward_of_a_gradient_broadcast_over_the_batch(dtype, workers, m
     tol = 1e-10 if dtype != torch.float32 else 1e-5
     for a, b in zip(grads, ref_grads):
         assert rel_error(a, b) <= tol
-    direct = butterfly_cpu.butterfly_backward_cpu(tw.detach(), x.detach(), row.expand(37, 2, 256), True, False)
+    direct = butterfly_cpu.butterfly_backward_cpu(tw.detach(), x.detach(), row.expand(batch, 2, 256), True, False)
     with use_reference():
-        ref_direct = torch.autograd.grad(butterfly_multiply(tw, x), (tw, x), row.expand(37, 2, 256))
+        ref_direct = torch.autograd.grad(butterfly_multiply(tw, x), (tw, x), row.expand(batch, 2, 256))
     for a, b in zip(direct, ref_direct):
         assert rel_error(a, b) <= tol
 
@@ -254,6 +258,8 @@ def test_fused_cpu_many_chunks_per_worker_and_reused_workspace(dtype, monkeypatc
 
     for name, value in [("CHUNK_BYTES", 1), ("MIN_CHUNK", 8), ("BACKWARD_CHUNK_BYTES", 1), ("MIN_BACKWARD_CHUNK", 8), ("ROWS_BLOCK_BYTES", 1)]:
         monkeypatch.setattr(butterfly_cpu, name, value)
+    if dtype == torch.float64:  # the patched sizes reach the (cached) row-layout plans: blocks of 4 rows
+        assert butterfly_cpu._backward_rows_launch(64, 1, True, False, dtype, 2, 1, 61, 2)[3][-1] == butterfly_cpu.ROWS_BLOCK_MIN
     for n, batch in [(64, 61), (16, 45), (64, 61)]:
         tw = random_twiddle(2, 1, n, dtype).requires_grad_(True)
         x = torch.randn(batch, 1, n, dtype=dtype).requires_grad_(True)
@@ -533,8 +539,9 @@ def test_fused_backward_memory_within_three_inputs(n, threads, monkeypatch):
 
 def test_row_backward_drops_workers_to_stay_within_the_memory_cap(monkeypatch):
     """n = 16384 (a twiddle of 1.8 MiB against 64 KiB rows): at batch 96 three or four workers'
-    block buffers and twiddle-gradient partials would take the backward past 3x the input, two fit;
-    at batch 64 only one does."""
+    block buffers and twiddle-gradient partials would take the backward past its cap (2.95x the
+    input), two fit; at batch 64 only one does. Small batches get fewer rows per block instead:
+    n = 1024, batch 32 fits in blocks of 2 rows."""
     butterfly_cpu = pytest.importorskip("structmat.ops.butterfly_cpu")
     n, levels = 16384, 14
     twiddle = torch.empty(1, 1, levels, n // 2, 2, 2, device="meta")
@@ -544,7 +551,10 @@ def test_row_backward_drops_workers_to_stay_within_the_memory_cap(monkeypatch):
             monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: threads)
             workers = butterfly_cpu._backward_rows_launch(n, 1, True, False, torch.float32, 1, 1, batch, threads)[1][1][0]
             assert workers == expected
-            assert butterfly_cpu.backward_extra_bytes(twiddle, x) <= 3 * x.numel() * x.element_size()
+            assert butterfly_cpu.backward_extra_bytes(twiddle, x) <= butterfly_cpu.BACKWARD_EXTRA_X_INPUT * x.numel() * x.element_size()
+    small = torch.empty(32, 1, 1024, device="meta")
+    assert butterfly_cpu._backward_rows_launch(1024, 1, True, False, torch.float32, 1, 1, 32, 2)[3][-1] == 2
+    assert butterfly_cpu.backward_extra_bytes(torch.empty(1, 1, 10, 512, 2, 2, device="meta"), small) <= 3 * small.numel() * small.element_size()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])

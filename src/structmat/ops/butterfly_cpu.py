@@ -861,9 +861,11 @@ def _rows_block(n: int, dtype: np.dtype) -> int:
 def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: torch.dtype, stacks: int, stacks_in: int, batch: int, threads: int):
     """``(kernel, shapes of planar / parts / planar parts / scratch, NumPy dtype, trailing
     arguments)`` of the row-layout backward (:func:`_backward_rows`), or ``None`` where the row
-    layout does not apply or does not pay (:data:`ROWS_BACKWARD_MIN_VECTORS`). Workers are dropped while their buffers and twiddle-gradient partials
-    would take the backward beyond :data:`BACKWARD_EXTRA_X_INPUT` times the input (tiny batches
-    with large twiddles may exceed it with one worker)."""
+    layout does not apply or does not pay (:data:`ROWS_BACKWARD_MIN_VECTORS`). Workers are dropped,
+    then blocks halved (down to one row), while the workers' block buffers and twiddle-gradient
+    partials would take the backward beyond :data:`BACKWARD_EXTRA_X_INPUT` times the input. Small
+    batches whose input is not much larger than the twiddle can still exceed it: the twiddle
+    gradient, its planar copy and one worker's partials alone are about 2.5 twiddles."""
     np_dtype = numpy_dtype(dtype)
     plan = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
     if plan is None or n < ROWS_BACKWARD_MIN_VECTORS * tile_size(np_dtype):
@@ -878,8 +880,11 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
     cap = (BACKWARD_EXTRA_X_INPUT - 1) * batch * stacks_in * n  # elements beyond the input gradient
     workers = max(1, min(threads, -(-batch // block)))
     shared = math.prod(planar) + stacks * n_blocks * (n.bit_length() - 1) * n // 2 * 4  # planar coefficients, twiddle gradient
-    while workers > 1 and workers * (buffers * block * n + stacks * per_stack + math.prod(planar)) + shared > cap:
+    needed = lambda workers, block: workers * (buffers * block * n + stacks * per_stack + math.prod(planar)) + shared  # noqa: E731
+    while workers > 1 and needed(workers, block) > cap:
         workers -= 1
+    while block > 1 and needed(workers, block) > cap:  # small batches: fewer rows per block
+        block //= 2
     kernel = _backward_rows_parallel if workers > 1 else _backward_rows_serial
     shapes = (planar, (workers, stacks, per_stack), (workers, *planar), (workers, buffers, block * n))
     return kernel, shapes, np_dtype, (*arrays, bool(transpose), block)
