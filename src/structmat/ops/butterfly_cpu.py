@@ -377,10 +377,24 @@ def _rows_step_backward(act, act_off, act_str, gsrc, gsrc_off, gsrc_str, gdst, g
             rows_radix2_backward(act, a, act_str, gsrc, g, gsrc_str, gdst, d, gdst_str, rows, h1, planar_s, half, c0, grad_planar_s)
 
 
+@njit(cache=True, inline="always")
+def _worker_blocks(worker, workers, batch, block_rows):
+    """Worker ``worker``'s contiguous range of row blocks (interleaved blocks ran 1.5x slower on
+    two threads)."""
+    n_blocks = (batch + block_rows - 1) // block_rows
+    return range(worker * n_blocks // workers, (worker + 1) * n_blocks // workers)
+
+
+@njit(cache=True, inline="always")
+def _input_rows(row0, stack, stacks_in, n):
+    """``(offset, stride)`` in elements of stack ``stack``'s input rows from batch row ``row0`` on
+    (``x`` is ``(B, S_in, N)``; with ``S_in = 1`` every stack reads stack 0)."""
+    return (row0 * stacks_in + (stack if stacks_in > 1 else 0)) * n, stacks_in * n
+
+
 def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, positions, offsets, slots, transposed, block_rows, workers):
     """The row-layout forward (real dtypes, :func:`_rows_plan`): blocks of ``block_rows`` batch rows
-    (worker ``w`` takes a contiguous range of blocks: interleaved blocks ran 1.5x slower on two
-    threads), each stack's steps applied in place in ``out`` (the first step reads ``x``; see
+    (each worker a contiguous range, :func:`_worker_blocks`), each stack's steps applied in place in ``out`` (the first step reads ``x``; see
     :func:`_rows_step`). ``planar`` ``(S, slots, 4, N/2)`` receives the planar coefficients first
     (:func:`_planar_copy`). Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
     tw, x, out = array_at(tw_at, planar), array_at(x_at, planar), array_at(out_at, planar)
@@ -389,14 +403,13 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, position
     tw_flat = tw.reshape(stacks, tw.size // stacks)
     _planar_copy(tw_flat, planar, offsets, slots, transposed, True)
     x_flat, out_flat = x.reshape(x.size), out.reshape(out.size)
-    n_blocks = (batch + block_rows - 1) // block_rows
     for worker in prange(workers):
-        for block in range(worker * n_blocks // workers, (worker + 1) * n_blocks // workers):
+        for block in _worker_blocks(worker, workers, batch, block_rows):
             row0 = block * block_rows
             rows = min(block_rows, batch - row0)
             for s in range(stacks):
                 dst_off, dst_str = (row0 * stacks + s) * n, stacks * n
-                src_off, src_str = (row0 * stacks_in + (s if stacks_in > 1 else 0)) * n, stacks_in * n
+                src_off, src_str = _input_rows(row0, s, stacks_in, n)
                 planar_s = planar[s].reshape(planar[s].size)
                 for k in range(kinds.shape[0]):
                     step = (rows, n // 2, kinds[k], h1s[k], h2s[k], positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, transposed)
@@ -427,18 +440,17 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
     _planar_copy(tw_flat, planar, offsets, slots, transposed, True)
     x_flat, grad_flat, grad_x_flat = x.reshape(x.size), grad.reshape(grad.size), grad_x.reshape(grad_x.size)
     shared = stacks_in == 1 and stacks > 1
-    n_blocks = (batch + block_rows - 1) // block_rows
     for worker in prange(workers):
         parts[worker] = 0
         planar_parts[worker] = 0
-        for block in range(worker * n_blocks // workers, (worker + 1) * n_blocks // workers):
+        for block in _worker_blocks(worker, workers, batch, block_rows):
             row0 = block * block_rows
             rows = min(block_rows, batch - row0)
             for s in range(stacks):
                 planar_s = planar[s].reshape(planar[s].size)
                 grad_s = parts[worker, s]
                 grad_planar_s = planar_parts[worker, s].reshape(planar_parts[worker, s].size)
-                x_off, x_str = (row0 * stacks_in + (s if stacks_in > 1 else 0)) * n, stacks_in * n
+                x_off, x_str = _input_rows(row0, s, stacks_in, n)
                 for k in range(steps - 1):  # act[k + 1] = step k (act[k]), act[0] = x
                     step = (rows, n // 2, kinds[k], h1s[k], h2s[k], positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, transposed)
                     if k == 0:

@@ -203,6 +203,22 @@ def _local_pair(lane: int, h: int) -> tuple[int, bool]:
     return ((low >> 1) & ~(h - 1)) | (low & (h - 1)), not lane & h
 
 
+def _in_run_order(builder, rising, T, apply):
+    """``apply(strides)`` for a run of the ``log2 T`` small strides, generated for both orders and
+    picked at run time by ``rising`` (``1, 2, ..., T/2``, else ``T/2, ..., 1``)."""
+    levels = T.bit_length() - 1
+    with builder.if_else(rising) as (then, otherwise):
+        with then:
+            apply([1 << j for j in range(levels)])
+        with otherwise:
+            apply([T >> (j + 1) for j in range(levels)])
+
+
+def _row_start(builder, offset, stride, row):
+    """Element index ``offset + row · stride`` (int64 values)."""
+    return builder.add(offset, builder.mul(row, stride))
+
+
 def _low_coefficients(builder, twiddle, base, h, T, vector, unit_bytes, flip):
     """``(A, B, to_entries, to_entries_transposed)`` for the factor of stride ``h < T`` on one
     ``T``-feature block whose ``T/2`` pairs' blocks are the ``2 T`` elements at ``base``: the lane
@@ -243,7 +259,6 @@ def rows_low_levels(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
     if kinds is None:
         return None
     unit, T, vector, unit_bytes = kinds
-    levels = T.bit_length() - 1
     sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, twiddle, twiddle_offset, level_stride, increasing, transposed)
 
     def codegen(context, builder, signature, args):
@@ -261,17 +276,13 @@ def rows_low_levels(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
                 base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, j)))
                 coefficients.append((h, *_low_coefficients(builder, tw, base, h, T, vector, unit_bytes, flip)[:2]))
             with cgutils.for_range(builder, n_rows) as loop:
-                x = builder.load(_vector_at(builder, src_p, builder.add(src_off, builder.mul(loop.index, src_str)), vector), align=unit_bytes)
+                x = builder.load(_vector_at(builder, src_p, _row_start(builder, src_off, src_str, loop.index), vector), align=unit_bytes)
                 for h, a, b in coefficients:
                     partner = builder.shuffle_vector(x, x, mask([lane ^ h for lane in range(T)]))
                     x = _contract(builder.fadd(_contract(builder.fmul(a, x)), _contract(builder.fmul(b, partner))))
-                builder.store(x, _vector_at(builder, dst_p, builder.add(dst_off, builder.mul(loop.index, dst_str)), vector), align=unit_bytes)
+                builder.store(x, _vector_at(builder, dst_p, _row_start(builder, dst_off, dst_str, loop.index), vector), align=unit_bytes)
 
-        with builder.if_else(rising) as (then, otherwise):
-            with then:
-                apply([1 << j for j in range(levels)])
-            with otherwise:
-                apply([T >> (j + 1) for j in range(levels)])
+        _in_run_order(builder, rising, T, apply)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -310,8 +321,8 @@ def rows_radix4(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_str
         coefficients = [_planar_coefficients(builder, tw, s, half_, vector, unit_bytes) for s in sets]
         offsets = [ir.Constant(ir.IntType(64), 0), first, second, builder.add(first, second)]
         with cgutils.for_range(builder, n_rows) as loop:
-            src_row = builder.add(src_off, builder.mul(loop.index, src_str))
-            dst_row = builder.add(dst_off, builder.mul(loop.index, dst_str))
+            src_row = _row_start(builder, src_off, src_str, loop.index)
+            dst_row = _row_start(builder, dst_off, dst_str, loop.index)
             x = [builder.load(_vector_at(builder, src_p, builder.add(src_row, o), vector), align=unit_bytes) for o in offsets]
             x[0], x[1] = _pair_fma(builder, coefficients[0], x[0], x[1])
             x[2], x[3] = _pair_fma(builder, coefficients[1], x[2], x[3])
@@ -340,8 +351,8 @@ def rows_radix2(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_str
         tw = builder.bitcast(_data(context, builder, signature, args, 8), unit.as_pointer())
         coefficients = _planar_coefficients(builder, tw, first, half_, vector, unit_bytes)
         with cgutils.for_range(builder, n_rows) as loop:
-            src_row = builder.add(src_off, builder.mul(loop.index, src_str))
-            dst_row = builder.add(dst_off, builder.mul(loop.index, dst_str))
+            src_row = _row_start(builder, src_off, src_str, loop.index)
+            dst_row = _row_start(builder, dst_off, dst_str, loop.index)
             offsets = [ir.Constant(ir.IntType(64), 0), stride]
             x = [builder.load(_vector_at(builder, src_p, builder.add(src_row, o), vector), align=unit_bytes) for o in offsets]
             x = _pair_fma(builder, coefficients, x[0], x[1])
@@ -421,7 +432,6 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
     if kinds is None:
         return None
     unit, T, vector, unit_bytes = kinds
-    levels = T.bit_length() - 1
     sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, twiddle, twiddle_offset, level_stride, grad, grad_offset, grad_level_stride, increasing, transposed)
 
     def codegen(context, builder, signature, args):
@@ -446,19 +456,19 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
             permutations = [mask([lane ^ h for lane in range(T)]) for h, *_ in levels_]
 
             def body(row, sums):
-                x = [builder.load(_vector_at(builder, act_p, builder.add(act_off, builder.mul(row, act_str)), vector), align=unit_bytes)]
+                x = [builder.load(_vector_at(builder, act_p, _row_start(builder, act_off, act_str, row), vector), align=unit_bytes)]
                 partners = []
                 for (h, a, b, *_), perm in zip(levels_, permutations):
                     partners.append(builder.shuffle_vector(x[-1], x[-1], perm))
                     x.append(_contract(builder.fadd(_contract(builder.fmul(a, x[-1])), _contract(builder.fmul(b, partners[-1])))))
-                g = builder.load(_vector_at(builder, gsrc_p, builder.add(gsrc_off, builder.mul(row, gsrc_str)), vector), align=unit_bytes)
+                g = builder.load(_vector_at(builder, gsrc_p, _row_start(builder, gsrc_off, gsrc_str, row), vector), align=unit_bytes)
                 for j in range(len(levels_) - 1, -1, -1):
                     h, a, b, *_ = levels_[j]
                     sums[2 * j] = _contract(builder.fadd(sums[2 * j], _contract(builder.fmul(g, x[j]))))
                     sums[2 * j + 1] = _contract(builder.fadd(sums[2 * j + 1], _contract(builder.fmul(g, partners[j]))))
                     bg = _contract(builder.fmul(b, g))
                     g = _contract(builder.fadd(_contract(builder.fmul(a, g)), builder.shuffle_vector(bg, bg, permutations[j])))
-                builder.store(g, _vector_at(builder, gdst_p, builder.add(gdst_off, builder.mul(row, gdst_str)), vector), align=unit_bytes)
+                builder.store(g, _vector_at(builder, gdst_p, _row_start(builder, gdst_off, gdst_str, row), vector), align=unit_bytes)
                 return sums
 
             sums = _accumulating_loop(builder, n_rows, _phi_vectors(vector, 2 * len(levels_)), body)
@@ -466,11 +476,7 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
                 entries = builder.select(flip, builder.shuffle_vector(sums[2 * j], sums[2 * j + 1], inverse_t), builder.shuffle_vector(sums[2 * j], sums[2 * j + 1], inverse))
                 _add_to(builder, builder.bitcast(builder.gep(grad_p, [base]), wide.as_pointer()), entries, unit_bytes)
 
-        with builder.if_else(rising) as (then, otherwise):
-            with then:
-                apply([1 << j for j in range(levels)])
-            with otherwise:
-                apply([T >> (j + 1) for j in range(levels)])
+        _in_run_order(builder, rising, T, apply)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -498,19 +504,19 @@ def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
         offsets = [ir.Constant(i64, 0), first, second, builder.add(first, second)]
 
         def body(row, sums):
-            act_row = builder.add(act_off, builder.mul(row, act_str))
+            act_row = _row_start(builder, act_off, act_str, row)
             x = [builder.load(_vector_at(builder, act_p, builder.add(act_row, o), vector), align=unit_bytes) for o in offsets]
             m = list(x)
             m[0], m[1] = _pair_fma(builder, coefficients[0], x[0], x[1])
             m[2], m[3] = _pair_fma(builder, coefficients[1], x[2], x[3])
-            gsrc_row = builder.add(gsrc_off, builder.mul(row, gsrc_str))
+            gsrc_row = _row_start(builder, gsrc_off, gsrc_str, row)
             g = [builder.load(_vector_at(builder, gsrc_p, builder.add(gsrc_row, o), vector), align=unit_bytes) for o in offsets]
             acc = [sums[4 * k : 4 * k + 4] for k in range(4)]
             g[0], g[2] = _backward_pair(builder, coefficients[2], acc[2], m[0], m[2], g[0], g[2])
             g[1], g[3] = _backward_pair(builder, coefficients[3], acc[3], m[1], m[3], g[1], g[3])
             g[0], g[1] = _backward_pair(builder, coefficients[0], acc[0], x[0], x[1], g[0], g[1])
             g[2], g[3] = _backward_pair(builder, coefficients[1], acc[1], x[2], x[3], g[2], g[3])
-            gdst_row = builder.add(gdst_off, builder.mul(row, gdst_str))
+            gdst_row = _row_start(builder, gdst_off, gdst_str, row)
             for value, o in zip(g, offsets):
                 builder.store(value, _vector_at(builder, gdst_p, builder.add(gdst_row, o), vector), align=unit_bytes)
             return [v for group in acc for v in group]
@@ -545,12 +551,12 @@ def rows_radix2_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
         offsets = [ir.Constant(i64, 0), stride]
 
         def body(row, sums):
-            act_row = builder.add(act_off, builder.mul(row, act_str))
+            act_row = _row_start(builder, act_off, act_str, row)
             x = [builder.load(_vector_at(builder, act_p, builder.add(act_row, o), vector), align=unit_bytes) for o in offsets]
-            gsrc_row = builder.add(gsrc_off, builder.mul(row, gsrc_str))
+            gsrc_row = _row_start(builder, gsrc_off, gsrc_str, row)
             g = [builder.load(_vector_at(builder, gsrc_p, builder.add(gsrc_row, o), vector), align=unit_bytes) for o in offsets]
             g = _backward_pair(builder, coefficients, sums, x[0], x[1], g[0], g[1])
-            gdst_row = builder.add(gdst_off, builder.mul(row, gdst_str))
+            gdst_row = _row_start(builder, gdst_off, gdst_str, row)
             for value, o in zip(g, offsets):
                 builder.store(value, _vector_at(builder, gdst_p, builder.add(gdst_row, o), vector), align=unit_bytes)
             return sums
