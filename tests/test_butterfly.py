@@ -56,12 +56,13 @@ def random_twiddle(stacks, blocks, n, dtype=torch.float64):
 def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
     tol = 1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5
     op = butterfly_multiply_transpose if transpose else butterfly_multiply
-    # real dtypes run the row-layout forward from N = T on (16 float32, 8 float64 features a
-    # vector): N = 16 is one run of small strides, N = 32 with 3 butterflies mixes runs and lone
-    # factors of stride 16, N >= 64 radix-4 steps; batches off the block grid leave partial
-    # blocks; the backward from N = 8 T on (N = 128, 256: several butterflies and stacks, one
-    # input row shared by two stacks). Complex dtypes and smaller N run the transposed layout,
-    # where batches and sizes off the register-tile grid exercise the element-by-element edges
+    # the row-layout forward runs from N = T on (16 float32 / complex64, 8 float64 / complex128
+    # features a vector; complex rows block-planar): N = 16 is one run of small strides, N = 32
+    # with 3 butterflies mixes runs and lone factors of stride 16, N >= 64 radix-4 steps; batches
+    # off the block grid leave partial blocks; the backward from N = T (complex) or 8 T (real) on
+    # (N = 128, 256: several butterflies and stacks, one input row shared by two stacks). Smaller
+    # N run the transposed layout, where batches and sizes off the register-tile grid exercise
+    # the element-by-element edges
     cases = [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1), (2, 1, 1, 64, 50), (1, 1, 1, 128, 64), (2, 1, 1, 64, 40), (2, 3, 1, 128, 21), (3, 2, 3, 256, 9)]
     for case in cases:
         _assert_fused_matches_reference(op, dtype, increasing_stride, *case, tol=tol)
@@ -83,7 +84,7 @@ def _assert_fused_matches_reference(op, dtype, increasing_stride, stacks, blocks
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("increasing_stride, transpose", [(True, False), (False, True), (False, False)])
 def test_row_layout_forward_matches_reference_on_one_thread(dtype, increasing_stride, transpose):
     """One thread (the serial builds): whole and partial row blocks, several input stacks, two
@@ -95,7 +96,7 @@ def test_row_layout_forward_matches_reference_on_one_thread(dtype, increasing_st
     try:
         op = butterfly_multiply_transpose if transpose else butterfly_multiply
         for case in [(1, 1, 1, 64, 32), (3, 1, 3, 32, 48), (2, 2, 1, 32, 16), (1, 1, 1, 128, 100)]:
-            _assert_fused_matches_reference(op, dtype, increasing_stride, *case, tol=1e-10 if dtype == torch.float64 else 1e-5)
+            _assert_fused_matches_reference(op, dtype, increasing_stride, *case, tol=1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5)
     finally:
         numba.set_num_threads(threads)
 
@@ -120,7 +121,7 @@ def test_fused_kernels_with_several_workers(dtype, workers, monkeypatch):
 def test_rows_plan_groups_the_schedule_into_register_runs_and_radix4_steps():
     from structmat.ops.butterfly_cpu import _rows_plan
 
-    f32, f64, c64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.complex64)
+    f32, f64, c64, c128 = (np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
 
     def steps(*args):
         kinds, h1, h2, starts, positions, *_, n_slots, _ = _rows_plan(*args)
@@ -141,8 +142,10 @@ def test_rows_plan_groups_the_schedule_into_register_runs_and_radix4_steps():
     # the run at feature 16: its blocks from pair 8 on; gradients in low slots 0..3 (planes of 32 x 4)
     assert positions[starts[0] + 1].tolist() == [16, offsets[0] + 8 * 4, offsets[1] - offsets[0], 8 * 4, 32 * 4]
     assert low_slots.tolist() == [0, 1, 2, 3, -1, -1] and n_low == 4
-    assert _rows_plan(1024, 1, True, False, c64) is None  # complex: the transposed layout
-    assert _rows_plan(8, 1, True, False, f32) is None  # N below one vector
+    # complex rows: the plan of their real parts' dtype (T real parts, then T imaginary parts)
+    assert steps(1024, 1, True, False, c64) == steps(1024, 1, True, False, f32)
+    assert steps(256, 2, False, True, c128) == steps(256, 2, False, True, f64)
+    assert _rows_plan(8, 1, True, False, f32) is None and _rows_plan(8, 1, True, False, c64) is None  # N below one vector
     assert _rows_plan(8, 1, True, False, f64) is not None
 
 
@@ -157,9 +160,8 @@ def test_fused_backward_of_a_gradient_broadcast_over_the_batch(dtype, workers, m
 
     monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: workers)
     batch = 300
-    if not dtype.is_complex:  # the row layout's blocks and workers this test covers
-        plan = butterfly_cpu._backward_rows_launch(256, 1, True, False, dtype, 2, 1, batch, workers)
-        assert plan[1][1][0] == workers and batch > 2 * plan[3][-1]
+    plan = butterfly_cpu._backward_rows_launch(256, 1, True, False, dtype, 2, 1, batch, workers)  # the row layout's
+    assert plan[1][1][0] == workers and batch > 2 * plan[3][-2]  # blocks and workers this test covers
     tw = random_twiddle(2, 1, 256, dtype).requires_grad_(True)
     x = torch.randn(batch, 1, 256, dtype=dtype).requires_grad_(True)
     row = torch.randn(1, 2, 256, dtype=dtype)
@@ -251,16 +253,16 @@ def test_fused_backward_recomputes_in_segments_when_few_inputs_fit(dtype, stacks
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 def test_fused_cpu_many_chunks_per_worker_and_reused_workspace(dtype, monkeypatch, fresh_launch_caches):
-    """Small chunks and blocks: every worker runs several transposed-layout chunks (complex128;
+    """Small chunks and blocks: every worker runs several transposed-layout chunks (n = 4;
     float64's backward at n = 16) or row-layout blocks of 4 rows in its slice of the (reused)
     workspace."""
     from structmat.ops import butterfly_cpu
 
     for name, value in [("CHUNK_BYTES", 1), ("MIN_CHUNK", 8), ("BACKWARD_CHUNK_BYTES", 1), ("MIN_BACKWARD_CHUNK", 8), ("ROWS_BLOCK_BYTES", 1)]:
         monkeypatch.setattr(butterfly_cpu, name, value)
-    if dtype == torch.float64:  # the patched sizes reach the (cached) row-layout plans: blocks of 4 rows
-        assert butterfly_cpu._backward_rows_launch(64, 1, True, False, dtype, 2, 1, 61, 2)[3][-1] == butterfly_cpu.ROWS_BLOCK_MIN
-    for n, batch in [(64, 61), (16, 45), (64, 61)]:
+    # the patched sizes reach the (cached) row-layout plans: blocks of 4 rows
+    assert butterfly_cpu._backward_rows_launch(64, 1, True, False, dtype, 2, 1, 61, 2)[3][-2] == butterfly_cpu.ROWS_BLOCK_MIN
+    for n, batch in [(64, 61), (16, 45), (4, 45), (64, 61)]:
         tw = random_twiddle(2, 1, n, dtype).requires_grad_(True)
         x = torch.randn(batch, 1, n, dtype=dtype).requires_grad_(True)
         g = torch.randn(batch, 2, n, dtype=dtype)
@@ -525,14 +527,15 @@ def test_bp_logits_get_a_larger_learning_rate():
 
 @pytest.mark.parametrize("n", [256, 1024, 4096, 16384])
 @pytest.mark.parametrize("threads", [1, 2, 4])
-def test_fused_backward_memory_within_three_inputs(n, threads, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_fused_backward_memory_within_three_inputs(n, threads, dtype, monkeypatch):
     """Issue 3: the fused backward's allocations (input gradient, per-thread scratch, twiddle
     partials) stay within 3x the input at batch 256, whatever the thread count."""
     butterfly_cpu = pytest.importorskip("structmat.ops.butterfly_cpu")
     monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: threads)
     levels = n.bit_length() - 1
-    twiddle = torch.empty(1, 1, levels, n // 2, 2, 2, device="meta")
-    x = torch.empty(256, 1, n, device="meta")
+    twiddle = torch.empty(1, 1, levels, n // 2, 2, 2, device="meta", dtype=dtype)
+    x = torch.empty(256, 1, n, device="meta", dtype=dtype)
     extra = butterfly_cpu.backward_extra_bytes(twiddle, x)
     assert extra <= 3 * x.numel() * x.element_size()
 
@@ -553,7 +556,7 @@ def test_row_backward_drops_workers_to_stay_within_the_memory_cap(monkeypatch):
             assert workers == expected
             assert butterfly_cpu.backward_extra_bytes(twiddle, x) <= butterfly_cpu.BACKWARD_EXTRA_X_INPUT * x.numel() * x.element_size()
     small = torch.empty(32, 1, 1024, device="meta")
-    assert butterfly_cpu._backward_rows_launch(1024, 1, True, False, torch.float32, 1, 1, 32, 2)[3][-1] == 2
+    assert butterfly_cpu._backward_rows_launch(1024, 1, True, False, torch.float32, 1, 1, 32, 2)[3][-2] == 2
     assert butterfly_cpu.backward_extra_bytes(torch.empty(1, 1, 10, 512, 2, 2, device="meta"), small) <= 3 * small.numel() * small.element_size()
 
 

@@ -14,8 +14,10 @@ from structmat.ops.simd import (
     rows_low_levels_backward,
     rows_radix2,
     rows_radix2_backward,
+    rows_planar,
     rows_radix4,
     rows_radix4_backward,
+    row_lanes,
     tile_size,
     transpose_tile,
 )
@@ -83,6 +85,42 @@ def _factor(x, tw, h, transposed=False):
     return y
 
 
+def _random(rng, shape, dtype):
+    a = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        a = a + 1j * rng.standard_normal(shape)
+    return a.astype(dtype)
+
+
+def _wide(dtype):
+    """The float64 / complex128 reference dtype for ``dtype``."""
+    return np.complex128 if np.dtype(dtype).kind == "c" else np.float64
+
+
+def _tolerance(dtype):
+    return 2e-4 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-11
+
+
+def _block_planar(a, to_planar=True, start=0, blocks=None):
+    """``a`` (rows of complex numbers; real ones are returned as they are) with the ``T``-element
+    blocks from element ``start`` on converted to the row kernels' block-planar layout (the ``T``
+    real parts, then the ``T`` imaginary parts) or back."""
+    a = np.array(a)
+    if a.dtype.kind != "c":
+        return a
+    t = row_lanes(a.dtype)
+    units = a.view(a.real.dtype)
+    blocks = (a.shape[-1] - start) // t if blocks is None else blocks
+    for b in range(blocks):
+        u = 2 * (start + b * t)
+        chunk = units[..., u : u + 2 * t].copy()
+        if to_planar:
+            units[..., u : u + t], units[..., u + t : u + 2 * t] = chunk[..., 0::2], chunk[..., 1::2]
+        else:
+            units[..., u : u + 2 * t : 2], units[..., u + 1 : u + 2 * t : 2] = chunk[..., :t], chunk[..., t:]
+    return a
+
+
 def _pair(f, h):
     return (f // (2 * h)) * h + f % h
 
@@ -90,6 +128,11 @@ def _pair(f, h):
 @njit
 def _low(src, so, ss, dst, do, ds, rows, tw, to, ls, increasing, transposed):
     rows_low_levels(src, so, ss, dst, do, ds, rows, tw, to, ls, increasing, transposed)
+
+
+@njit
+def _planar(src, so, ss, dst, do, ds, rows, n, to_planar):
+    rows_planar(src, so, ss, dst, do, ds, rows, n, to_planar)
 
 
 @njit
@@ -102,65 +145,93 @@ def _radix2(src, so, ss, dst, do, ds, rows, h, planar, half, a):
     rows_radix2(src, so, ss, dst, do, ds, rows, h, planar, half, a)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_planar_converts_complex_rows_and_copies_real_ones(dtype):
+    """Rows between other row strides and offsets: complex ones become block-planar and back,
+    real ones are copied; nothing else is written."""
+    t = row_lanes(dtype)
+    assert t * np.dtype(dtype).itemsize == VECTOR_BYTES * (2 if np.dtype(dtype).kind == "c" else 1)
+    n, rows = 3 * t, 4
+    rng = np.random.default_rng(2)
+    x = _random(rng, (rows + 1, n + 5), dtype)
+    dst = np.zeros((rows + 2, n + 3), dtype)
+    _planar(x.ravel(), (n + 5) + 2, n + 5, dst.ravel(), 2 * (n + 3) + 1, n + 3, rows, n, True)
+    expected = _block_planar(x[1:, 2 : 2 + n])
+    np.testing.assert_array_equal(dst[2:, 1 : 1 + n], expected)
+    assert not dst[:2].any() and not dst[:, 0].any() and not dst[:, 1 + n :].any()
+    back = dst.copy()  # in place
+    _planar(back.ravel(), 2 * (n + 3) + 1, n + 3, back.ravel(), 2 * (n + 3) + 1, n + 3, rows, n, False)
+    np.testing.assert_array_equal(back[2:, 1 : 1 + n], x[1:, 2 : 2 + n])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("increasing", [True, False])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_rows_low_levels_match_numpy(dtype, increasing, transposed):
     """The factors of strides 1 .. T/2 (or T/2 .. 1) on the T-feature block at f0 of 3 rows, read
     from one array and written to another with other row strides and offsets; factor j's blocks
-    at twiddle_offset + j level_stride (negative for the decreasing order here)."""
-    t = tile_size(dtype)
+    at twiddle_offset + j level_stride (negative for the decreasing order here). Complex rows
+    are block-planar, complex twiddles as they are."""
+    t = row_lanes(dtype)
     levels, n, rows, f0 = t.bit_length() - 1, 4 * t, 3, t
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((rows + 1, n + 5)).astype(dtype)
-    tw = rng.standard_normal((levels, n // 2, 2, 2)).astype(dtype)
+    x = _random(rng, (rows + 1, n + 5), dtype)
+    tw = _random(rng, (levels, n // 2, 2, 2), dtype)
     dst = np.zeros((rows + 2, n + 3), dtype)
     level_size = n // 2 * 4
     strides = [1 << j for j in range(levels)] if increasing else [t >> (j + 1) for j in range(levels)]
     order = list(range(levels)) if increasing else list(range(levels - 1, -1, -1))
-    _low(x.ravel(), (n + 5) + 2 + f0, n + 5, dst.ravel(), 2 * (n + 3) + 1 + f0, n + 3, rows, tw.ravel(), order[0] * level_size + f0 // 2 * 4, (order[1] - order[0]) * level_size, increasing, transposed)
-    expected = x[1 : 1 + rows, 2 : 2 + n].astype(np.float64)
+    src = _block_planar(x, start=2 + f0, blocks=1)
+    _low(src.ravel(), (n + 5) + 2 + f0, n + 5, dst.ravel(), 2 * (n + 3) + 1 + f0, n + 3, rows, tw.ravel(), order[0] * level_size + f0 // 2 * 4, (order[1] - order[0]) * level_size, increasing, transposed)
+    expected = x[1 : 1 + rows, 2 : 2 + n].astype(_wide(dtype))
     for j, h in enumerate(strides):
-        expected = _factor(expected, tw[order[j]].astype(np.float64), h, transposed)
-    tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(dst[2 : 2 + rows, 1 + f0 : 1 + f0 + t], expected[:, f0 : f0 + t], rtol=tol, atol=tol)
+        expected = _factor(expected, tw[order[j]].astype(_wide(dtype)), h, transposed)
+    tol = 1e-5 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-12
+    got = _block_planar(dst, to_planar=False, start=1 + f0, blocks=1)
+    np.testing.assert_allclose(got[2 : 2 + rows, 1 + f0 : 1 + f0 + t], expected[:, f0 : f0 + t], rtol=tol, atol=tol)
     dst[2 : 2 + rows, 1 + f0 : 1 + f0 + t] = 0
     assert not dst.any()  # nothing else written
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_rows_radix4_and_radix2_match_numpy(dtype):
     """Factors of strides >= T in place on 3 rows, with planar coefficients (planes a, b, c, d of
-    N/2 elements; the second factor's planes after the first's)."""
-    t = tile_size(dtype)
+    N/2 elements; the second factor's planes after the first's; block-planar for complex)."""
+    t = row_lanes(dtype)
     n, rows = 8 * t, 3
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((rows, n)).astype(dtype)
-    tw1, tw2 = (rng.standard_normal((n // 2, 2, 2)).astype(dtype) for _ in range(2))
-    planar = np.concatenate([tw.reshape(-1, 4).T.ravel() for tw in (tw1, tw2)])
+    x = _random(rng, (rows, n), dtype)
+    tw1, tw2 = (_random(rng, (n // 2, 2, 2), dtype) for _ in range(2))
+    planar = _block_planar(np.concatenate([tw.reshape(-1, 4).T.ravel() for tw in (tw1, tw2)]))
     half = n // 2
-    tol = 1e-5 if dtype == np.float32 else 1e-12
+    tol = 1e-5 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-12
+    wide = _wide(dtype)
     for h1, h2 in [(t, 2 * t), (2 * t, t), (t, 4 * t)]:
-        y = x.ravel().copy()
+        y = _block_planar(x).ravel()
         for f in range(0, n, t):
             if not (f & h1 or f & h2):
                 _radix4(y, f, n, y, f, n, rows, h1, h2, planar, half, _pair(f, h1), _pair(f + h2, h1), 4 * half + _pair(f, h2), 4 * half + _pair(f + h1, h2))
-        expected = _factor(_factor(x.astype(np.float64), tw1.astype(np.float64), h1), tw2.astype(np.float64), h2)
-        np.testing.assert_allclose(y.reshape(rows, n), expected, rtol=tol, atol=tol)
+        expected = _factor(_factor(x.astype(wide), tw1.astype(wide), h1), tw2.astype(wide), h2)
+        np.testing.assert_allclose(_block_planar(y.reshape(rows, n), to_planar=False), expected, rtol=tol, atol=tol)
     for h in (t, 4 * t):
         y = np.zeros(rows * n, dtype)
         for f in range(0, n, t):
             if not f & h:
-                _radix2(x.ravel(), f, n, y, f, n, rows, h, planar, half, _pair(f, h))
-        np.testing.assert_allclose(y.reshape(rows, n), _factor(x.astype(np.float64), tw1.astype(np.float64), h), rtol=tol, atol=tol)
+                _radix2(_block_planar(x).ravel(), f, n, y, f, n, rows, h, planar, half, _pair(f, h))
+        np.testing.assert_allclose(_block_planar(y.reshape(rows, n), to_planar=False), _factor(x.astype(wide), tw1.astype(wide), h), rtol=tol, atol=tol)
 
 
-def test_row_kernels_reject_complex_arrays():
+def test_row_kernels_reject_mixed_and_integer_arrays():
     from numba.core.errors import TypingError
 
-    z = np.zeros(64, np.complex64)
+    z, r = np.zeros(64, np.complex64), np.zeros(64, np.float32)
     with pytest.raises(TypingError):
-        _radix2(z, 0, 16, z, 0, 16, 1, 16, z, 16, 0)
+        _radix2(z, 0, 16, r, 0, 16, 1, 16, z, 16, 0)
+    with pytest.raises(TypingError):
+        _planar(np.zeros(64, np.int32), 0, 16, np.zeros(64, np.int32), 0, 16, 1, 16, True)
 
 
 def _factor_torch(x, tw, h, transposed=False):
@@ -188,65 +259,70 @@ def _radix2_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, h, planar, h
     rows_radix2_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, h, planar, half, a, grad_planar)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def _as_torch(a):
+    return torch.tensor(a.astype(_wide(a.dtype)), requires_grad=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("increasing", [True, False])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_rows_low_levels_backward_matches_autograd(dtype, increasing, transposed):
     """Input adjoint and block gradients of the small strides on the block at f0 of 3 rows
-    against torch autograd (float64) of the same factors."""
-    t = tile_size(dtype)
+    against torch autograd (float64 / complex128: torch's conjugate convention) of the same
+    factors."""
+    t = row_lanes(dtype)
     levels, n, rows, f0 = t.bit_length() - 1, 2 * t, 3, t
     rng = np.random.default_rng(5)
-    x, g = (rng.standard_normal((rows, n)).astype(dtype) for _ in range(2))
-    tw = rng.standard_normal((levels, n // 2, 2, 2)).astype(dtype)
+    x, g = (_random(rng, (rows, n), dtype) for _ in range(2))
+    tw = _random(rng, (levels, n // 2, 2, 2), dtype)
     strides = [1 << j for j in range(levels)] if increasing else [t >> (j + 1) for j in range(levels)]
     order = list(range(levels)) if increasing else list(range(levels - 1, -1, -1))
     level_size = n // 2 * 4
     # the gradients in their own array, factor j (application order) at j + 1 (one block of padding)
     grad, grad_x = np.zeros((levels + 1) * level_size, dtype), np.zeros_like(x)
     _low_backward(
-        x.ravel(), f0, n, g.ravel(), f0, n, grad_x.ravel(), f0, n, rows, tw.ravel(), order[0] * level_size + f0 // 2 * 4, (order[1] - order[0]) * level_size,
+        _block_planar(x).ravel(), f0, n, _block_planar(g).ravel(), f0, n, grad_x.ravel(), f0, n, rows, tw.ravel(), order[0] * level_size + f0 // 2 * 4, (order[1] - order[0]) * level_size,
         grad, level_size + f0 // 2 * 4, level_size, increasing, transposed,
     )
-    xt, twt = torch.tensor(x, dtype=torch.float64, requires_grad=True), torch.tensor(tw, dtype=torch.float64, requires_grad=True)
+    xt, twt = _as_torch(x), _as_torch(tw)
     y = xt
     for j, h in enumerate(strides):
         y = _factor_torch(y, twt[order[j]], h, transposed)
-    (y[:, f0 : f0 + t] * torch.tensor(g[:, f0 : f0 + t], dtype=torch.float64)).sum().backward()
-    tol = 2e-4 if dtype == np.float32 else 1e-11
-    np.testing.assert_allclose(grad_x[:, f0 : f0 + t], xt.grad[:, f0 : f0 + t].numpy(), rtol=tol, atol=tol)
+    y[:, f0 : f0 + t].backward(torch.tensor(g[:, f0 : f0 + t].astype(_wide(dtype))))
+    tol = _tolerance(dtype)
+    np.testing.assert_allclose(_block_planar(grad_x, to_planar=False)[:, f0 : f0 + t], xt.grad[:, f0 : f0 + t].numpy(), rtol=tol, atol=tol)
     grad = grad.reshape(levels + 1, n // 2, 2, 2)
     assert not grad[0].any()
     np.testing.assert_allclose(grad[1:], twt.grad.numpy()[order], rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_rows_radix4_and_radix2_backward_match_autograd(dtype):
-    t = tile_size(dtype)
+    t = row_lanes(dtype)
     n, rows, half = 8 * t, 3, 4 * t
     rng = np.random.default_rng(6)
-    tol = 2e-4 if dtype == np.float32 else 1e-11
-    x, g = (rng.standard_normal((rows, n)).astype(dtype) for _ in range(2))
-    tws = [rng.standard_normal((half, 2, 2)).astype(dtype) for _ in range(2)]
-    planar = np.concatenate([tw.reshape(-1, 4).T.ravel() for tw in tws])
-    as_torch = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
-    unplanar = lambda p: p.reshape(4, half).T.reshape(half, 2, 2)  # noqa: E731
+    tol = _tolerance(dtype)
+    x, g = (_random(rng, (rows, n), dtype) for _ in range(2))
+    tws = [_random(rng, (half, 2, 2), dtype) for _ in range(2)]
+    planar = _block_planar(np.concatenate([tw.reshape(-1, 4).T.ravel() for tw in tws]))
+    unplanar = lambda p: _block_planar(p, to_planar=False).reshape(4, half).T.reshape(half, 2, 2)  # noqa: E731
+    g_wide = torch.tensor(g.astype(_wide(dtype)))
     for h1, h2 in [(t, 2 * t), (2 * t, t), (t, 4 * t)]:
-        grad_planar, adjoint = np.zeros_like(planar), g.ravel().copy()
+        grad_planar, adjoint = np.zeros_like(planar), _block_planar(g).ravel()
         for f in range(0, n, t):
             if not (f & h1 or f & h2):  # in place: the adjoint overwrites the output adjoint
-                _radix4_backward(x.ravel(), f, n, adjoint, f, n, adjoint, f, n, rows, h1, h2, planar, half, _pair(f, h1), _pair(f + h2, h1), 4 * half + _pair(f, h2), 4 * half + _pair(f + h1, h2), grad_planar)
-        xt, t1, t2 = as_torch(x), as_torch(tws[0]), as_torch(tws[1])
-        (_factor_torch(_factor_torch(xt, t1, h1), t2, h2) * torch.tensor(g, dtype=torch.float64)).sum().backward()
-        np.testing.assert_allclose(adjoint.reshape(rows, n), xt.grad.numpy(), rtol=tol, atol=tol)
+                _radix4_backward(_block_planar(x).ravel(), f, n, adjoint, f, n, adjoint, f, n, rows, h1, h2, planar, half, _pair(f, h1), _pair(f + h2, h1), 4 * half + _pair(f, h2), 4 * half + _pair(f + h1, h2), grad_planar)
+        xt, t1, t2 = _as_torch(x), _as_torch(tws[0]), _as_torch(tws[1])
+        _factor_torch(_factor_torch(xt, t1, h1), t2, h2).backward(g_wide)
+        np.testing.assert_allclose(_block_planar(adjoint.reshape(rows, n), to_planar=False), xt.grad.numpy(), rtol=tol, atol=tol)
         np.testing.assert_allclose(unplanar(grad_planar[: 4 * half]), t1.grad.numpy(), rtol=tol, atol=tol)
         np.testing.assert_allclose(unplanar(grad_planar[4 * half :]), t2.grad.numpy(), rtol=tol, atol=tol)
     for h in (t, 4 * t):
         grad_planar, adjoint = np.zeros_like(planar), np.zeros(rows * n, dtype)
         for f in range(0, n, t):
             if not f & h:
-                _radix2_backward(x.ravel(), f, n, g.ravel(), f, n, adjoint, f, n, rows, h, planar, half, _pair(f, h), grad_planar)
-        xt, t1 = as_torch(x), as_torch(tws[0])
-        (_factor_torch(xt, t1, h) * torch.tensor(g, dtype=torch.float64)).sum().backward()
-        np.testing.assert_allclose(adjoint.reshape(rows, n), xt.grad.numpy(), rtol=tol, atol=tol)
+                _radix2_backward(_block_planar(x).ravel(), f, n, _block_planar(g).ravel(), f, n, adjoint, f, n, rows, h, planar, half, _pair(f, h), grad_planar)
+        xt, t1 = _as_torch(x), _as_torch(tws[0])
+        _factor_torch(xt, t1, h).backward(g_wide)
+        np.testing.assert_allclose(_block_planar(adjoint.reshape(rows, n), to_planar=False), xt.grad.numpy(), rtol=tol, atol=tol)
         np.testing.assert_allclose(unplanar(grad_planar[: 4 * half]), t1.grad.numpy(), rtol=tol, atol=tol)

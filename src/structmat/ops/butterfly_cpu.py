@@ -1,8 +1,11 @@
 """Fused Numba CPU kernels for :mod:`structmat.ops.butterfly` (SPEC.md §1.4, §4.14).
 
-Two layouts. Real dtypes run the *row layout* (:func:`_forward_rows`, :func:`_backward_rows`; plan
-:func:`_rows_plan`): the rows of the batch stay as they are, features along the 64-byte vectors
-(``T`` = 16 float32 / 8 float64 features). Blocks of 4-256 rows (about 32 KiB, :func:`_rows_block`)
+Two layouts. Every dtype from ``N = T`` on runs the *row layout* (:func:`_forward_rows`,
+:func:`_backward_rows`; plan :func:`_rows_plan`): the rows of the batch stay as they are, features
+along the 64-byte vectors (``T`` = 16 float32 / complex64, 8 float64 / complex128 features; a
+complex block of ``T`` features is held *block-planar*, its ``T`` real parts then its ``T``
+imaginary parts, converted from and to torch's interleaved layout per block of rows while it is
+in cache, :func:`~structmat.ops.simd.rows_planar`). Blocks of 4-256 rows (about 32 KiB, :func:`_rows_block`)
 go through every step while they sit in the level-1/2 cache; the ``log2 T`` factors of strides
 ``< T`` of each butterfly run in registers (lane permutations), the others two at a time (radix
 4) on whole vectors, with the coefficients of ``T`` consecutive pairs as four vectors from a
@@ -10,8 +13,7 @@ planar copy of the twiddles made once per call. Each kernel call (:mod:`structma
 keeps its coefficient vectors in registers across the block's rows. No transposition is needed,
 and a single row runs as fast per row as a batch.
 
-Complex dtypes (and real ones with ``N < T``; the backward below ``N = 8 T``) run the *transposed
-layout*: the batch is cut into chunks of ``C`` rows; each chunk of one stack is transposed
+Sizes ``N < T`` (and the real backward below ``N = 8 T``) run the *transposed layout*: the batch is cut into chunks of ``C`` rows; each chunk of one stack is transposed
 (64-byte register tiles, :func:`structmat.ops.simd.transpose_tile`) into a scratch buffer ``(N,
 C)`` -- the batch is the contiguous (SIMD) dimension --, all factors are applied there while it
 stays in cache, and the result is transposed back. Two consecutive factors (strides ``h`` and
@@ -49,7 +51,7 @@ import threading
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
@@ -59,8 +61,10 @@ from .numba_rows import compile_variant
 from .simd import (
     VECTOR_BYTES,
     array_at,
+    row_lanes,
     rows_low_levels,
     rows_low_levels_backward,
+    rows_planar,
     rows_radix2,
     rows_radix2_backward,
     rows_radix4,
@@ -71,7 +75,7 @@ from .simd import (
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 #: target size in bytes of one chunk's two ping-pong buffers in the transposed-layout forward
-#: (complex dtypes; about the L2 size)
+#: (``N < T``; about the L2 size)
 CHUNK_BYTES = 1 << 20
 #: fewest rows per transposed-layout forward chunk: shorter inner loops lose more to the per-group
 #: set-up (twiddle loads, the run-time aliasing check, the vector loop's prologue and remainder)
@@ -306,7 +310,7 @@ def _step_forward(src, dst, tw, blocks, levels, strides, first, size, cols, tran
 
 
 def _forward_chunks(tw_at, x_at, out_at, scratch, blocks, levels, strides, firsts, sizes, transposed, chunk):
-    """The transposed-layout forward (complex dtypes, ``N < T``; module docstring): worker ``w``
+    """The transposed-layout forward (``N < T``; module docstring): worker ``w``
     runs chunks ``w, w + W, ...`` in its ping-pong buffers ``scratch[w]`` ``(2, N, chunk)``
     (distinct source and target). Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
     tw, x, out = array_at(tw_at, scratch), array_at(x_at, scratch), array_at(out_at, scratch)
@@ -326,11 +330,40 @@ def _forward_chunks(tw_at, x_at, out_at, scratch, blocks, levels, strides, first
                 _store(out, bufs[firsts.shape[0] % 2], row0, cols, s, False)
 
 
+def _plane_copy(blocks, plane, to_planar):
+    """``plane[:] = blocks`` (``to_planar``), else ``blocks += plane``; complex planes are
+    block-planar (:class:`structmat.ops.simd._Lanes`)."""
+    if to_planar:
+        plane[:] = blocks
+    else:
+        blocks += plane
+
+
+@overload(_plane_copy)
+def _plane_copy_numba(blocks, plane, to_planar):
+    if not isinstance(plane.dtype, types.Complex):
+        return _plane_copy
+    real = as_dtype(plane.dtype.underlying_float)
+    t = VECTOR_BYTES // real.itemsize
+
+    def block_planar(blocks, plane, to_planar):
+        units = plane.view(real)
+        for p in range(plane.shape[0]):
+            u = (p // t) * 2 * t + p % t
+            if to_planar:
+                units[u], units[u + t] = blocks[p].real, blocks[p].imag
+            else:
+                blocks[p] += units[u] + 1j * units[u + t]
+
+    return block_planar
+
+
 @njit(cache=True)
 def _planar_copy(tw_flat, planar, offsets, slots, transposed, to_planar):
     """``to_planar``: ``planar[s, slots[f]]`` = the planes ``a, b, c, d`` of factor ``f``'s blocks in
     stack ``s`` (``transposed`` swaps ``b, c``) for every factor with a slot (strides ``>= T``);
-    else the inverse, added: ``tw_flat[s]`` += the planes (the twiddle gradient)."""
+    else the inverse, added: ``tw_flat[s]`` += the planes (the twiddle gradient). Complex planes
+    are block-planar (:func:`_plane_copy`)."""
     half = planar.shape[3]
     for s in range(planar.shape[0]):
         for f in range(slots.shape[0]):
@@ -341,10 +374,7 @@ def _planar_copy(tw_flat, planar, offsets, slots, transposed, to_planar):
                 # plane e holds entry e of every block (b and c swapped when transposed): a
                 # stride-4 walk through the factor's blocks, which LLVM vectorises
                 blocks = tw_flat[s, offsets[f] + ((3 - e) if transposed and 0 < e < 3 else e) : offsets[f] + 4 * half : 4]
-                if to_planar:
-                    planar[s, k, e] = blocks
-                else:
-                    blocks += planar[s, k, e]
+                _plane_copy(blocks, planar[s, k, e], to_planar)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -392,10 +422,12 @@ def _input_rows(row0, stack, stacks_in, n):
     return (row0 * stacks_in + (stack if stacks_in > 1 else 0)) * n, stacks_in * n
 
 
-def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, positions, offsets, slots, transposed, block_rows, workers):
-    """The row-layout forward (real dtypes, :func:`_rows_plan`): blocks of ``block_rows`` batch rows
-    (each worker a contiguous range, :func:`_worker_blocks`), each stack's steps applied in place in ``out`` (the first step reads ``x``; see
-    :func:`_rows_step`). ``planar`` ``(S, slots, 4, N/2)`` receives the planar coefficients first
+def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, positions, offsets, slots, transposed, block_rows, workers, complex_):
+    """The row-layout forward (:func:`_rows_plan`): blocks of ``block_rows`` batch rows (each worker
+    a contiguous range, :func:`_worker_blocks`), each stack's steps applied in place in ``out`` (the
+    first step reads ``x``; see :func:`_rows_step`). Complex rows (``complex_``) are made
+    block-planar in ``out`` first and interleaved again at the end (:func:`rows_planar`, in
+    cache). ``planar`` ``(S, slots, 4, N/2)`` receives the planar coefficients first
     (:func:`_planar_copy`). Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
     tw, x, out = array_at(tw_at, planar), array_at(x_at, planar), array_at(out_at, planar)
     batch, stacks_in, n = x.shape
@@ -410,22 +442,30 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, position
             for s in range(stacks):
                 dst_off, dst_str = (row0 * stacks + s) * n, stacks * n
                 src_off, src_str = _input_rows(row0, s, stacks_in, n)
+                src = x_flat
+                if complex_:
+                    rows_planar(x_flat, src_off, src_str, out_flat, dst_off, dst_str, rows, n, True)
+                    src, src_off, src_str = out_flat, dst_off, dst_str
                 planar_s = planar[s].reshape(planar[s].size)
                 for k in range(kinds.shape[0]):
                     step = (rows, n // 2, kinds[k], h1s[k], h2s[k], positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, transposed)
                     if k == 0:
-                        _rows_step(x_flat, src_off, src_str, out_flat, dst_off, dst_str, *step)
+                        _rows_step(src, src_off, src_str, out_flat, dst_off, dst_str, *step)
                     else:
                         _rows_step(out_flat, dst_off, dst_str, out_flat, dst_off, dst_str, *step)
+                if complex_:
+                    rows_planar(out_flat, dst_off, dst_str, out_flat, dst_off, dst_str, rows, n, False)
 
 
-def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, offsets, slots, low_slots, transposed, block_rows):
+def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, offsets, slots, low_slots, transposed, block_rows, complex_):
     """The row-layout backward (real dtypes): per block of ``block_rows`` rows and stack, the
     inputs of steps ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a few
     blocks of ``rows x N``, flat: all of them fit, whatever the batch), then the steps are walked back
     (:func:`_rows_step_backward`), the adjoint in place in ``grad_x``'s rows (with several stacks
     sharing one input row, in ``scratch[w, steps - 1]``, then added); ``grad`` of one row stands
-    for every row (a broadcast gradient, e.g. ``sum()``'s). Worker ``w`` adds its
+    for every row (a broadcast gradient, e.g. ``sum()``'s). Complex rows (``complex_``) run
+    block-planar (:func:`rows_planar`): the block's input in the last scratch buffer, the output
+    adjoint converted into the adjoint's rows, which are interleaved again at the end. Worker ``w`` adds its
     twiddle gradients to ``parts[w]`` (the runs of small strides, ``(S, low slots · N/2 · 4)``)
     and ``planar_parts[w]`` (planar), summed into ``grad_tw`` at the end: one twiddle's worth per
     worker. Tensors arrive as ``(address, shape)``."""
@@ -440,6 +480,7 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
     _planar_copy(tw_flat, planar, offsets, slots, transposed, True)
     x_flat, grad_flat, grad_x_flat = x.reshape(x.size), grad.reshape(grad.size), grad_x.reshape(grad_x.size)
     shared = stacks_in == 1 and stacks > 1
+    x_buffer = steps - 1 + (1 if shared else 0)  # complex: the block's input, block-planar
     for worker in prange(workers):
         parts[worker] = 0
         planar_parts[worker] = 0
@@ -451,29 +492,39 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
                 grad_s = parts[worker, s]
                 grad_planar_s = planar_parts[worker, s].reshape(planar_parts[worker, s].size)
                 x_off, x_str = _input_rows(row0, s, stacks_in, n)
+                x0, x0_off, x0_str = x_flat, x_off, x_str
+                if complex_:
+                    x0, x0_off, x0_str = scratch[worker, x_buffer], 0, n
+                    rows_planar(x_flat, x_off, x_str, x0, 0, n, rows, n, True)
                 for k in range(steps - 1):  # act[k + 1] = step k (act[k]), act[0] = x
                     step = (rows, n // 2, kinds[k], h1s[k], h2s[k], positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, transposed)
                     if k == 0:
-                        _rows_step(x_flat, x_off, x_str, scratch[worker, k], 0, n, *step)
+                        _rows_step(x0, x0_off, x0_str, scratch[worker, k], 0, n, *step)
                     else:
                         _rows_step(scratch[worker, k - 1], 0, n, scratch[worker, k], 0, n, *step)
                 if shared:
                     g, g_off, g_str = scratch[worker, steps - 1], 0, n
                 else:
                     g, g_off, g_str = grad_x_flat, x_off, x_str
+                top, top_off, top_str = grad_flat, row0 * grad_rows + s * n, grad_rows
+                if complex_:
+                    rows_planar(grad_flat, top_off, top_str, g, g_off, g_str, rows, n, True)
+                    top, top_off, top_str = g, g_off, g_str
                 for k in range(steps - 1, -1, -1):
                     if k == 0:
-                        act, act_off, act_str = x_flat, x_off, x_str
+                        act, act_off, act_str = x0, x0_off, x0_str
                     else:
                         act, act_off, act_str = scratch[worker, k - 1], 0, n
                     if k == steps - 1:
-                        gsrc, gsrc_off, gsrc_str = grad_flat, row0 * grad_rows + s * n, grad_rows
+                        gsrc, gsrc_off, gsrc_str = top, top_off, top_str
                     else:
                         gsrc, gsrc_off, gsrc_str = g, g_off, g_str
                     _rows_step_backward(
                         act, act_off, act_str, gsrc, gsrc_off, gsrc_str, g, g_off, g_str, rows, n // 2, kinds[k], h1s[k], h2s[k],
                         positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, grad_s, grad_planar_s, transposed,
                     )
+                if complex_:
+                    rows_planar(g, g_off, g_str, g, g_off, g_str, rows, n, False)
                 if shared:
                     for r in range(rows):
                         target = grad_x_flat[(row0 + r) * n : (row0 + r + 1) * n]
@@ -625,8 +676,8 @@ def _pair_of(f: int, h: int) -> int:
 @functools.lru_cache(maxsize=256)
 def _rows_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: np.dtype):
     """The row-layout plan ``(kinds, h1, h2, starts, positions, strides, offsets, slots, low_slots,
-    n_slots, n_low_slots)``, or ``None`` where the row layout does not apply (complex dtypes; ``N <
-    T``).
+    n_slots, n_low_slots)``, or ``None`` where the row layout does not apply (``N < T``; complex
+    dtypes take the plan of their real parts' dtype).
 
     Factors of strides ``< T`` come in runs of ``log2 T`` (every butterfly of size ``N >= T`` has
     its small strides together, ``1 .. T/2`` or ``T/2 .. 1``): a step of kind 0
@@ -641,9 +692,9 @@ def _rows_plan(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, 
     one stack's flat twiddle; ``slots[f]``: its slot among the planar coefficients ``(slots, 4,
     N/2)`` (strides ``>= T``), ``low_slots[f]`` among the gradients of the runs (strides ``< T``);
     ``-1`` otherwise."""
-    if dtype.kind != "f" or n < tile_size(dtype):
+    if dtype.kind not in "fc" or n < row_lanes(dtype):
         return None
-    t = tile_size(dtype)
+    t = row_lanes(dtype)
     run = t.bit_length() - 1
     half = n // 2
     blocks, levels, strides = _schedule_arrays(n, n_blocks, increasing_stride, transpose)[:3]
@@ -745,8 +796,10 @@ ROWS_BLOCK_BYTES = 32 << 10
 #: 73 us; n = 16384: 4 rows 1.8 ms, 8 rows 3.0 ms); small N gets long blocks (n = 16, batch 256,
 #: backward: 16 rows 21 us, 256 rows 16 us)
 ROWS_BLOCK_MIN, ROWS_BLOCK_MAX = 4, 256
-#: the row-layout backward from ``N >= ROWS_BACKWARD_MIN_VECTORS * T`` on; below, its per-block
-#: set-up costs more than the transpositions it saves (n = 64, float32, batch 256: 25 against 21 us)
+#: the row-layout backward for real dtypes from ``N >= ROWS_BACKWARD_MIN_VECTORS * T`` on; below,
+#: its per-block set-up costs more than the transpositions it saves (n = 64, float32, batch 256: 25
+#: against 21 us). Complex dtypes take it from ``N = T`` on: their transposed backward runs scalar
+#: complex arithmetic (n = 64, complex64, batch 256: 64 against 194 us)
 ROWS_BACKWARD_MIN_VECTORS = 8
 
 
@@ -754,8 +807,8 @@ ROWS_BACKWARD_MIN_VECTORS = 8
 def _forward_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: torch.dtype, stacks: int, batch: int, threads: int):
     """``(kernel, scratch shape, NumPy dtype, trailing kernel arguments)`` of a forward call, cached
     per configuration: the planning costs several microseconds of Python per call, 5-10 % of a
-    batch-256 forward at N = 1024 (docs/benchmarks.md). Real dtypes run the row layout
-    (:func:`_forward_rows`, scratch: the planar twiddles), complex ones the transposed chunks
+    batch-256 forward at N = 1024 (docs/benchmarks.md). ``N >= T`` runs the row layout
+    (:func:`_forward_rows`, scratch: the planar twiddles), smaller sizes the transposed chunks
     (:func:`_forward_chunks`, scratch: the ping-pong buffers)."""
     np_dtype = numpy_dtype(dtype)
     rows = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
@@ -765,7 +818,7 @@ def _forward_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: b
         block = _rows_block(n, np_dtype)
         workers = min(threads, -(-batch // block))
         kernel = _forward_rows_parallel if workers > 1 else _forward_rows_serial
-        return kernel, (stacks, max(1, slots), 4, n // 2), np_dtype, (*arrays, bool(transpose), block, workers)
+        return kernel, (stacks, max(1, slots), 4, n // 2), np_dtype, (*arrays, bool(transpose), block, workers, np_dtype.kind == "c")
     chunk = _chunk_size(batch, 2 * n * np_dtype.itemsize, CHUNK_BYTES, MIN_CHUNK, threads)
     workers = min(threads, -(-batch // chunk))
     plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
@@ -880,13 +933,14 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
     gradient, its planar copy and one worker's partials alone are about 2.5 twiddles."""
     np_dtype = numpy_dtype(dtype)
     plan = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
-    if plan is None or n < ROWS_BACKWARD_MIN_VECTORS * tile_size(np_dtype):
+    complex_ = np_dtype.kind == "c"
+    if plan is None or (not complex_ and n < ROWS_BACKWARD_MIN_VECTORS * row_lanes(np_dtype)):
         return None
     kinds, h1s, h2s, starts, positions, _, offsets, slot_of, low_slot_of, slots, low_slots = plan
     arrays = (kinds, h1s, h2s, starts, positions, offsets, slot_of, low_slot_of)
     block = _rows_block(n, np_dtype)
     steps = len(kinds)
-    buffers = max(1, steps - 1 + (1 if stacks_in == 1 and stacks > 1 else 0))
+    buffers = max(1, steps - 1 + (1 if stacks_in == 1 and stacks > 1 else 0) + (1 if complex_ else 0))
     per_stack = max(1, low_slots) * n // 2 * 4
     planar = (stacks, max(1, slots), 4, n // 2)
     cap = (BACKWARD_EXTRA_X_INPUT - 1) * batch * stacks_in * n  # elements beyond the input gradient
@@ -899,7 +953,7 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
         block //= 2
     kernel = _backward_rows_parallel if workers > 1 else _backward_rows_serial
     shapes = (planar, (workers, stacks, per_stack), (workers, *planar), (workers, buffers, block * n))
-    return kernel, shapes, np_dtype, (*arrays, bool(transpose), block)
+    return kernel, shapes, np_dtype, (*arrays, bool(transpose), block, complex_)
 
 
 def butterfly_backward_cpu(

@@ -6,7 +6,9 @@ network, so a tile transposed element by element costs a load and a store per el
 elements per cycle here). :func:`transpose_tile` emits LLVM IR directly (``numba.extending.intrinsic``):
 it loads ``T`` rows of one 64-byte vector each, transposes the ``T x T`` tile with ``T log2 T``
 two-input shuffles and stores ``T`` rows -- about 3x fewer instructions per element. ``T`` is 64
-bytes over the element size: 16 (float32), 8 (float64, complex64), 4 (complex128).
+bytes over the element size: 16 (float32), 8 (float64, complex64), 4 (complex128) (the row kernels'
+``T``, :func:`row_lanes`, counts real numbers instead: 16 float32 and complex64, 8 float64 and
+complex128).
 
 The network (any ``T`` a power of two): for ``d = T/2, T/4, ..., 1`` and every row pair
 ``(i, i + d)`` with ``i & d == 0``, within every ``2d``-element column chunk, row ``i`` keeps its
@@ -17,9 +19,10 @@ of row ``i`` and keeps its own last ``d``. That swaps the off-diagonal ``d x d``
 Used by :mod:`structmat.ops.butterfly_cpu` to move a chunk of the batch between the ``(B, N)``
 layout and the kernels' ``(N, C)`` layout (the batch as the SIMD dimension).
 
-Row-layout butterfly steps (:func:`rows_low_levels`, :func:`rows_radix4`, :func:`rows_radix2`; the
-real-dtype forward of :mod:`structmat.ops.butterfly_cpu`): the features stay along the vector, so
-no transposition is needed. A factor of stride ``h >= T`` pairs whole vectors ``h`` features apart,
+Row-layout butterfly steps (:func:`rows_low_levels`, :func:`rows_radix4`, :func:`rows_radix2` and
+their backwards; the row layout of :mod:`structmat.ops.butterfly_cpu`): the features stay along
+the vector, so no transposition is needed. Complex rows are block-planar (:class:`_Lanes`,
+:func:`rows_planar`): the same code paths run on ``(re, im)`` pairs of vectors. A factor of stride ``h >= T`` pairs whole vectors ``h`` features apart,
 with ``T`` consecutive pairs' coefficients as four vectors from a planar copy of the twiddles; the
 ``log2 T`` factors of strides ``< T`` pair lanes of one vector (a lane permutation, a multiply and
 a fused multiply-add each). Every call runs a block of rows, keeping the coefficient vectors in
@@ -161,39 +164,163 @@ def _contract(instruction):
 # twiddle vectors in registers across the rows.
 
 
-def _vector_at(builder, data, index, vector):
-    """Pointer to the vector starting at element ``index`` of ``data`` (a ``unit*``)."""
-    return builder.bitcast(builder.gep(data, [index]), vector.as_pointer())
+
+def row_lanes(dtype) -> int:
+    """Features ``T`` of one vector block in the row-layout kernels: 64 bytes over the size of one
+    real number (16 for float32 and complex64, 8 for float64 and complex128)."""
+    dtype = np.dtype(dtype)
+    return VECTOR_BYTES // (dtype.itemsize // (2 if dtype.kind == "c" else 1))
 
 
-def _row_operands(context, builder, signature, args, unit, positions):
+def _rows_dtype(*arrays):
+    """The dtype of ``arrays`` when they are all arrays of one float or complex dtype, else ``None``."""
+    if not all(isinstance(a, types.Array) for a in arrays) or len({a.dtype for a in arrays}) != 1:
+        return None
+    dtype = arrays[0].dtype
+    return dtype if isinstance(dtype, (types.Float, types.Complex)) else None
+
+
+class _Lanes:
+    """The values of one ``T``-feature block in the row kernels, and their arithmetic.
+
+    Real dtypes: a value is one vector of ``T`` features. Complex dtypes: blocks are *block-planar*
+    -- the ``T`` real parts, then the ``T`` imaginary parts (:func:`rows_planar` converts rows from
+    and to the interleaved layout) -- and a value is the pair ``(re, im)`` of vectors. A complex
+    product costs four real ones. Offsets, strides and plane sizes stay in elements of the arrays'
+    dtype (a complex element is two units)."""
+
+    def __init__(self, builder, dtype):
+        self.builder = builder
+        self.complex = isinstance(dtype, types.Complex)
+        real = dtype.underlying_float if self.complex else dtype
+        self.unit = ir.FloatType() if real.bitwidth == 32 else ir.DoubleType()
+        self.unit_bytes = real.bitwidth // 8
+        self.T = VECTOR_BYTES // self.unit_bytes
+        self.vector = ir.VectorType(self.unit, self.T)
+        self.parts = 2 if self.complex else 1
+
+    def pointer(self, context, signature, args, position):
+        """The data pointer of the array argument at ``position`` as ``unit*``."""
+        return self.builder.bitcast(_data(context, self.builder, signature, args, position), self.unit.as_pointer())
+
+    def units(self, element):
+        """The unit index of element ``element`` (an int64 value)."""
+        return self.builder.mul(element, ir.Constant(ir.IntType(64), 2)) if self.complex else element
+
+    def vector_at(self, data, unit_index, part=0, vector=None):
+        """Pointer to the vector (default: one block part) at ``unit_index + part T`` of ``data``."""
+        index = self.builder.add(unit_index, ir.Constant(ir.IntType(64), part * self.T)) if part else unit_index
+        return self.builder.bitcast(self.builder.gep(data, [index]), (vector or self.vector).as_pointer())
+
+    def load(self, data, element):
+        u = self.units(element)
+        return tuple(self.builder.load(self.vector_at(data, u, p), align=self.unit_bytes) for p in range(self.parts))
+
+    def store(self, value, data, element):
+        u = self.units(element)
+        for p, part in enumerate(value):
+            self.builder.store(part, self.vector_at(data, u, p), align=self.unit_bytes)
+
+    def add_to(self, data, element, value):
+        """``data[element block] += value``."""
+        self.store(self.add(self.load(data, element), value), data, element)
+
+    def zeros(self, count):
+        return [tuple(ir.Constant(self.vector, None) for _ in range(self.parts)) for _ in range(count)]
+
+    def add(self, x, y):
+        return tuple(_contract(self.builder.fadd(p, q)) for p, q in zip(x, y))
+
+    def mul(self, a, x, conj_a=False, conj_x=False):
+        """``a x`` lane by lane, ``a`` conjugated first when ``conj_a``, ``x`` when ``conj_x`` (not
+        both)."""
+        b = self.builder
+        prod = lambda p, q: _contract(b.fmul(p, q))  # noqa: E731
+        if not self.complex:
+            return (prod(a[0], x[0]),)
+        (ar, ai), (xr, xi) = a, x
+        # (ar + i sa ai)(xr + i sx xi) = ar xr - sa sx ai xi + i (sx ar xi + sa ai xr)
+        real = _contract((b.fadd if conj_a or conj_x else b.fsub)(prod(ar, xr), prod(ai, xi)))
+        if conj_x:
+            imag = b.fsub(prod(ai, xr), prod(ar, xi))
+        elif conj_a:
+            imag = b.fsub(prod(ar, xi), prod(ai, xr))
+        else:
+            imag = b.fadd(prod(ar, xi), prod(ai, xr))
+        return real, _contract(imag)
+
+    def shuffle(self, x, mask):
+        """The lane permutation ``mask`` of every part of ``x``."""
+        return tuple(self.builder.shuffle_vector(p, p, mask) for p in x)
+
+    def flat(self, values):
+        return [p for v in values for p in v]
+
+    def unflat(self, vectors):
+        return [tuple(vectors[i : i + self.parts]) for i in range(0, len(vectors), self.parts)]
+
+
+def _row_operands(context, builder, signature, args, lanes, positions):
     """``(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows)`` at ``positions``: the
     data pointers as ``unit*`` and the integers as int64."""
     s, so, ss, d, do, ds, r = positions
-    src = builder.bitcast(_data(context, builder, signature, args, s), unit.as_pointer())
-    dst = builder.bitcast(_data(context, builder, signature, args, d), unit.as_pointer())
     so_, ss_, do_, ds_, r_ = _int64_args(context, builder, signature, args, (so, ss, do, ds, r))
-    return src, so_, ss_, dst, do_, ds_, r_
+    return lanes.pointer(context, signature, args, s), so_, ss_, lanes.pointer(context, signature, args, d), do_, ds_, r_
 
 
-def _real_rows_types(*arrays):
-    """``(unit, T, vector, unit_bytes)`` for the row kernels, or ``None`` unless ``arrays`` are all
-    arrays of one real dtype."""
-    if not all(isinstance(a, types.Array) for a in arrays) or len({a.dtype for a in arrays}) != 1:
+def _mask(values):
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(values)), list(values))
+
+
+@intrinsic
+def rows_planar(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, n, to_planar):
+    """``rows`` rows of ``n`` features (a multiple of ``T``) from ``src`` to ``dst`` (may be the same
+    rows), complex ones converted from the interleaved layout to the row kernels' block-planar one
+    (``to_planar``) or back (:class:`_Lanes`); real ones copied. Offsets and strides in
+    elements."""
+    dtype = _rows_dtype(src, dst)
+    if dtype is None:
         return None
-    if not isinstance(arrays[0].dtype, types.Float):
-        return None
-    unit, _, unit_bytes = _unit(arrays[0].dtype)
-    T = VECTOR_BYTES // unit_bytes
-    return unit, T, ir.VectorType(unit, T), unit_bytes
+    sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, n, to_planar)
+
+    def codegen(context, builder, signature, args):
+        lanes = _Lanes(builder, dtype)
+        T, i64 = lanes.T, ir.IntType(64)
+        src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 3, 4, 5, 6))
+        (n_,) = _int64_args(context, builder, signature, args, (7,))
+        planar = context.cast(builder, args[8], signature.args[8], types.boolean)
+        blocks = builder.udiv(n_, ir.Constant(i64, T))
+        halves = [_mask(range(p, 2 * T, 2)) for p in (0, 1)]  # interleaved pairs -> real, imaginary parts
+        pairs = [_mask([h * T // 2 + k // 2 + (k % 2) * T for k in range(T)]) for h in (0, 1)]  # and back
+
+        def convert(masks):
+            with cgutils.for_range(builder, n_rows) as row:
+                src_row = _row_start(builder, src_off, src_str, row.index)
+                dst_row = _row_start(builder, dst_off, dst_str, row.index)
+                with cgutils.for_range(builder, blocks) as block:
+                    f = builder.mul(block.index, ir.Constant(i64, T))
+                    value = lanes.load(src_p, builder.add(src_row, f))
+                    if masks:
+                        value = tuple(builder.shuffle_vector(value[0], value[1], m) for m in masks)
+                    lanes.store(value, dst_p, builder.add(dst_row, f))
+
+        if not lanes.complex:
+            convert(None)
+        else:
+            with builder.if_else(planar) as (then, otherwise):
+                with then:
+                    convert(halves)
+                with otherwise:
+                    convert(pairs)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
-def _pair_fma(builder, coefficients, low, high):
-    """``(a low + b high, c low + d high)`` for vectors ``coefficients = (a, b, c, d)``."""
+def _pair_fma(lanes, coefficients, low, high):
+    """``(a low + b high, c low + d high)`` for values ``coefficients = (a, b, c, d)``."""
     a, b, c, d = coefficients
-    first = _contract(builder.fadd(_contract(builder.fmul(a, low)), _contract(builder.fmul(b, high))))
-    second = _contract(builder.fadd(_contract(builder.fmul(c, low)), _contract(builder.fmul(d, high))))
-    return first, second
+    return lanes.add(lanes.mul(a, low), lanes.mul(b, high)), lanes.add(lanes.mul(c, low), lanes.mul(d, high))
 
 
 def _local_pair(lane: int, h: int) -> tuple[int, bool]:
@@ -219,27 +346,44 @@ def _row_start(builder, offset, stride, row):
     return builder.add(offset, builder.mul(row, stride))
 
 
-def _low_coefficients(builder, twiddle, base, h, T, vector, unit_bytes, flip):
+def _low_coefficients(lanes, twiddle, base, h, flip):
     """``(A, B, to_entries, to_entries_transposed)`` for the factor of stride ``h < T`` on one
     ``T``-feature block whose ``T/2`` pairs' blocks are the ``2 T`` elements at ``base``: the lane
     coefficients (``A``: ``a`` on a pair's low lane, ``d`` on its high lane; ``B``: ``b`` and ``c``,
     swapped when ``flip``) and the shuffle masks taking ``(A, B)``-shaped vectors back to the
-    ``2 T`` block entries (for the gradients; one per value of ``flip``)."""
-    i64, i32 = ir.IntType(64), ir.IntType(32)
-    mask = lambda values: ir.Constant(ir.VectorType(i32, len(values)), values)  # noqa: E731
-    halves = [builder.load(_vector_at(builder, twiddle, builder.add(base, ir.Constant(i64, e * T)), vector), align=unit_bytes) for e in (0, 1)]
+    ``2 T`` block entries (for the gradients; one per value of ``flip``). Complex twiddles are
+    interleaved: their real and imaginary parts are separated first."""
+    builder, T = lanes.builder, lanes.T
+    u = lanes.units(base)
+    loaded = [builder.load(lanes.vector_at(twiddle, u, e), align=lanes.unit_bytes) for e in range(2 * lanes.parts)]
+    if lanes.complex:  # units (re, im) of entries 0 .. T-1, then of T .. 2T-1
+        halves = [[builder.shuffle_vector(loaded[2 * k], loaded[2 * k + 1], _mask(range(p, 2 * T, 2))) for k in (0, 1)] for p in (0, 1)]
+    else:
+        halves = [loaded]
     pairs = [_local_pair(lane, h) for lane in range(T)]
     entries = {}
     for flipped in (False, True):
         roles = [(4 * q + (0 if low else 3), 4 * q + ((2 if low else 1) if flipped else (1 if low else 2))) for q, low in pairs]
-        entries[flipped] = [builder.shuffle_vector(halves[0], halves[1], mask([r[k] for r in roles])) for k in (0, 1)]
+        entries[flipped] = [tuple(builder.shuffle_vector(part[0], part[1], _mask([r[k] for r in roles])) for part in halves) for k in (0, 1)]
         source = {}
         for lane, (a_entry, b_entry) in enumerate(roles):
             source[a_entry], source[b_entry] = lane, T + lane
-        entries[flipped].append(mask([source[e] for e in range(2 * T)]))
+        entries[flipped].append(_mask([source[e] for e in range(2 * T)]))
     a = entries[False][0]
-    b = builder.select(flip, entries[True][1], entries[False][1])
+    b = tuple(builder.select(flip, t, f) for t, f in zip(entries[True][1], entries[False][1]))
     return a, b, entries[False][2], entries[True][2]
+
+
+def _add_low_gradient(lanes, grad, base, sum_a, sum_b, flip, to_entries, to_entries_t):
+    """Adds the lane sums ``(Ā, B̄)`` of one factor back to the ``2 T`` block entries at ``base``
+    (the twiddle's layout, interleaved for complex dtypes)."""
+    builder, T = lanes.builder, lanes.T
+    parts = [builder.select(flip, builder.shuffle_vector(a, b, to_entries_t), builder.shuffle_vector(a, b, to_entries)) for a, b in zip(sum_a, sum_b)]
+    if lanes.complex:
+        parts = [builder.shuffle_vector(parts[0], parts[1], _mask([k // 2 + (k % 2) * 2 * T for k in range(4 * T)]))]
+    wide = ir.VectorType(lanes.unit, 2 * T * lanes.parts)
+    pointer = lanes.vector_at(grad, lanes.units(base), vector=wide)
+    builder.store(builder.fadd(builder.load(pointer, align=lanes.unit_bytes), parts[0]), pointer, align=lanes.unit_bytes)
 
 
 @intrinsic
@@ -254,48 +398,44 @@ def rows_low_levels(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
     block's transpose; ``level_stride`` may be negative). Lane ``l`` of stride ``h``: ``y_l = A_l
     x_l + B_l x_{l xor h}`` with ``(A, B) = (a, b)`` on a pair's low lane and ``(d, c)`` on its high
     lane -- one permutation, one multiply and one fused multiply-add per factor and row (SPEC.md
-    §1.4 factors, §4.14 cost). Real dtypes only."""
-    kinds = _real_rows_types(src, dst, twiddle)
-    if kinds is None:
+    §1.4 factors, §4.14 cost; four times that for complex rows, which are block-planar)."""
+    dtype = _rows_dtype(src, dst, twiddle)
+    if dtype is None:
         return None
-    unit, T, vector, unit_bytes = kinds
     sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, twiddle, twiddle_offset, level_stride, increasing, transposed)
 
     def codegen(context, builder, signature, args):
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 3, 4, 5, 6))
-        tw = builder.bitcast(_data(context, builder, signature, args, 7), unit.as_pointer())
+        i64 = ir.IntType(64)
+        lanes = _Lanes(builder, dtype)
+        src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 3, 4, 5, 6))
+        tw = lanes.pointer(context, signature, args, 7)
         tw_off, lvl_str = _int64_args(context, builder, signature, args, (8, 9))
         rising = context.cast(builder, args[10], signature.args[10], types.boolean)
         flip = context.cast(builder, args[11], signature.args[11], types.boolean)
-        mask = lambda values: ir.Constant(ir.VectorType(i32, T), values)  # noqa: E731
 
         def apply(strides):
             coefficients = []
             for j, h in enumerate(strides):
                 base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, j)))
-                coefficients.append((h, *_low_coefficients(builder, tw, base, h, T, vector, unit_bytes, flip)[:2]))
+                coefficients.append((_mask([lane ^ h for lane in range(lanes.T)]), *_low_coefficients(lanes, tw, base, h, flip)[:2]))
             with cgutils.for_range(builder, n_rows) as loop:
-                x = builder.load(_vector_at(builder, src_p, _row_start(builder, src_off, src_str, loop.index), vector), align=unit_bytes)
-                for h, a, b in coefficients:
-                    partner = builder.shuffle_vector(x, x, mask([lane ^ h for lane in range(T)]))
-                    x = _contract(builder.fadd(_contract(builder.fmul(a, x)), _contract(builder.fmul(b, partner))))
-                builder.store(x, _vector_at(builder, dst_p, _row_start(builder, dst_off, dst_str, loop.index), vector), align=unit_bytes)
+                x = lanes.load(src_p, _row_start(builder, src_off, src_str, loop.index))
+                for permutation, a, b in coefficients:
+                    x = lanes.add(lanes.mul(a, x), lanes.mul(b, lanes.shuffle(x, permutation)))
+                lanes.store(x, dst_p, _row_start(builder, dst_off, dst_str, loop.index))
 
-        _in_run_order(builder, rising, T, apply)
+        _in_run_order(builder, rising, lanes.T, apply)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def _planar_coefficients(builder, planar, offset, half, vector, unit_bytes):
-    """The vectors ``(a, b, c, d)`` of ``T`` consecutive pairs from a planar twiddle (planes ``a, b,
-    c, d`` of ``half`` elements each, ``offset`` the first pair's element in plane ``a``)."""
-    i64 = ir.IntType(64)
-    return tuple(
-        builder.load(_vector_at(builder, planar, builder.add(offset, builder.mul(half, ir.Constant(i64, e))), vector), align=unit_bytes)
-        for e in range(4)
-    )
+def _planar_coefficients(lanes, planar, offset, half):
+    """The values ``(a, b, c, d)`` of ``T`` consecutive pairs from a planar twiddle (planes ``a, b,
+    c, d`` of ``half`` elements each, ``offset`` the first pair's element in plane ``a``;
+    block-planar for complex dtypes)."""
+    builder = lanes.builder
+    return tuple(lanes.load(planar, builder.add(offset, builder.mul(half, ir.Constant(ir.IntType(64), e)))) for e in range(4))
 
 
 @intrinsic
@@ -306,30 +446,30 @@ def rows_radix4(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_str
     factor: pairs ``(f, f + h1)`` with the coefficients at ``s1a``, ``(f + h2, f + h1 + h2)`` at
     ``s1b``; second: ``(f, f + h2)`` at ``s2a``, ``(f + h1, f + h1 + h2)`` at ``s2b`` -- element
     offsets of ``T`` consecutive pairs in plane ``a`` of a planar twiddle (planes ``a, b, c, d``
-    ``half`` elements apart, any transposition already applied). The sixteen coefficient vectors
-    stay in registers over the rows (SPEC.md §1.4, §4.14). Real dtypes only."""
-    kinds = _real_rows_types(src, dst, planar)
-    if kinds is None:
+    ``half`` elements apart, any transposition already applied). The sixteen coefficient values
+    stay in registers over the rows (SPEC.md §1.4, §4.14)."""
+    dtype = _rows_dtype(src, dst, planar)
+    if dtype is None:
         return None
-    unit, T, vector, unit_bytes = kinds
     sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, h1, h2, planar, half, s1a, s1b, s2a, s2b)
 
     def codegen(context, builder, signature, args):
-        src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 3, 4, 5, 6))
+        lanes = _Lanes(builder, dtype)
+        src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 3, 4, 5, 6))
         first, second, half_, *sets = _int64_args(context, builder, signature, args, (7, 8, 10, 11, 12, 13, 14))
-        tw = builder.bitcast(_data(context, builder, signature, args, 9), unit.as_pointer())
-        coefficients = [_planar_coefficients(builder, tw, s, half_, vector, unit_bytes) for s in sets]
+        tw = lanes.pointer(context, signature, args, 9)
+        coefficients = [_planar_coefficients(lanes, tw, s, half_) for s in sets]
         offsets = [ir.Constant(ir.IntType(64), 0), first, second, builder.add(first, second)]
         with cgutils.for_range(builder, n_rows) as loop:
             src_row = _row_start(builder, src_off, src_str, loop.index)
             dst_row = _row_start(builder, dst_off, dst_str, loop.index)
-            x = [builder.load(_vector_at(builder, src_p, builder.add(src_row, o), vector), align=unit_bytes) for o in offsets]
-            x[0], x[1] = _pair_fma(builder, coefficients[0], x[0], x[1])
-            x[2], x[3] = _pair_fma(builder, coefficients[1], x[2], x[3])
-            x[0], x[2] = _pair_fma(builder, coefficients[2], x[0], x[2])
-            x[1], x[3] = _pair_fma(builder, coefficients[3], x[1], x[3])
+            x = [lanes.load(src_p, builder.add(src_row, o)) for o in offsets]
+            x[0], x[1] = _pair_fma(lanes, coefficients[0], x[0], x[1])
+            x[2], x[3] = _pair_fma(lanes, coefficients[1], x[2], x[3])
+            x[0], x[2] = _pair_fma(lanes, coefficients[2], x[0], x[2])
+            x[1], x[3] = _pair_fma(lanes, coefficients[3], x[1], x[3])
             for value, o in zip(x, offsets):
-                builder.store(value, _vector_at(builder, dst_p, builder.add(dst_row, o), vector), align=unit_bytes)
+                lanes.store(value, dst_p, builder.add(dst_row, o))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -339,25 +479,24 @@ def rows_radix4(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_str
 def rows_radix2(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, h, planar, half, s):
     """One factor of stride ``h`` (a multiple of ``T``) on the pairs ``(f, f + h)`` of ``rows`` rows
     (see :func:`rows_radix4`; coefficients of the ``T`` pairs at ``s`` in plane ``a``)."""
-    kinds = _real_rows_types(src, dst, planar)
-    if kinds is None:
+    dtype = _rows_dtype(src, dst, planar)
+    if dtype is None:
         return None
-    unit, T, vector, unit_bytes = kinds
     sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, h, planar, half, s)
 
     def codegen(context, builder, signature, args):
-        src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 3, 4, 5, 6))
+        lanes = _Lanes(builder, dtype)
+        src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 3, 4, 5, 6))
         stride, half_, first = _int64_args(context, builder, signature, args, (7, 9, 10))
-        tw = builder.bitcast(_data(context, builder, signature, args, 8), unit.as_pointer())
-        coefficients = _planar_coefficients(builder, tw, first, half_, vector, unit_bytes)
+        tw = lanes.pointer(context, signature, args, 8)
+        coefficients = _planar_coefficients(lanes, tw, first, half_)
+        offsets = [ir.Constant(ir.IntType(64), 0), stride]
         with cgutils.for_range(builder, n_rows) as loop:
             src_row = _row_start(builder, src_off, src_str, loop.index)
             dst_row = _row_start(builder, dst_off, dst_str, loop.index)
-            offsets = [ir.Constant(ir.IntType(64), 0), stride]
-            x = [builder.load(_vector_at(builder, src_p, builder.add(src_row, o), vector), align=unit_bytes) for o in offsets]
-            x = _pair_fma(builder, coefficients, x[0], x[1])
+            x = _pair_fma(lanes, coefficients, *(lanes.load(src_p, builder.add(src_row, o)) for o in offsets))
             for value, o in zip(x, offsets):
-                builder.store(value, _vector_at(builder, dst_p, builder.add(dst_row, o), vector), align=unit_bytes)
+                lanes.store(value, dst_p, builder.add(dst_row, o))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -366,31 +505,27 @@ def rows_radix2(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_str
 # Backward of the row-layout steps: each call recomputes its factors' intermediate vectors in
 # registers from the stored step input ``act``, turns the output adjoint ``g`` (read from ``gsrc``)
 # into the input adjoint (written to ``gdst``; may be the same rows) and adds the coefficient
-# gradients ``Σ_rows`` (SPEC.md §4.14 "Grad") to a per-worker accumulator.
+# gradients ``Σ_rows ȳ conj(x)`` (SPEC.md §4.14 "Grad"; torch's convention for complex
+# tensors: the input adjoint is ``conj(W)^T ȳ``) to a per-worker accumulator.
 
 
-def _backward_pair(builder, coefficients, accumulators, low, high, g_low, g_high):
-    """Adjoint of ``(y_lo, y_hi) = (a lo + b hi, c lo + d hi)``: adds ``(g_lo lo, g_lo hi, g_hi lo,
-    g_hi hi)`` to ``accumulators`` (a list, updated) and returns ``(a g_lo + c g_hi, b g_lo + d
-    g_hi)``."""
+def _backward_pair(lanes, coefficients, accumulators, low, high, g_low, g_high):
+    """Adjoint of ``(y_lo, y_hi) = (a lo + b hi, c lo + d hi)``: adds ``(g_lo lo*, g_lo hi*, g_hi
+    lo*, g_hi hi*)`` to ``accumulators`` (a list, updated; ``*`` conjugates) and returns ``(a* g_lo
+    + c* g_hi, b* g_lo + d* g_hi)``."""
     a, b, c, d = coefficients
     for e, (g, v) in enumerate(((g_low, low), (g_low, high), (g_high, low), (g_high, high))):
-        accumulators[e] = _contract(builder.fadd(accumulators[e], _contract(builder.fmul(g, v))))
+        accumulators[e] = lanes.add(accumulators[e], lanes.mul(g, v, conj_x=True))
     return (
-        _contract(builder.fadd(_contract(builder.fmul(a, g_low)), _contract(builder.fmul(c, g_high)))),
-        _contract(builder.fadd(_contract(builder.fmul(b, g_low)), _contract(builder.fmul(d, g_high)))),
+        lanes.add(lanes.mul(a, g_low, conj_a=True), lanes.mul(c, g_high, conj_a=True)),
+        lanes.add(lanes.mul(b, g_low, conj_a=True), lanes.mul(d, g_high, conj_a=True)),
     )
 
 
-def _phi_vectors(vector, count):
-    """``count`` zero vectors to start loop-carried accumulators from (updated through phi nodes)."""
-    return [ir.Constant(vector, None) for _ in range(count)]
-
-
-def _accumulating_loop(builder, n_rows, initial, body):
-    """A loop over ``n_rows`` rows carrying the vectors ``initial`` (phi nodes); ``body(row,
+def _accumulating_loop(lanes, n_rows, initial, body):
+    """A loop over ``n_rows`` rows carrying the values ``initial`` (phi nodes); ``body(row,
     values)`` returns the updated values. Returns the values after the loop."""
-    i64 = ir.IntType(64)
+    builder, i64 = lanes.builder, ir.IntType(64)
     entry = builder.basic_block
     header = builder.append_basic_block("rows.header")
     loop = builder.append_basic_block("rows.body")
@@ -400,83 +535,73 @@ def _accumulating_loop(builder, n_rows, initial, body):
     index = builder.phi(i64)
     index.add_incoming(ir.Constant(i64, 0), entry)
     phis = []
-    for value in initial:
-        phi = builder.phi(value.type)
-        phi.add_incoming(value, entry)
+    for vector in lanes.flat(initial):
+        phi = builder.phi(vector.type)
+        phi.add_incoming(vector, entry)
         phis.append(phi)
     builder.cbranch(builder.icmp_signed("<", index, n_rows), loop, done)
     builder.position_at_end(loop)
-    updated = body(index, list(phis))
+    updated = lanes.flat(body(index, lanes.unflat(phis)))
     latch = builder.basic_block
     index.add_incoming(builder.add(index, ir.Constant(i64, 1)), latch)
-    for phi, value in zip(phis, updated):
-        phi.add_incoming(value, latch)
+    for phi, vector in zip(phis, updated):
+        phi.add_incoming(vector, latch)
     builder.branch(header)
     builder.position_at_end(done)
-    return phis
-
-
-def _add_to(builder, pointer, value, unit_bytes):
-    """``*pointer += value`` (vectors)."""
-    builder.store(builder.fadd(builder.load(pointer, align=unit_bytes), value), pointer, align=unit_bytes)
+    return lanes.unflat(phis)
 
 
 @intrinsic
 def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, twiddle, twiddle_offset, level_stride, grad, grad_offset, grad_level_stride, increasing, transposed):
     """Backward of :func:`rows_low_levels` on one ``T``-feature block of ``rows`` rows: ``act`` the
     run's input, ``gsrc`` its output adjoint, ``gdst`` receives the input adjoint (``y = A x + B
-    x_{xor h}`` per factor: ``x̄ = A ȳ + (B ȳ)_{xor h}``, ``Ā += ȳ x``, ``B̄ += ȳ x_{xor h}``); the
-    gradients of the blocks are added to ``grad`` in the twiddle's layout, factor ``j``'s at
+    x_{xor h}`` per factor: ``x̄ = A* ȳ + (B* ȳ)_{xor h}``, ``Ā += ȳ x*``, ``B̄ += ȳ x*_{xor h}``);
+    the gradients of the blocks are added to ``grad`` in the twiddle's layout, factor ``j``'s at
     ``grad_offset + j grad_level_stride``."""
-    kinds = _real_rows_types(act, gsrc, gdst, twiddle, grad)
-    if kinds is None:
+    dtype = _rows_dtype(act, gsrc, gdst, twiddle, grad)
+    if dtype is None:
         return None
-    unit, T, vector, unit_bytes = kinds
     sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, twiddle, twiddle_offset, level_stride, grad, grad_offset, grad_level_stride, increasing, transposed)
 
     def codegen(context, builder, signature, args):
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 6, 7, 8, 9))
-        gsrc_p = builder.bitcast(_data(context, builder, signature, args, 3), unit.as_pointer())
+        i64 = ir.IntType(64)
+        lanes = _Lanes(builder, dtype)
+        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 6, 7, 8, 9))
+        gsrc_p = lanes.pointer(context, signature, args, 3)
         gsrc_off, gsrc_str, tw_off, lvl_str = _int64_args(context, builder, signature, args, (4, 5, 11, 12))
-        tw = builder.bitcast(_data(context, builder, signature, args, 10), unit.as_pointer())
-        grad_p = builder.bitcast(_data(context, builder, signature, args, 13), unit.as_pointer())
+        tw, grad_p = lanes.pointer(context, signature, args, 10), lanes.pointer(context, signature, args, 13)
         grad_off, grad_str = _int64_args(context, builder, signature, args, (14, 15))
         rising = context.cast(builder, args[16], signature.args[16], types.boolean)
         flip = context.cast(builder, args[17], signature.args[17], types.boolean)
-        mask = lambda values: ir.Constant(ir.VectorType(i32, len(values)), values)  # noqa: E731
-        wide = ir.VectorType(unit, 2 * T)
 
         def apply(strides):
             levels_ = []
             for j, h in enumerate(strides):
                 base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, j)))
-                a, b, inverse, inverse_t = _low_coefficients(builder, tw, base, h, T, vector, unit_bytes, flip)
-                levels_.append((h, a, b, builder.add(grad_off, builder.mul(grad_str, ir.Constant(i64, j))), inverse, inverse_t))
-            permutations = [mask([lane ^ h for lane in range(T)]) for h, *_ in levels_]
+                a, b, inverse, inverse_t = _low_coefficients(lanes, tw, base, h, flip)
+                permutation = _mask([lane ^ h for lane in range(lanes.T)])
+                levels_.append((permutation, a, b, builder.add(grad_off, builder.mul(grad_str, ir.Constant(i64, j))), inverse, inverse_t))
 
             def body(row, sums):
-                x = [builder.load(_vector_at(builder, act_p, _row_start(builder, act_off, act_str, row), vector), align=unit_bytes)]
+                x = [lanes.load(act_p, _row_start(builder, act_off, act_str, row))]
                 partners = []
-                for (h, a, b, *_), perm in zip(levels_, permutations):
-                    partners.append(builder.shuffle_vector(x[-1], x[-1], perm))
-                    x.append(_contract(builder.fadd(_contract(builder.fmul(a, x[-1])), _contract(builder.fmul(b, partners[-1])))))
-                g = builder.load(_vector_at(builder, gsrc_p, _row_start(builder, gsrc_off, gsrc_str, row), vector), align=unit_bytes)
+                for permutation, a, b, *_ in levels_:
+                    partners.append(lanes.shuffle(x[-1], permutation))
+                    x.append(lanes.add(lanes.mul(a, x[-1]), lanes.mul(b, partners[-1])))
+                g = lanes.load(gsrc_p, _row_start(builder, gsrc_off, gsrc_str, row))
                 for j in range(len(levels_) - 1, -1, -1):
-                    h, a, b, *_ = levels_[j]
-                    sums[2 * j] = _contract(builder.fadd(sums[2 * j], _contract(builder.fmul(g, x[j]))))
-                    sums[2 * j + 1] = _contract(builder.fadd(sums[2 * j + 1], _contract(builder.fmul(g, partners[j]))))
-                    bg = _contract(builder.fmul(b, g))
-                    g = _contract(builder.fadd(_contract(builder.fmul(a, g)), builder.shuffle_vector(bg, bg, permutations[j])))
-                builder.store(g, _vector_at(builder, gdst_p, _row_start(builder, gdst_off, gdst_str, row), vector), align=unit_bytes)
+                    permutation, a, b, *_ = levels_[j]
+                    sums[2 * j] = lanes.add(sums[2 * j], lanes.mul(g, x[j], conj_x=True))
+                    sums[2 * j + 1] = lanes.add(sums[2 * j + 1], lanes.mul(g, partners[j], conj_x=True))
+                    g = lanes.add(lanes.mul(a, g, conj_a=True), lanes.shuffle(lanes.mul(b, g, conj_a=True), permutation))
+                lanes.store(g, gdst_p, _row_start(builder, gdst_off, gdst_str, row))
                 return sums
 
-            sums = _accumulating_loop(builder, n_rows, _phi_vectors(vector, 2 * len(levels_)), body)
-            for j, (h, a, b, base, inverse, inverse_t) in enumerate(levels_):
-                entries = builder.select(flip, builder.shuffle_vector(sums[2 * j], sums[2 * j + 1], inverse_t), builder.shuffle_vector(sums[2 * j], sums[2 * j + 1], inverse))
-                _add_to(builder, builder.bitcast(builder.gep(grad_p, [base]), wide.as_pointer()), entries, unit_bytes)
+            sums = _accumulating_loop(lanes, n_rows, lanes.zeros(2 * len(levels_)), body)
+            for j, (_, _, _, base, inverse, inverse_t) in enumerate(levels_):
+                _add_low_gradient(lanes, grad_p, base, sums[2 * j], sums[2 * j + 1], flip, inverse, inverse_t)
 
-        _in_run_order(builder, rising, T, apply)
+        _in_run_order(builder, rising, lanes.T, apply)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -487,45 +612,43 @@ def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
     """Backward of :func:`rows_radix4` (same positions and coefficients): ``act`` the step's input,
     ``gsrc`` its output adjoint, ``gdst`` receives the input adjoint; the coefficient gradients
     are added to ``grad_planar`` at the coefficients' offsets (the same planar layout)."""
-    kinds = _real_rows_types(act, gsrc, gdst, planar, grad_planar)
-    if kinds is None:
+    dtype = _rows_dtype(act, gsrc, gdst, planar, grad_planar)
+    if dtype is None:
         return None
-    unit, T, vector, unit_bytes = kinds
     sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h1, h2, planar, half, s1a, s1b, s2a, s2b, grad_planar)
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
-        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 6, 7, 8, 9))
-        gsrc_p = builder.bitcast(_data(context, builder, signature, args, 3), unit.as_pointer())
+        lanes = _Lanes(builder, dtype)
+        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 6, 7, 8, 9))
+        gsrc_p = lanes.pointer(context, signature, args, 3)
         gsrc_off, gsrc_str, first, second, half_, *sets = _int64_args(context, builder, signature, args, (4, 5, 10, 11, 13, 14, 15, 16, 17))
-        tw = builder.bitcast(_data(context, builder, signature, args, 12), unit.as_pointer())
-        grad_p = builder.bitcast(_data(context, builder, signature, args, 18), unit.as_pointer())
-        coefficients = [_planar_coefficients(builder, tw, s, half_, vector, unit_bytes) for s in sets]
+        tw, grad_p = lanes.pointer(context, signature, args, 12), lanes.pointer(context, signature, args, 18)
+        coefficients = [_planar_coefficients(lanes, tw, s, half_) for s in sets]
         offsets = [ir.Constant(i64, 0), first, second, builder.add(first, second)]
 
         def body(row, sums):
             act_row = _row_start(builder, act_off, act_str, row)
-            x = [builder.load(_vector_at(builder, act_p, builder.add(act_row, o), vector), align=unit_bytes) for o in offsets]
+            x = [lanes.load(act_p, builder.add(act_row, o)) for o in offsets]
             m = list(x)
-            m[0], m[1] = _pair_fma(builder, coefficients[0], x[0], x[1])
-            m[2], m[3] = _pair_fma(builder, coefficients[1], x[2], x[3])
+            m[0], m[1] = _pair_fma(lanes, coefficients[0], x[0], x[1])
+            m[2], m[3] = _pair_fma(lanes, coefficients[1], x[2], x[3])
             gsrc_row = _row_start(builder, gsrc_off, gsrc_str, row)
-            g = [builder.load(_vector_at(builder, gsrc_p, builder.add(gsrc_row, o), vector), align=unit_bytes) for o in offsets]
+            g = [lanes.load(gsrc_p, builder.add(gsrc_row, o)) for o in offsets]
             acc = [sums[4 * k : 4 * k + 4] for k in range(4)]
-            g[0], g[2] = _backward_pair(builder, coefficients[2], acc[2], m[0], m[2], g[0], g[2])
-            g[1], g[3] = _backward_pair(builder, coefficients[3], acc[3], m[1], m[3], g[1], g[3])
-            g[0], g[1] = _backward_pair(builder, coefficients[0], acc[0], x[0], x[1], g[0], g[1])
-            g[2], g[3] = _backward_pair(builder, coefficients[1], acc[1], x[2], x[3], g[2], g[3])
+            g[0], g[2] = _backward_pair(lanes, coefficients[2], acc[2], m[0], m[2], g[0], g[2])
+            g[1], g[3] = _backward_pair(lanes, coefficients[3], acc[3], m[1], m[3], g[1], g[3])
+            g[0], g[1] = _backward_pair(lanes, coefficients[0], acc[0], x[0], x[1], g[0], g[1])
+            g[2], g[3] = _backward_pair(lanes, coefficients[1], acc[1], x[2], x[3], g[2], g[3])
             gdst_row = _row_start(builder, gdst_off, gdst_str, row)
             for value, o in zip(g, offsets):
-                builder.store(value, _vector_at(builder, gdst_p, builder.add(gdst_row, o), vector), align=unit_bytes)
+                lanes.store(value, gdst_p, builder.add(gdst_row, o))
             return [v for group in acc for v in group]
 
-        sums = _accumulating_loop(builder, n_rows, _phi_vectors(vector, 16), body)
+        sums = _accumulating_loop(lanes, n_rows, lanes.zeros(16), body)
         for k, s in enumerate(sets):
             for e in range(4):
-                pointer = _vector_at(builder, grad_p, builder.add(s, builder.mul(half_, ir.Constant(i64, e))), vector)
-                _add_to(builder, pointer, sums[4 * k + e], unit_bytes)
+                lanes.add_to(grad_p, builder.add(s, builder.mul(half_, ir.Constant(i64, e))), sums[4 * k + e])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -534,36 +657,35 @@ def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
 @intrinsic
 def rows_radix2_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h, planar, half, s, grad_planar):
     """Backward of :func:`rows_radix2` (see :func:`rows_radix4_backward`)."""
-    kinds = _real_rows_types(act, gsrc, gdst, planar, grad_planar)
-    if kinds is None:
+    dtype = _rows_dtype(act, gsrc, gdst, planar, grad_planar)
+    if dtype is None:
         return None
-    unit, T, vector, unit_bytes = kinds
     sig = types.void(act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h, planar, half, s, grad_planar)
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
-        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, unit, (0, 1, 2, 6, 7, 8, 9))
-        gsrc_p = builder.bitcast(_data(context, builder, signature, args, 3), unit.as_pointer())
+        lanes = _Lanes(builder, dtype)
+        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 6, 7, 8, 9))
+        gsrc_p = lanes.pointer(context, signature, args, 3)
         gsrc_off, gsrc_str, stride, half_, first = _int64_args(context, builder, signature, args, (4, 5, 10, 12, 13))
-        tw = builder.bitcast(_data(context, builder, signature, args, 11), unit.as_pointer())
-        grad_p = builder.bitcast(_data(context, builder, signature, args, 14), unit.as_pointer())
-        coefficients = _planar_coefficients(builder, tw, first, half_, vector, unit_bytes)
+        tw, grad_p = lanes.pointer(context, signature, args, 11), lanes.pointer(context, signature, args, 14)
+        coefficients = _planar_coefficients(lanes, tw, first, half_)
         offsets = [ir.Constant(i64, 0), stride]
 
         def body(row, sums):
             act_row = _row_start(builder, act_off, act_str, row)
-            x = [builder.load(_vector_at(builder, act_p, builder.add(act_row, o), vector), align=unit_bytes) for o in offsets]
+            x = [lanes.load(act_p, builder.add(act_row, o)) for o in offsets]
             gsrc_row = _row_start(builder, gsrc_off, gsrc_str, row)
-            g = [builder.load(_vector_at(builder, gsrc_p, builder.add(gsrc_row, o), vector), align=unit_bytes) for o in offsets]
-            g = _backward_pair(builder, coefficients, sums, x[0], x[1], g[0], g[1])
+            g = [lanes.load(gsrc_p, builder.add(gsrc_row, o)) for o in offsets]
+            g = _backward_pair(lanes, coefficients, sums, x[0], x[1], g[0], g[1])
             gdst_row = _row_start(builder, gdst_off, gdst_str, row)
             for value, o in zip(g, offsets):
-                builder.store(value, _vector_at(builder, gdst_p, builder.add(gdst_row, o), vector), align=unit_bytes)
+                lanes.store(value, gdst_p, builder.add(gdst_row, o))
             return sums
 
-        sums = _accumulating_loop(builder, n_rows, _phi_vectors(vector, 4), body)
+        sums = _accumulating_loop(lanes, n_rows, lanes.zeros(4), body)
         for e in range(4):
-            _add_to(builder, _vector_at(builder, grad_p, builder.add(first, builder.mul(half_, ir.Constant(i64, e))), vector), sums[e], unit_bytes)
+            lanes.add_to(grad_p, builder.add(first, builder.mul(half_, ir.Constant(i64, e))), sums[e])
         return context.get_dummy_value()
 
     return sig, codegen
