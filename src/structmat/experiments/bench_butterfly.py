@@ -9,6 +9,10 @@ the optional package ``torch-structured`` (``pip install --no-deps torch-structu
 "not installed" otherwise; ``n <= 4096``), and the backward's extra peak memory as a multiple of
 the input's size (input gradient + per-thread recomputation scratch + per-thread twiddle-gradient
 partials, from the kernel's allocation sizes). Ratios are measured side by side in one run.
+
+A second table: complex64 butterflies at batch 256 (forward, forward + backward of a given
+gradient) against ``torch.fft.fft`` of the same complex input -- the transform an ``fft``-initialised
+complex butterfly computes (up to a bit-reversal permutation).
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ def _butterfly_timings(n: int, batch: int, quick: bool) -> dict:
     if layer is not None:
         packaged = time_forward(layer, x, repeat=1, min_time=0.0)
     return {
-        "n": n, "batch": batch, "forward_ms": 1e3 * forward, "fwd_bwd_ms": 1e3 * both,
+        "dtype": "float32", "n": n, "batch": batch, "forward_ms": 1e3 * forward, "fwd_bwd_ms": 1e3 * both,
         "reference_ms": 1e3 * reference, "fft_ms": 1e3 * fft,
         "linear_ms": None if linear is None else 1e3 * linear,
         "gflops": 3 * n * levels * batch / forward / 1e9,
@@ -83,6 +87,30 @@ def _butterfly_timings(n: int, batch: int, quick: bool) -> dict:
         "speedup_vs_torch_structured": None if packaged is None else packaged / forward,
         "fwd_bwd_over_fwd": both / forward,
         "fwd_bwd_given_grad_ms": 1e3 * both_given_grad, "fwd_bwd_given_grad_over_fwd": both_given_grad / forward,
+        "backward_extra_memory_x_input": backward_extra_bytes(twiddle, x[:, None]) / (x.numel() * x.element_size()),
+    }
+
+
+def _complex_timings(n: int, batch: int, quick: bool) -> dict:
+    levels = n.bit_length() - 1
+    twiddle = torch.randn(1, 1, levels, n // 2, 2, 2, dtype=torch.complex64) / 2**0.5
+    x = torch.randn(batch, n, dtype=torch.complex64)
+    repeat = 3 if quick else 5
+    with torch.inference_mode():
+        forward = time_call(lambda: butterfly_multiply(twiddle, x), repeat=repeat)
+        fft = time_call(lambda: torch.fft.fft(x), repeat=repeat)
+    tw, xg = twiddle.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    grad = torch.randn(batch, 1, n, dtype=torch.complex64)
+
+    def forward_backward_given_grad():
+        tw.grad = xg.grad = None
+        butterfly_multiply(tw, xg).backward(grad)
+
+    both = time_call(forward_backward_given_grad, repeat=repeat)
+    return {
+        "dtype": "complex64", "n": n, "batch": batch, "forward_ms": 1e3 * forward, "fft_ms": 1e3 * fft,
+        "gflops": 14 * n * levels * batch / forward / 1e9, "ratio_vs_fft": forward / fft,
+        "fwd_bwd_given_grad_ms": 1e3 * both, "fwd_bwd_given_grad_over_fwd": both / forward,
         "backward_extra_memory_x_input": backward_extra_bytes(twiddle, x[:, None]) / (x.numel() * x.element_size()),
     }
 
@@ -97,6 +125,7 @@ def run(console: Console | None = None, quick: bool = False) -> list[dict]:
         for batch in batches:
             for n in sizes:
                 rows.append(_butterfly_timings(n, batch, quick))
+        complex_rows = [_complex_timings(n, 256, quick) for n in sizes]
     table = Table(title="butterfly forward (float32, fused CPU kernel) vs reference, torch.fft.fft, nn.Linear")
     for column in ["B", "n", "fwd ms", "GFLOP/s", "fwd+bwd ms", "(f+b)/f", "(f+b)/f grad", "ref ms", "× ref", "fft ms", "/fft", "Linear ms", "× Linear", "torch-structured ms", "× t-s", "bwd mem ×x"]:
         table.add_column(column, justify="right")
@@ -112,4 +141,13 @@ def run(console: Console | None = None, quick: bool = False) -> list[dict]:
             fmt(r["backward_extra_memory_x_input"], ".2f"),
         )
     console.print(table)
-    return rows
+    table = Table(title="complex64 butterfly (fused CPU kernel) vs torch.fft.fft of the same complex input")
+    for column in ["B", "n", "fwd ms", "GFLOP/s", "fwd+bwd ms", "(f+b)/f", "fft ms", "/fft", "bwd mem ×x"]:
+        table.add_column(column, justify="right")
+    for r in complex_rows:
+        table.add_row(
+            str(r["batch"]), str(r["n"]), fmt(r["forward_ms"]), fmt(r["gflops"], ".1f"), fmt(r["fwd_bwd_given_grad_ms"]),
+            fmt(r["fwd_bwd_given_grad_over_fwd"], ".2f"), fmt(r["fft_ms"]), fmt(r["ratio_vs_fft"], ".2f"), fmt(r["backward_extra_memory_x_input"], ".2f"),
+        )
+    console.print(table)
+    return rows + complex_rows
