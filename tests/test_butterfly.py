@@ -258,7 +258,7 @@ def test_fused_cpu_many_chunks_per_worker_and_reused_workspace(dtype, monkeypatc
     workspace."""
     from structmat.ops import butterfly_cpu
 
-    for name, value in [("CHUNK_BYTES", 1), ("MIN_CHUNK", 8), ("BACKWARD_CHUNK_BYTES", 1), ("MIN_BACKWARD_CHUNK", 8), ("ROWS_BLOCK_BYTES", 1)]:
+    for name, value in [("CHUNK_BYTES", 1), ("MIN_CHUNK", 8), ("BACKWARD_CHUNK_BYTES", 1), ("MIN_BACKWARD_CHUNK", 8), ("ROWS_BLOCK_BYTES", 1), ("ROWS_BACKWARD_BLOCK_MIN", 4)]:
         monkeypatch.setattr(butterfly_cpu, name, value)
     # the patched sizes reach the (cached) row-layout plans: blocks of 4 rows
     assert butterfly_cpu._backward_rows_launch(64, 1, True, False, dtype, 2, 1, 61, 2)[3][-2] == butterfly_cpu.ROWS_BLOCK_MIN
@@ -541,22 +541,25 @@ def test_fused_backward_memory_within_three_inputs(n, threads, dtype, monkeypatc
 
 
 def test_row_backward_drops_workers_to_stay_within_the_memory_cap(monkeypatch):
-    """n = 16384 (a twiddle of 1.8 MiB against 64 KiB rows): at batch 96 three or four workers'
-    block buffers and twiddle-gradient partials would take the backward past its cap (2.95x the
-    input), two fit; at batch 64 only one does. Small batches get fewer rows per block instead:
-    n = 1024, batch 32 fits in blocks of 2 rows."""
+    """n = 16384 (a twiddle of 1.75 MiB against 64 KiB rows): beyond the twiddle gradient (which
+    holds worker 0's planar partials) and the planar coefficients, every worker takes its block
+    buffers and the gradients of the small-stride runs, every extra worker a planar partial (1.25
+    MiB). Blocks shrink from 8 to 4 rows before workers are dropped: at batch 96 two workers fit
+    under the cap (2.95x the input) with 8 rows, three with 4; at batch 64 two with 4. Small
+    batches get fewer rows per block instead: batch 32 fits in blocks of one row (2.9x), n = 1024,
+    batch 32 in blocks of 4 rows."""
     butterfly_cpu = pytest.importorskip("structmat.ops.butterfly_cpu")
     n, levels = 16384, 14
     twiddle = torch.empty(1, 1, levels, n // 2, 2, 2, device="meta")
-    for batch, expected in [(96, 2), (64, 1)]:
+    for batch, most, rows in [(96, 3, {1: 8, 2: 8, 3: 4, 4: 4}), (64, 2, {1: 8, 2: 4, 3: 4, 4: 4}), (32, 1, dict.fromkeys(range(1, 5), 1))]:
         x = torch.empty(batch, 1, n, device="meta")
-        for threads in (2, 3, 4):
+        for threads in (1, 2, 3, 4):
             monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: threads)
-            workers = butterfly_cpu._backward_rows_launch(n, 1, True, False, torch.float32, 1, 1, batch, threads)[1][1][0]
-            assert workers == expected
+            launch = butterfly_cpu._backward_rows_launch(n, 1, True, False, torch.float32, 1, 1, batch, threads)
+            assert (launch[1][1][0], launch[3][-2]) == (min(threads, most), rows[threads])
             assert butterfly_cpu.backward_extra_bytes(twiddle, x) <= butterfly_cpu.BACKWARD_EXTRA_X_INPUT * x.numel() * x.element_size()
     small = torch.empty(32, 1, 1024, device="meta")
-    assert butterfly_cpu._backward_rows_launch(1024, 1, True, False, torch.float32, 1, 1, 32, 2)[3][-2] == 2
+    assert butterfly_cpu._backward_rows_launch(1024, 1, True, False, torch.float32, 1, 1, 32, 2)[3][-2] == 4
     assert butterfly_cpu.backward_extra_bytes(torch.empty(1, 1, 10, 512, 2, 2, device="meta"), small) <= 3 * small.numel() * small.element_size()
 
 

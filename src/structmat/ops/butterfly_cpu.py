@@ -458,17 +458,23 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, position
 
 
 def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, offsets, slots, low_slots, transposed, block_rows, complex_):
-    """The row-layout backward (real dtypes): per block of ``block_rows`` rows and stack, the
+    """The row-layout backward: per block of ``block_rows`` rows and stack, the
     inputs of steps ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a few
     blocks of ``rows x N``, flat: all of them fit, whatever the batch), then the steps are walked back
     (:func:`_rows_step_backward`), the adjoint in place in ``grad_x``'s rows (with several stacks
     sharing one input row, in ``scratch[w, steps - 1]``, then added); ``grad`` of one row stands
     for every row (a broadcast gradient, e.g. ``sum()``'s). Complex rows (``complex_``) run
     block-planar (:func:`rows_planar`): the block's input in the last scratch buffer, the output
-    adjoint converted into the adjoint's rows, which are interleaved again at the end. Worker ``w`` adds its
-    twiddle gradients to ``parts[w]`` (the runs of small strides, ``(S, low slots · N/2 · 4)``)
-    and ``planar_parts[w]`` (planar), summed into ``grad_tw`` at the end: one twiddle's worth per
-    worker. Tensors arrive as ``(address, shape)``."""
+    adjoint converted into the adjoint's rows, which are interleaved again at the end.
+
+    Worker ``w`` adds its twiddle gradients to ``parts[w]`` (the runs of small strides, ``(S, low
+    slots · N/2 · 4)``) and to planar partials (the other factors, laid out as ``planar``):
+    worker 0 in ``grad_tw``'s own memory (its first ``slots · N/2 · 4`` elements per stack),
+    worker ``w > 0`` in ``planar_parts[w - 1]``. At the end the planar sums move to ``planar``
+    (the coefficients are no longer needed) and everything is added into ``grad_tw`` in the
+    twiddle's layout: beyond ``grad_tw``, the partials take one twiddle's worth per extra worker
+    and the runs' gradients (``log2 T / log2 N`` of one) per worker. Tensors arrive as
+    ``(address, shape)``."""
     tw, x, grad = array_at(tw_at, planar), array_at(x_at, planar), array_at(grad_at, planar)
     grad_tw, grad_x = array_at(grad_tw_at, planar), array_at(grad_x_at, planar)
     batch, stacks_in, n = x.shape
@@ -481,16 +487,24 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
     x_flat, grad_flat, grad_x_flat = x.reshape(x.size), grad.reshape(grad.size), grad_x.reshape(grad_x.size)
     shared = stacks_in == 1 and stacks > 1
     x_buffer = steps - 1 + (1 if shared else 0)  # complex: the block's input, block-planar
+    grad_tw_flat = grad_tw.reshape(stacks, grad_tw.size // stacks)
+    planar_size = planar[0].size  # per stack
     for worker in prange(workers):
         parts[worker] = 0
-        planar_parts[worker] = 0
+        if worker > 0:
+            planar_parts[worker - 1] = 0
+        else:
+            grad_tw_flat[:, :planar_size] = 0
         for block in _worker_blocks(worker, workers, batch, block_rows):
             row0 = block * block_rows
             rows = min(block_rows, batch - row0)
             for s in range(stacks):
-                planar_s = planar[s].reshape(planar[s].size)
+                planar_s = planar[s].reshape(planar_size)
                 grad_s = parts[worker, s]
-                grad_planar_s = planar_parts[worker, s].reshape(planar_parts[worker, s].size)
+                if worker > 0:
+                    grad_planar_s = planar_parts[worker - 1, s].reshape(planar_size)
+                else:
+                    grad_planar_s = grad_tw_flat[s, :planar_size]
                 x_off, x_str = _input_rows(row0, s, stacks_in, n)
                 x0, x0_off, x0_str = x_flat, x_off, x_str
                 if complex_:
@@ -533,8 +547,12 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
                             target[:] = source
                         else:
                             target += source
-    grad_tw_flat = grad_tw.reshape(stacks, grad_tw.size // stacks)
+    for s in range(stacks):
+        for worker in range(1, workers):
+            grad_tw_flat[s, :planar_size] += planar_parts[worker - 1, s].reshape(planar_size)
+        planar[s].reshape(planar_size)[:] = grad_tw_flat[s, :planar_size]
     grad_tw_flat[:] = 0
+    _planar_copy(grad_tw_flat, planar, offsets, slots, transposed, False)
     block_size = n // 2 * 4
     for worker in range(workers):
         for s in range(stacks):
@@ -542,7 +560,6 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
                 if low_slots[f] >= 0:
                     start = low_slots[f] * block_size
                     grad_tw_flat[s, offsets[f] : offsets[f] + block_size] += parts[worker, s, start : start + block_size]
-        _planar_copy(grad_tw_flat, planar_parts[worker], offsets, slots, transposed, False)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -796,6 +813,12 @@ ROWS_BLOCK_BYTES = 32 << 10
 #: 73 us; n = 16384: 4 rows 1.8 ms, 8 rows 3.0 ms); small N gets long blocks (n = 16, batch 256,
 #: backward: 16 rows 21 us, 256 rows 16 us)
 ROWS_BLOCK_MIN, ROWS_BLOCK_MAX = 4, 256
+#: fewest rows per block of the row-layout backward: a block streams the coefficients and
+#: updates the worker's twiddle-gradient partials once per step, which at large N costs more than
+#: the block's rows missing the level-1 cache (batch 256, two threads: n = 4096 float32, 8 rows
+#: 1.26 ms, 4 rows 1.45 ms; complex64 3.6 against 4.0 ms; n = 16384 float32 8.9 against 8.6 ms).
+#: Under the memory cap blocks shrink back to :data:`ROWS_BLOCK_MIN` before workers are dropped
+ROWS_BACKWARD_BLOCK_MIN = 8
 #: the row-layout backward for real dtypes from ``N >= ROWS_BACKWARD_MIN_VECTORS * T`` on; below,
 #: its per-block set-up costs more than the transpositions it saves (n = 64, float32, batch 256: 25
 #: against 21 us). Complex dtypes take it from ``N = T`` on: their transposed backward runs scalar
@@ -917,20 +940,22 @@ def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stri
     return (x.numel() + scratch + workers * twiddle.numel()) * x.element_size()
 
 
-def _rows_block(n: int, dtype: np.dtype) -> int:
-    """Rows per block of the row-layout kernels (:data:`ROWS_BLOCK_BYTES`)."""
-    return min(ROWS_BLOCK_MAX, max(ROWS_BLOCK_MIN, ROWS_BLOCK_BYTES // (n * dtype.itemsize)))
+def _rows_block(n: int, dtype: np.dtype, minimum: int = ROWS_BLOCK_MIN) -> int:
+    """Rows per block of the row-layout kernels (:data:`ROWS_BLOCK_BYTES`, at least ``minimum``)."""
+    return min(ROWS_BLOCK_MAX, max(minimum, ROWS_BLOCK_BYTES // (n * dtype.itemsize)))
 
 
 @functools.lru_cache(maxsize=256)
 def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: bool, dtype: torch.dtype, stacks: int, stacks_in: int, batch: int, threads: int):
     """``(kernel, shapes of planar / parts / planar parts / scratch, NumPy dtype, trailing
     arguments)`` of the row-layout backward (:func:`_backward_rows`), or ``None`` where the row
-    layout does not apply or does not pay (:data:`ROWS_BACKWARD_MIN_VECTORS`). Workers are dropped,
-    then blocks halved (down to one row), while the workers' block buffers and twiddle-gradient
+    layout does not apply or does not pay (:data:`ROWS_BACKWARD_MIN_VECTORS`). Blocks are halved
+    down to :data:`ROWS_BLOCK_MIN` rows, then workers dropped, then blocks halved down to one row,
+    while the workers' block buffers and twiddle-gradient
     partials would take the backward beyond :data:`BACKWARD_EXTRA_X_INPUT` times the input. Small
     batches whose input is not much larger than the twiddle can still exceed it: the twiddle
-    gradient, its planar copy and one worker's partials alone are about 2.5 twiddles."""
+    gradient (which holds worker 0's planar partials) and its planar copy alone are about 1.7
+    twiddles."""
     np_dtype = numpy_dtype(dtype)
     plan = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
     complex_ = np_dtype.kind == "c"
@@ -938,7 +963,7 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
         return None
     kinds, h1s, h2s, starts, positions, _, offsets, slot_of, low_slot_of, slots, low_slots = plan
     arrays = (kinds, h1s, h2s, starts, positions, offsets, slot_of, low_slot_of)
-    block = _rows_block(n, np_dtype)
+    block = _rows_block(n, np_dtype, ROWS_BACKWARD_BLOCK_MIN)
     steps = len(kinds)
     buffers = max(1, steps - 1 + (1 if stacks_in == 1 and stacks > 1 else 0) + (1 if complex_ else 0))
     per_stack = max(1, low_slots) * n // 2 * 4
@@ -946,13 +971,16 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
     cap = (BACKWARD_EXTRA_X_INPUT - 1) * batch * stacks_in * n  # elements beyond the input gradient
     workers = max(1, min(threads, -(-batch // block)))
     shared = math.prod(planar) + stacks * n_blocks * (n.bit_length() - 1) * n // 2 * 4  # planar coefficients, twiddle gradient
-    needed = lambda workers, block: workers * (buffers * block * n + stacks * per_stack + math.prod(planar)) + shared  # noqa: E731
+    # worker 0's planar partials live in the twiddle gradient's memory
+    needed = lambda workers, block: workers * (buffers * block * n + stacks * per_stack) + (workers - 1) * math.prod(planar) + shared  # noqa: E731
+    while block > ROWS_BLOCK_MIN and needed(workers, block) > cap:
+        block //= 2
     while workers > 1 and needed(workers, block) > cap:
         workers -= 1
     while block > 1 and needed(workers, block) > cap:  # small batches: fewer rows per block
         block //= 2
     kernel = _backward_rows_parallel if workers > 1 else _backward_rows_serial
-    shapes = (planar, (workers, stacks, per_stack), (workers, *planar), (workers, buffers, block * n))
+    shapes = (planar, (workers, stacks, per_stack), (workers - 1, *planar), (workers, buffers, block * n))
     return kernel, shapes, np_dtype, (*arrays, bool(transpose), block, complex_)
 
 
