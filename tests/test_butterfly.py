@@ -189,6 +189,31 @@ def test_fused_backward_of_a_gradient_broadcast_over_the_batch(dtype, workers, m
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_frozen_twiddles_take_the_transposed_forward_for_the_input_gradient(dtype, monkeypatch):
+    """Twiddles that need no gradient: the input gradient is one fused forward with the conjugate
+    twiddles, transposition flipped (the recomputing backward never runs), and matches the
+    reference -- one and several stacks, a shared input row, both orientations, sizes in both
+    layouts."""
+    forward, backward = FUSED_BACKENDS["cpu"]
+
+    def no_backward(*args):
+        raise AssertionError("the full backward ran for frozen twiddles")
+
+    monkeypatch.setitem(FUSED_BACKENDS, "cpu", (forward, no_backward))
+    tol = 1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5
+    for op in (butterfly_multiply, butterfly_multiply_transpose):
+        for stacks, blocks, stacks_in, n, batch in [(1, 1, 1, 8, 5), (2, 2, 1, 64, 37), (3, 1, 3, 256, 20)]:
+            tw = random_twiddle(stacks, blocks, n, dtype)
+            x = torch.randn(batch, stacks_in, n, dtype=dtype).requires_grad_(True)
+            g = torch.randn(batch, stacks, n, dtype=dtype)
+            (grad_x,) = torch.autograd.grad(op(tw, x, False), x, g)
+            with use_reference():
+                (ref,) = torch.autograd.grad(op(tw, x, False), x, g)
+            assert rel_error(grad_x, ref) <= tol
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 def test_fused_backends_check_their_operands():
     """The kernels do no bounds checks: direct calls with mismatched dtypes or shapes get clear
     errors instead of reading or writing past a tensor."""

@@ -211,10 +211,23 @@ def _backend_grad(grad: torch.Tensor) -> torch.Tensor:
     return grad.contiguous()
 
 
+def _input_adjoint(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
+    """``x̄ = W^* ȳ`` alone (SPEC.md §4.14, frozen twiddles): one fused forward with the conjugate
+    twiddles and the transposition flipped -- no recomputation, one forward's cost instead of the
+    full backward's 3-4 (stacks sharing one input row add their adjoints)."""
+    forward, _ = _fused(x.device)
+    grad_x = forward(twiddle.conj().resolve_conj().contiguous(), grad.contiguous(), increasing_stride, not transpose)
+    if x.shape[1] == 1 and grad_x.shape[1] > 1:
+        grad_x = grad_x.sum(dim=1, keepdim=True)
+    return grad_x
+
+
 def _backward(ctx, grad):
     twiddle, x = ctx.saved_tensors
     with torch.no_grad():  # first-order gradients (the backward op has no derivative of its own)
         if _plain_eager(twiddle, x, grad):
+            if not getattr(ctx, "needs_input_grad", (True,))[0]:  # frozen twiddles: the adjoint only
+                return None, _input_adjoint(twiddle, x, grad, ctx.increasing_stride, ctx.transpose), None, None
             _, backward = _fused(x.device)
             grads = backward(twiddle.contiguous(), x.contiguous(), _backend_grad(grad), ctx.increasing_stride, ctx.transpose)
         else:
