@@ -113,7 +113,10 @@ def test_fused_kernels_with_several_workers(dtype, workers, monkeypatch):
 
     monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: workers)
     tol = 1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5
-    for case in [(1, 1, 1, 64, 96), (2, 1, 1, 32, 70), (1, 1, 1, 256, 300), (1, 1, 1, 1024, 256), (1, 1, 1, 1024, 77), (2, 1, 1, 64, 512)]:
+    # (3, 1, 3, 256, 300): several stacks with their own inputs, each with worker 0's planar
+    # partials in its own stretch of the twiddle gradient; (1, 2, 1, 16, 600): all factors of small
+    # stride (no planar slot) in long blocks (complex64: 256 rows), several workers
+    for case in [(1, 1, 1, 64, 96), (2, 1, 1, 32, 70), (1, 1, 1, 256, 300), (1, 1, 1, 1024, 256), (1, 1, 1, 1024, 77), (2, 1, 1, 64, 512), (3, 1, 3, 256, 300), (1, 2, 1, 16, 600)]:
         _assert_fused_matches_reference(butterfly_multiply, dtype, True, *case, tol=tol)
 
 
@@ -161,7 +164,7 @@ def test_fused_backward_of_a_gradient_broadcast_over_the_batch(dtype, workers, m
     monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: workers)
     batch = 300
     plan = butterfly_cpu._backward_rows_launch(256, 1, True, False, dtype, 2, 1, batch, workers)  # the row layout's
-    assert plan[1][1][0] == workers and batch > 2 * plan[3][-2]  # blocks and workers this test covers
+    assert plan[1][1][0] == workers and batch > 2 * plan[3][-1]  # blocks and workers this test covers
     tw = random_twiddle(2, 1, 256, dtype).requires_grad_(True)
     x = torch.randn(batch, 1, 256, dtype=dtype).requires_grad_(True)
     row = torch.randn(1, 2, 256, dtype=dtype)
@@ -247,7 +250,7 @@ def test_half_precision_runs_the_reference():
 def test_fused_backward_recomputes_in_segments_when_few_inputs_fit(dtype, stacks, monkeypatch):
     """A cache budget of three or four chunk buffers keeps 2 of the 3 step inputs: the lower
     segment is recomputed again; one stack keeps the chunk's input in the input gradient's rows.
-    (The transposed-layout backward is called directly: real dtypes at this N run the row layout.)"""
+    (The transposed-layout backward is called directly: every dtype at this N runs the row layout.)"""
     import numba
 
     from structmat.ops import butterfly_cpu
@@ -286,7 +289,7 @@ def test_fused_cpu_many_chunks_per_worker_and_reused_workspace(dtype, monkeypatc
     for name, value in [("CHUNK_BYTES", 1), ("MIN_CHUNK", 8), ("BACKWARD_CHUNK_BYTES", 1), ("MIN_BACKWARD_CHUNK", 8), ("ROWS_BLOCK_BYTES", 1), ("ROWS_BACKWARD_BLOCK_MIN", 4)]:
         monkeypatch.setattr(butterfly_cpu, name, value)
     # the patched sizes reach the (cached) row-layout plans: blocks of 4 rows
-    assert butterfly_cpu._backward_rows_launch(64, 1, True, False, dtype, 2, 1, 61, 2)[3][-2] == butterfly_cpu.ROWS_BLOCK_MIN
+    assert butterfly_cpu._backward_rows_launch(64, 1, True, False, dtype, 2, 1, 61, 2)[3][-1] == butterfly_cpu.ROWS_BLOCK_MIN
     for n, batch in [(64, 61), (16, 45), (4, 45), (64, 61)]:
         tw = random_twiddle(2, 1, n, dtype).requires_grad_(True)
         x = torch.randn(batch, 1, n, dtype=dtype).requires_grad_(True)
@@ -581,10 +584,10 @@ def test_row_backward_drops_workers_to_stay_within_the_memory_cap(monkeypatch):
         for threads in (1, 2, 3, 4):
             monkeypatch.setattr(butterfly_cpu.numba, "get_num_threads", lambda: threads)
             launch = butterfly_cpu._backward_rows_launch(n, 1, True, False, torch.float32, 1, 1, batch, threads)
-            assert (launch[1][1][0], launch[3][-2]) == (min(threads, most), rows[threads])
+            assert (launch[1][1][0], launch[3][-1]) == (min(threads, most), rows[threads])
             assert butterfly_cpu.backward_extra_bytes(twiddle, x) <= butterfly_cpu.BACKWARD_EXTRA_X_INPUT * x.numel() * x.element_size()
     small = torch.empty(32, 1, 1024, device="meta")
-    assert butterfly_cpu._backward_rows_launch(1024, 1, True, False, torch.float32, 1, 1, 32, 2)[3][-2] == 4
+    assert butterfly_cpu._backward_rows_launch(1024, 1, True, False, torch.float32, 1, 1, 32, 2)[3][-1] == 4
     assert butterfly_cpu.backward_extra_bytes(torch.empty(1, 1, 10, 512, 2, 2, device="meta"), small) <= 3 * small.numel() * small.element_size()
 
 

@@ -5,7 +5,8 @@ Two layouts. Every dtype from ``N = T`` on runs the *row layout* (:func:`_forwar
 along the 64-byte vectors (``T`` = 16 float32 / complex64, 8 float64 / complex128 features; a
 complex block of ``T`` features is held *block-planar*, its ``T`` real parts then its ``T``
 imaginary parts, converted from and to torch's interleaved layout per block of rows while it is
-in cache, :func:`~structmat.ops.simd.rows_planar`). Blocks of 4-256 rows (about 32 KiB, :func:`_rows_block`)
+in cache, :func:`~structmat.ops.simd.rows_planar`). Blocks of 4-256 rows (about 32 KiB, :func:`_rows_block`;
+the backward takes at least 8, :data:`ROWS_BACKWARD_BLOCK_MIN`)
 go through every step while they sit in the level-1/2 cache; the ``log2 T`` factors of strides
 ``< T`` of each butterfly run in registers (lane permutations), the others two at a time (radix
 4) on whole vectors, with the coefficients of ``T`` consecutive pairs as four vectors from a
@@ -25,7 +26,8 @@ Chunks run in parallel (``numba.prange``).
 Backward (both layouts) by recomputation, never storing ``K log N`` copies of the batch. Row
 layout, per block: recompute every step's input into the worker's block buffers (a few blocks
 of rows -- all of them fit), then walk the steps back, each recomputing its intermediate level
-in registers, adding the coefficient gradients ``Σ_rows ȳ x`` (SPEC.md §4.14 "Grad") in
+in registers, adding the coefficient gradients ``Σ_rows ȳ x*`` (SPEC.md §4.14 "Grad"; ``*``
+conjugates complex inputs, torch's convention) in
 registers over the block's rows and turning the output adjoint into the input adjoint in place
 in the input gradient's rows. Transposed layout, per chunk: recompute the forward, keeping the
 input of every radix-4 step (``act[0]``, the chunk's input, lives in the chunk's rows of the
@@ -69,7 +71,6 @@ from .simd import (
     rows_radix2_backward,
     rows_radix4,
     rows_radix4_backward,
-    tile_size,
     transpose_tile,
 )
 
@@ -330,6 +331,17 @@ def _forward_chunks(tw_at, x_at, out_at, scratch, blocks, levels, strides, first
                 _store(out, bufs[firsts.shape[0] % 2], row0, cols, s, False)
 
 
+def _is_complex(array):
+    """Whether ``array`` holds complex numbers (a compile-time constant inside compiled code)."""
+    return np.iscomplexobj(array)
+
+
+@overload(_is_complex)
+def _is_complex_numba(array):
+    value = isinstance(array.dtype, types.Complex)
+    return lambda array: value
+
+
 def _plane_copy(blocks, plane, to_planar):
     """``plane[:] = blocks`` (``to_planar``), else ``blocks += plane``; complex planes are
     block-planar (:class:`structmat.ops.simd._Lanes`)."""
@@ -344,16 +356,17 @@ def _plane_copy_numba(blocks, plane, to_planar):
     if not isinstance(plane.dtype, types.Complex):
         return _plane_copy
     real = as_dtype(plane.dtype.underlying_float)
-    t = VECTOR_BYTES // real.itemsize
+    t = row_lanes(as_dtype(plane.dtype))
 
     def block_planar(blocks, plane, to_planar):
         units = plane.view(real)
-        for p in range(plane.shape[0]):
-            u = (p // t) * 2 * t + p % t
-            if to_planar:
-                units[u], units[u + t] = blocks[p].real, blocks[p].imag
-            else:
-                blocks[p] += units[u] + 1j * units[u + t]
+        for c in range(plane.shape[0] // t):  # T pairs: T real parts, then T imaginary parts
+            for i in range(t):
+                p, u = c * t + i, 2 * c * t + i
+                if to_planar:
+                    units[u], units[u + t] = blocks[p].real, blocks[p].imag
+                else:
+                    blocks[p] += complex(units[u], units[u + t])
 
     return block_planar
 
@@ -422,14 +435,15 @@ def _input_rows(row0, stack, stacks_in, n):
     return (row0 * stacks_in + (stack if stacks_in > 1 else 0)) * n, stacks_in * n
 
 
-def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, positions, offsets, slots, transposed, block_rows, workers, complex_):
+def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, positions, offsets, slots, transposed, block_rows, workers):
     """The row-layout forward (:func:`_rows_plan`): blocks of ``block_rows`` batch rows (each worker
     a contiguous range, :func:`_worker_blocks`), each stack's steps applied in place in ``out`` (the
-    first step reads ``x``; see :func:`_rows_step`). Complex rows (``complex_``) are made
+    first step reads ``x``; see :func:`_rows_step`). Complex rows (:func:`_is_complex`) are made
     block-planar in ``out`` first and interleaved again at the end (:func:`rows_planar`, in
     cache). ``planar`` ``(S, slots, 4, N/2)`` receives the planar coefficients first
     (:func:`_planar_copy`). Tensors arrive as ``(address, shape)`` (:func:`array_at`)."""
     tw, x, out = array_at(tw_at, planar), array_at(x_at, planar), array_at(out_at, planar)
+    complex_ = _is_complex(planar)
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     tw_flat = tw.reshape(stacks, tw.size // stacks)
@@ -457,13 +471,13 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, position
                     rows_planar(out_flat, dst_off, dst_str, out_flat, dst_off, dst_str, rows, n, False)
 
 
-def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, offsets, slots, low_slots, transposed, block_rows, complex_):
+def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, offsets, slots, low_slots, transposed, block_rows):
     """The row-layout backward: per block of ``block_rows`` rows and stack, the
     inputs of steps ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a few
     blocks of ``rows x N``, flat: all of them fit, whatever the batch), then the steps are walked back
     (:func:`_rows_step_backward`), the adjoint in place in ``grad_x``'s rows (with several stacks
     sharing one input row, in ``scratch[w, steps - 1]``, then added); ``grad`` of one row stands
-    for every row (a broadcast gradient, e.g. ``sum()``'s). Complex rows (``complex_``) run
+    for every row (a broadcast gradient, e.g. ``sum()``'s). Complex rows (:func:`_is_complex`) run
     block-planar (:func:`rows_planar`): the block's input in the last scratch buffer, the output
     adjoint converted into the adjoint's rows, which are interleaved again at the end.
 
@@ -472,11 +486,12 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
     worker 0 in ``grad_tw``'s own memory (its first ``slots · N/2 · 4`` elements per stack),
     worker ``w > 0`` in ``planar_parts[w - 1]``. At the end the planar sums move to ``planar``
     (the coefficients are no longer needed) and everything is added into ``grad_tw`` in the
-    twiddle's layout: beyond ``grad_tw``, the partials take one twiddle's worth per extra worker
-    and the runs' gradients (``log2 T / log2 N`` of one) per worker. Tensors arrive as
-    ``(address, shape)``."""
+    twiddle's layout: beyond ``grad_tw``, every worker takes the runs' gradients (``log2 T / log2
+    N`` of a twiddle) and every further worker the planar partials (the rest of one). Tensors
+    arrive as ``(address, shape)``."""
     tw, x, grad = array_at(tw_at, planar), array_at(x_at, planar), array_at(grad_at, planar)
     grad_tw, grad_x = array_at(grad_tw_at, planar), array_at(grad_x_at, planar)
+    complex_ = _is_complex(planar)
     batch, stacks_in, n = x.shape
     stacks = tw.shape[0]
     steps = kinds.shape[0]
@@ -841,7 +856,7 @@ def _forward_launch(n: int, n_blocks: int, increasing_stride: bool, transpose: b
         block = _rows_block(n, np_dtype)
         workers = min(threads, -(-batch // block))
         kernel = _forward_rows_parallel if workers > 1 else _forward_rows_serial
-        return kernel, (stacks, max(1, slots), 4, n // 2), np_dtype, (*arrays, bool(transpose), block, workers, np_dtype.kind == "c")
+        return kernel, (stacks, max(1, slots), 4, n // 2), np_dtype, (*arrays, bool(transpose), block, workers)
     chunk = _chunk_size(batch, 2 * n * np_dtype.itemsize, CHUNK_BYTES, MIN_CHUNK, threads)
     workers = min(threads, -(-batch // chunk))
     plan = _schedule_arrays(n, n_blocks, increasing_stride, transpose)
@@ -926,8 +941,9 @@ def _backward_plan(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
 
 def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> int:
     """Bytes the fused backward allocates beyond its inputs: the input gradient and the workers'
-    buffers -- row layout (:func:`_backward_rows`): the twiddle gradient, the planar coefficients,
-    per-worker twiddle-gradient partials (one twiddle's worth) and step inputs of one block; transposed layout: the
+    buffers -- row layout (:func:`_backward_rows`): the twiddle gradient (which holds worker 0's
+    planar partials), the planar coefficients, every worker's small-stride gradients and step inputs
+    of one block, every further worker's planar partials; transposed layout: the
     adjoint, ``kept`` step inputs and, with several stacks, the chunk's input (each ``N · chunk``)
     and twiddle-gradient partials (worker 0's is the returned gradient)."""
     stacks, n_blocks, _, half = twiddle.shape[:4]
@@ -940,8 +956,10 @@ def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stri
     return (x.numel() + scratch + workers * twiddle.numel()) * x.element_size()
 
 
-def _rows_block(n: int, dtype: np.dtype, minimum: int = ROWS_BLOCK_MIN) -> int:
-    """Rows per block of the row-layout kernels (:data:`ROWS_BLOCK_BYTES`, at least ``minimum``)."""
+def _rows_block(n: int, dtype: np.dtype, minimum: int | None = None) -> int:
+    """Rows per block of the row-layout kernels (:data:`ROWS_BLOCK_BYTES`, at least ``minimum``,
+    default :data:`ROWS_BLOCK_MIN`)."""
+    minimum = ROWS_BLOCK_MIN if minimum is None else minimum
     return min(ROWS_BLOCK_MAX, max(minimum, ROWS_BLOCK_BYTES // (n * dtype.itemsize)))
 
 
@@ -954,8 +972,8 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
     while the workers' block buffers and twiddle-gradient
     partials would take the backward beyond :data:`BACKWARD_EXTRA_X_INPUT` times the input. Small
     batches whose input is not much larger than the twiddle can still exceed it: the twiddle
-    gradient (which holds worker 0's planar partials) and its planar copy alone are about 1.7
-    twiddles."""
+    gradient (which holds worker 0's planar partials), the planar coefficients and one worker's
+    small-stride gradients alone are about 2 twiddles."""
     np_dtype = numpy_dtype(dtype)
     plan = _rows_plan(n, n_blocks, increasing_stride, transpose, np_dtype)
     complex_ = np_dtype.kind == "c"
@@ -973,7 +991,7 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
     shared = math.prod(planar) + stacks * n_blocks * (n.bit_length() - 1) * n // 2 * 4  # planar coefficients, twiddle gradient
     # worker 0's planar partials live in the twiddle gradient's memory
     needed = lambda workers, block: workers * (buffers * block * n + stacks * per_stack) + (workers - 1) * math.prod(planar) + shared  # noqa: E731
-    while block > ROWS_BLOCK_MIN and needed(workers, block) > cap:
+    while block > _rows_block(n, np_dtype) and needed(workers, block) > cap:  # the backward's longer blocks first
         block //= 2
     while workers > 1 and needed(workers, block) > cap:
         workers -= 1
@@ -981,14 +999,15 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
         block //= 2
     kernel = _backward_rows_parallel if workers > 1 else _backward_rows_serial
     shapes = (planar, (workers, stacks, per_stack), (workers - 1, *planar), (workers, buffers, block * n))
-    return kernel, shapes, np_dtype, (*arrays, bool(transpose), block, complex_)
+    return kernel, shapes, np_dtype, (*arrays, bool(transpose), block)
 
 
 def butterfly_backward_cpu(
     twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring): the
-    row layout for real dtypes (:func:`_backward_rows`), else the transposed chunks."""
+    row layout (:func:`_backward_rows`; real dtypes from ``N = 8 T``, complex ones from ``N = T``),
+    else the transposed chunks."""
     _check_operands(twiddle, x, grad)
     stacks, n_blocks, _, half = twiddle.shape[:4]
     grad_twiddle = torch.empty(twiddle.shape, dtype=twiddle.dtype)

@@ -191,13 +191,10 @@ class _Lanes:
 
     def __init__(self, builder, dtype):
         self.builder = builder
-        self.complex = isinstance(dtype, types.Complex)
-        real = dtype.underlying_float if self.complex else dtype
-        self.unit = ir.FloatType() if real.bitwidth == 32 else ir.DoubleType()
-        self.unit_bytes = real.bitwidth // 8
+        self.unit, self.parts, self.unit_bytes = _unit(dtype)
+        self.complex = self.parts == 2
         self.T = VECTOR_BYTES // self.unit_bytes
         self.vector = ir.VectorType(self.unit, self.T)
-        self.parts = 2 if self.complex else 1
 
     def pointer(self, context, signature, args, position):
         """The data pointer of the array argument at ``position`` as ``unit*``."""
