@@ -421,6 +421,21 @@ def test_dft_init_and_bp():
 
 
 # ------------------------------------------------------------------------------------ counts (B5)
+def test_bench_butterfly_rows():
+    """The benchmark's rows (tiny sizes): float32 rows for every batch and size, then complex64
+    ones; timings and ratios positive, the memory column from the kernel's allocation plan."""
+    from structmat.experiments.bench_butterfly import run
+
+    rows = run(quick=True, sizes=[16, 64], batches=[2, 8])
+    assert [(r["dtype"], r["batch"], r["n"]) for r in rows] == [
+        ("float32", 2, 16), ("float32", 2, 64), ("float32", 8, 16), ("float32", 8, 64), ("complex64", 8, 16), ("complex64", 8, 64)
+    ]
+    for r in rows:
+        assert r["forward_ms"] > 0 and r["fwd_bwd_given_grad_over_fwd"] > 0 and r["ratio_vs_fft"] > 0
+        assert r["backward_extra_memory_x_input"] > 1  # at least the input gradient
+    assert all(r["fwd_bwd_frozen_over_fwd"] > 0 and r["speedup_vs_reference"] > 0 for r in rows if r["dtype"] == "float32")
+
+
 def test_parameter_and_flop_counts():
     for n in (4, 64, 1024):
         k = n.bit_length() - 1

@@ -3,7 +3,8 @@ and the pure-PyTorch reference (float32; issue 3's speed table).
 
 For every batch ``B`` and size ``n``: butterfly forward (fused backend), forward + backward (input
 and twiddles) of ``sum()`` -- whose gradient autograd hands over expanded, so the backward first
-makes it contiguous -- and of a given contiguous gradient (column "(f+b)/f grad"), the reference forward, ``torch.fft.fft`` of the same input, ``nn.Linear(n, n)``
+makes it contiguous -- and of a given contiguous gradient (column "(f+b)/f grad"; "frozen": the
+same with twiddles that need no gradient, whose backward is the input adjoint alone), the reference forward, ``torch.fft.fft`` of the same input, ``nn.Linear(n, n)``
 forward (skipped above ``n = 4096``: its weight alone is 1 GiB at 16384), the ``Butterfly`` layer of
 the optional package ``torch-structured`` (``pip install --no-deps torch-structured``; column
 "not installed" otherwise; ``n <= 4096``), and the backward's extra peak memory as a multiple of
@@ -68,8 +69,13 @@ def _butterfly_timings(n: int, batch: int, quick: bool) -> dict:
         tw.grad = xg.grad = None
         butterfly_multiply(tw, xg).backward(grad)
 
+    def forward_backward_frozen():
+        xg.grad = None
+        butterfly_multiply(twiddle, xg).backward(grad)
+
     both = time_call(forward_backward, repeat=repeat)
     both_given_grad = time_call(forward_backward_given_grad, repeat=repeat)
+    both_frozen = time_call(forward_backward_frozen, repeat=repeat)
     linear = packaged = None
     if n <= LINEAR_MAX:
         linear = time_forward(torch.nn.Linear(n, n), x, repeat=repeat)
@@ -87,6 +93,7 @@ def _butterfly_timings(n: int, batch: int, quick: bool) -> dict:
         "speedup_vs_torch_structured": None if packaged is None else packaged / forward,
         "fwd_bwd_over_fwd": both / forward,
         "fwd_bwd_given_grad_ms": 1e3 * both_given_grad, "fwd_bwd_given_grad_over_fwd": both_given_grad / forward,
+        "fwd_bwd_frozen_over_fwd": both_frozen / forward,
         "backward_extra_memory_x_input": backward_extra_bytes(twiddle, x[:, None]) / (x.numel() * x.element_size()),
     }
 
@@ -115,19 +122,20 @@ def _complex_timings(n: int, batch: int, quick: bool) -> dict:
     }
 
 
-def run(console: Console | None = None, quick: bool = False) -> list[dict]:
-    """Measure the table and print it; returns the rows."""
+def run(console: Console | None = None, quick: bool = False, sizes: list[int] | None = None, batches: list[int] | None = None) -> list[dict]:
+    """Measure the tables and print them; returns the rows (float32, then complex64 at the largest
+    batch)."""
     console = console or Console()
-    sizes = [256, 1024] if quick else [256, 1024, 4096, 16384]
-    batches = [1, 256] if quick else [1, 64, 256]
+    sizes = sizes or ([256, 1024] if quick else [256, 1024, 4096, 16384])
+    batches = batches or ([1, 256] if quick else [1, 64, 256])
     rows = []
     with console.status("butterfly benchmark"):
         for batch in batches:
             for n in sizes:
                 rows.append(_butterfly_timings(n, batch, quick))
-        complex_rows = [_complex_timings(n, 256, quick) for n in sizes]
+        complex_rows = [_complex_timings(n, max(batches), quick) for n in sizes]
     table = Table(title="butterfly forward (float32, fused CPU kernel) vs reference, torch.fft.fft, nn.Linear")
-    for column in ["B", "n", "fwd ms", "GFLOP/s", "fwd+bwd ms", "(f+b)/f", "(f+b)/f grad", "ref ms", "× ref", "fft ms", "/fft", "Linear ms", "× Linear", "torch-structured ms", "× t-s", "bwd mem ×x"]:
+    for column in ["B", "n", "fwd ms", "GFLOP/s", "fwd+bwd ms", "(f+b)/f", "(f+b)/f grad", "frozen", "ref ms", "× ref", "fft ms", "/fft", "Linear ms", "× Linear", "torch-structured ms", "× t-s", "bwd mem ×x"]:
         table.add_column(column, justify="right")
     installed = _packaged_butterfly(2) is not None
     fmt = lambda v, spec=".3g": "—" if v is None else format(v, spec)  # noqa: E731
@@ -135,7 +143,8 @@ def run(console: Console | None = None, quick: bool = False) -> list[dict]:
     for r in rows:
         table.add_row(
             str(r["batch"]), str(r["n"]), fmt(r["forward_ms"]), fmt(r["gflops"], ".1f"), fmt(r["fwd_bwd_ms"]),
-            fmt(r["fwd_bwd_over_fwd"], ".2f"), fmt(r["fwd_bwd_given_grad_over_fwd"], ".2f"), fmt(r["reference_ms"]), fmt(r["speedup_vs_reference"], ".1f"),
+            fmt(r["fwd_bwd_over_fwd"], ".2f"), fmt(r["fwd_bwd_given_grad_over_fwd"], ".2f"), fmt(r["fwd_bwd_frozen_over_fwd"], ".2f"),
+            fmt(r["reference_ms"]), fmt(r["speedup_vs_reference"], ".1f"),
             fmt(r["fft_ms"]), fmt(r["ratio_vs_fft"], ".2f"), fmt(r["linear_ms"]), fmt(r["speedup_vs_linear"], ".1f"),
             packaged(r["torch_structured_ms"], ".3g"), packaged(r["speedup_vs_torch_structured"], ".1f"),
             fmt(r["backward_extra_memory_x_input"], ".2f"),
