@@ -205,15 +205,16 @@ def test_frozen_twiddles_take_the_transposed_forward_for_the_input_gradient(dtyp
 
     monkeypatch.setitem(FUSED_BACKENDS, "cpu", (forward, no_backward))
     tol = 1e-10 if dtype in (torch.float64, torch.complex128) else 1e-5
-    for op in (butterfly_multiply, butterfly_multiply_transpose):
-        for stacks, blocks, stacks_in, n, batch in [(1, 1, 1, 8, 5), (2, 2, 1, 64, 37), (3, 1, 3, 256, 20)]:
+    for op in (butterfly_multiply, butterfly_multiply_transpose, butterfly_multiply_adjoint):
+        for stacks, blocks, stacks_in, n, batch in [(1, 1, 1, 8, 5), (2, 2, 1, 64, 37), (3, 1, 3, 256, 20), (1, 1, 0, 64, 9)]:
             tw = random_twiddle(stacks, blocks, n, dtype)
-            x = torch.randn(batch, stacks_in, n, dtype=dtype).requires_grad_(True)
+            x = torch.randn(batch, *([stacks_in] if stacks_in else []), n, dtype=dtype).requires_grad_(True)  # 0: (B, N)
             g = torch.randn(batch, stacks, n, dtype=dtype)
-            (grad_x,) = torch.autograd.grad(op(tw, x, False), x, g)
-            with use_reference():
-                (ref,) = torch.autograd.grad(op(tw, x, False), x, g)
-            assert rel_error(grad_x, ref) <= tol
+            for loss in (lambda y: (y * g).real.sum(), lambda y: y.real.sum()):  # the latter: a broadcast gradient
+                (grad_x,) = torch.autograd.grad(loss(op(tw, x, False)), x)
+                with use_reference():
+                    (ref,) = torch.autograd.grad(loss(op(tw, x, False)), x)
+                assert rel_error(grad_x, ref) <= tol
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
@@ -603,6 +604,9 @@ def test_row_backward_drops_workers_to_stay_within_the_memory_cap(monkeypatch):
             assert butterfly_cpu.backward_extra_bytes(twiddle, x) <= butterfly_cpu.BACKWARD_EXTRA_X_INPUT * x.numel() * x.element_size()
     small = torch.empty(32, 1, 1024, device="meta")
     assert butterfly_cpu._backward_rows_launch(1024, 1, True, False, torch.float32, 1, 1, 32, 2)[3][-1] == 4
+    # small N: below the forward's block (32 rows at n = 256) workers are dropped first
+    launch = butterfly_cpu._backward_rows_launch(256, 1, True, False, torch.float32, 1, 1, 64, 2)
+    assert (launch[1][1][0], launch[3][-1]) == (1, 32)
     assert butterfly_cpu.backward_extra_bytes(torch.empty(1, 1, 10, 512, 2, 2, device="meta"), small) <= 3 * small.numel() * small.element_size()
 
 

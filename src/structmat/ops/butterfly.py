@@ -227,6 +227,9 @@ def _backward(ctx, grad):
     with torch.no_grad():  # first-order gradients (the backward op has no derivative of its own)
         if _plain_eager(twiddle, x, grad):
             if not getattr(ctx, "needs_input_grad", (True,))[0]:  # frozen twiddles: the adjoint only
+                if grad.shape[0] > 1 and grad.stride(0) == 0:  # broadcast over the batch: one row
+                    one = _input_adjoint(twiddle, x, grad[:1], ctx.increasing_stride, ctx.transpose)
+                    return None, one.expand(x.shape[0], -1, -1), None, None
                 return None, _input_adjoint(twiddle, x, grad, ctx.increasing_stride, ctx.transpose), None, None
             _, backward = _fused(x.device)
             grads = backward(twiddle.contiguous(), x.contiguous(), _backend_grad(grad), ctx.increasing_stride, ctx.transpose)

@@ -360,7 +360,9 @@ def _plane_copy_numba(blocks, plane, to_planar):
 
     def block_planar(blocks, plane, to_planar):
         units = plane.view(real)
-        for c in range(plane.shape[0] // t):  # T pairs: T real parts, then T imaginary parts
+        # T pairs: T real parts, then T imaginary parts (planes exist for strides >= T only, so
+        # N / 2 is a multiple of T)
+        for c in range(plane.shape[0] // t):
             for i in range(t):
                 p, u = c * t + i, 2 * c * t + i
                 if to_planar:
@@ -832,7 +834,10 @@ ROWS_BLOCK_MIN, ROWS_BLOCK_MAX = 4, 256
 #: updates the worker's twiddle-gradient partials once per step, which at large N costs more than
 #: the block's rows missing the level-1 cache (batch 256, two threads: n = 4096 float32, 8 rows
 #: 1.26 ms, 4 rows 1.45 ms; complex64 3.6 against 4.0 ms; n = 16384 float32 8.9 against 8.6 ms).
-#: Under the memory cap blocks shrink back to :data:`ROWS_BLOCK_MIN` before workers are dropped
+#: Under the memory cap blocks shrink back to the forward's block (:func:`_rows_block`) before
+#: workers are dropped, and below it only after: at small N one worker with long blocks beats two
+#: with short ones (n = 256, batch 64, two threads: 1 worker x 32 rows 30-48 us, 2 x 16 rows 64-67
+#: us; n = 512: 1 x 16 rows 53-80 us, 2 x 8 rows 86 us)
 ROWS_BACKWARD_BLOCK_MIN = 8
 #: the row-layout backward for real dtypes from ``N >= ROWS_BACKWARD_MIN_VECTORS * T`` on; below,
 #: its per-block set-up costs more than the transpositions it saves (n = 64, float32, batch 256: 25
@@ -968,7 +973,8 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
     """``(kernel, shapes of planar / parts / planar parts / scratch, NumPy dtype, trailing
     arguments)`` of the row-layout backward (:func:`_backward_rows`), or ``None`` where the row
     layout does not apply or does not pay (:data:`ROWS_BACKWARD_MIN_VECTORS`). Blocks are halved
-    down to :data:`ROWS_BLOCK_MIN` rows, then workers dropped, then blocks halved down to one row,
+    down to the forward's block (:func:`_rows_block`), then workers dropped, then blocks halved down
+    to one row,
     while the workers' block buffers and twiddle-gradient
     partials would take the backward beyond :data:`BACKWARD_EXTRA_X_INPUT` times the input. Small
     batches whose input is not much larger than the twiddle can still exceed it: the twiddle
