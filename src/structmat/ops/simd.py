@@ -371,6 +371,18 @@ def _low_coefficients(lanes, twiddle, base, h, flip):
     return a, b, entries[False][2], entries[True][2]
 
 
+def _run_levels(lanes, twiddle, offset, level_stride, strides, flip):
+    """Per factor of a run of small strides (application order; factor ``j``'s blocks at ``offset
+    + j level_stride``): ``(lane permutation, A, B, to_entries, to_entries_transposed)``
+    (:func:`_low_coefficients`)."""
+    builder, i64 = lanes.builder, ir.IntType(64)
+    levels = []
+    for j, h in enumerate(strides):
+        base = builder.add(offset, builder.mul(level_stride, ir.Constant(i64, j)))
+        levels.append((_mask([lane ^ h for lane in range(lanes.T)]), *_low_coefficients(lanes, twiddle, base, h, flip)))
+    return levels
+
+
 def _add_low_gradient(lanes, grad, base, sum_a, sum_b, flip, to_entries, to_entries_t):
     """Adds the lane sums ``(Ā, B̄)`` of one factor back to the ``2 T`` block entries at ``base``
     (the twiddle's layout, interleaved for complex dtypes)."""
@@ -402,7 +414,6 @@ def rows_low_levels(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
     sig = types.void(src, src_offset, src_stride, dst, dst_offset, dst_stride, rows, twiddle, twiddle_offset, level_stride, increasing, transposed)
 
     def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
         lanes = _Lanes(builder, dtype)
         src_p, src_off, src_str, dst_p, dst_off, dst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 3, 4, 5, 6))
         tw = lanes.pointer(context, signature, args, 7)
@@ -411,13 +422,10 @@ def rows_low_levels(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
         flip = context.cast(builder, args[11], signature.args[11], types.boolean)
 
         def apply(strides):
-            coefficients = []
-            for j, h in enumerate(strides):
-                base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, j)))
-                coefficients.append((_mask([lane ^ h for lane in range(lanes.T)]), *_low_coefficients(lanes, tw, base, h, flip)[:2]))
+            levels = _run_levels(lanes, tw, tw_off, lvl_str, strides, flip)
             with cgutils.for_range(builder, n_rows) as loop:
                 x = lanes.load(src_p, _row_start(builder, src_off, src_str, loop.index))
-                for permutation, a, b in coefficients:
+                for permutation, a, b, *_ in levels:
                     x = lanes.add(lanes.mul(a, x), lanes.mul(b, lanes.shuffle(x, permutation)))
                 lanes.store(x, dst_p, _row_start(builder, dst_off, dst_str, loop.index))
 
@@ -572,12 +580,7 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
         flip = context.cast(builder, args[17], signature.args[17], types.boolean)
 
         def apply(strides):
-            levels_ = []
-            for j, h in enumerate(strides):
-                base = builder.add(tw_off, builder.mul(lvl_str, ir.Constant(i64, j)))
-                a, b, inverse, inverse_t = _low_coefficients(lanes, tw, base, h, flip)
-                permutation = _mask([lane ^ h for lane in range(lanes.T)])
-                levels_.append((permutation, a, b, builder.add(grad_off, builder.mul(grad_str, ir.Constant(i64, j))), inverse, inverse_t))
+            levels_ = _run_levels(lanes, tw, tw_off, lvl_str, strides, flip)
 
             def body(row, sums):
                 x = [lanes.load(act_p, _row_start(builder, act_off, act_str, row))]
@@ -595,7 +598,8 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
                 return sums
 
             sums = _accumulating_loop(lanes, n_rows, lanes.zeros(2 * len(levels_)), body)
-            for j, (_, _, _, base, inverse, inverse_t) in enumerate(levels_):
+            for j, (_, _, _, inverse, inverse_t) in enumerate(levels_):
+                base = builder.add(grad_off, builder.mul(grad_str, ir.Constant(i64, j)))
                 _add_low_gradient(lanes, grad_p, base, sums[2 * j], sums[2 * j + 1], flip, inverse, inverse_t)
 
         _in_run_order(builder, rising, lanes.T, apply)
