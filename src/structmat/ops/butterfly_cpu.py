@@ -526,7 +526,8 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
                 x0, x0_off, x0_str = x_flat, x_off, x_str
                 if complex_:
                     x0, x0_off, x0_str = scratch[worker, x_buffer], 0, n
-                    rows_planar(x_flat, x_off, x_str, x0, 0, n, rows, n, True)
+                    if s == 0 or not shared:  # stacks sharing one input row convert it once
+                        rows_planar(x_flat, x_off, x_str, x0, 0, n, rows, n, True)
                 for k in range(steps - 1):  # act[k + 1] = step k (act[k]), act[0] = x
                     step = (rows, n // 2, kinds[k], h1s[k], h2s[k], positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, transposed)
                     if k == 0:
