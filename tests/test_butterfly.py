@@ -287,7 +287,7 @@ def test_fused_cpu_many_chunks_per_worker_and_reused_workspace(dtype, monkeypatc
     workspace."""
     from structmat.ops import butterfly_cpu
 
-    for name, value in [("CHUNK_BYTES", 1), ("MIN_CHUNK", 8), ("BACKWARD_CHUNK_BYTES", 1), ("MIN_BACKWARD_CHUNK", 8), ("ROWS_BLOCK_BYTES", 1), ("ROWS_BACKWARD_BLOCK_MIN", 4)]:
+    for name, value in [("CHUNK_BYTES", 1), ("MIN_CHUNK", 8), ("BACKWARD_CHUNK_BYTES", 1), ("MIN_BACKWARD_CHUNK", 8), ("ROWS_BLOCK_BYTES", 1), ("ROWS_BACKWARD_BLOCK_BYTES", 1), ("ROWS_BACKWARD_BLOCK_MIN", 4)]:
         monkeypatch.setattr(butterfly_cpu, name, value)
     # the patched sizes reach the (cached) row-layout plans: blocks of 4 rows
     assert butterfly_cpu._backward_rows_launch(64, 1, True, False, dtype, 2, 1, 61, 2)[3][-1] == butterfly_cpu.ROWS_BLOCK_MIN

@@ -17,6 +17,7 @@ from structmat.ops.simd import (
     rows_planar,
     rows_radix4,
     rows_radix4_backward,
+    rows_radix4_project,
     row_lanes,
     tile_size,
     transpose_tile,
@@ -255,6 +256,11 @@ def _radix4_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, h1, h2, plan
 
 
 @njit
+def _radix4_project(planar, grad_planar, half, a, b, c, d):
+    rows_radix4_project(planar, grad_planar, half, a, b, c, d)
+
+
+@njit
 def _radix2_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, h, planar, half, a, grad_planar):
     rows_radix2_backward(act, ao, ast, gs, go, gst, gd, gdo, gds, rows, h, planar, half, a, grad_planar)
 
@@ -309,9 +315,14 @@ def test_rows_radix4_and_radix2_backward_match_autograd(dtype):
     g_wide = torch.tensor(g.astype(_wide(dtype)))
     for h1, h2 in [(t, 2 * t), (2 * t, t), (t, 4 * t)]:
         grad_planar, adjoint = np.zeros_like(planar), _block_planar(g).ravel()
-        for f in range(0, n, t):
-            if not (f & h1 or f & h2):  # in place: the adjoint overwrites the output adjoint
-                _radix4_backward(_block_planar(x).ravel(), f, n, adjoint, f, n, adjoint, f, n, rows, h1, h2, planar, half, _pair(f, h1), _pair(f + h2, h1), 4 * half + _pair(f, h2), 4 * half + _pair(f + h1, h2), grad_planar)
+        positions = [(f, _pair(f, h1), _pair(f + h2, h1), 4 * half + _pair(f, h2), 4 * half + _pair(f + h1, h2)) for f in range(0, n, t) if not (f & h1 or f & h2)]
+        for _ in range(2):  # two calls (blocks) add up their matrix gradients before the projection
+            adjoint = _block_planar(g).ravel()
+            for f, *sets in positions:  # in place: the adjoint overwrites the output adjoint
+                _radix4_backward(_block_planar(x).ravel(), f, n, adjoint, f, n, adjoint, f, n, rows, h1, h2, planar, half, *sets, grad_planar)
+        grad_planar /= 2
+        for f, *sets in positions:
+            _radix4_project(planar, grad_planar, half, *sets)
         xt, t1, t2 = _as_torch(x), _as_torch(tws[0]), _as_torch(tws[1])
         _factor_torch(_factor_torch(xt, t1, h1), t2, h2).backward(g_wide)
         np.testing.assert_allclose(_block_planar(adjoint.reshape(rows, n), to_planar=False), xt.grad.numpy(), rtol=tol, atol=tol)

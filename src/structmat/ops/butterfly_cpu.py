@@ -71,6 +71,7 @@ from .simd import (
     rows_radix2_backward,
     rows_radix4,
     rows_radix4_backward,
+    rows_radix4_project,
     transpose_tile,
 )
 
@@ -474,23 +475,28 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, position
 
 
 def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, offsets, slots, low_slots, transposed, block_rows):
-    """The row-layout backward: per block of ``block_rows`` rows and stack, the
-    inputs of steps ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a few
-    blocks of ``rows x N``, flat: all of them fit, whatever the batch), then the steps are walked back
-    (:func:`_rows_step_backward`), the adjoint in place in ``grad_x``'s rows (with several stacks
-    sharing one input row, in ``scratch[w, steps - 1]``, then added); ``grad`` of one row stands
-    for every row (a broadcast gradient, e.g. ``sum()``'s). Complex rows (:func:`_is_complex`) run
-    block-planar (:func:`rows_planar`): the block's input in the last scratch buffer, the output
-    adjoint converted into the adjoint's rows, which are interleaved again at the end.
+    """The row-layout backward: per block of ``block_rows`` rows and stack, the inputs of steps
+    ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a block of rows each, flat,
+    rows ``pitch = N + one cache line`` apart so that no two rows of a block share their level-1
+    cache sets), then the steps are walked back (:func:`_rows_step_backward`): step ``k``'s input
+    adjoint overwrites its input in ``scratch[w, k - 1]``, where step ``k - 1`` reads it, and step
+    0's goes straight into ``grad_x``'s rows (with several stacks sharing one input row, or complex
+    rows, it stays in place and is added or converted there). ``grad`` of one row stands for every
+    row (a broadcast gradient, e.g. ``sum()``'s). Complex rows (:func:`_is_complex`) run
+    block-planar (:func:`rows_planar`): the block's input in ``scratch[w, x_buffer]``, the output
+    adjoint converted into the adjoint's rows (stacks sharing one input row: into
+    ``scratch[w, steps - 1]``) and interleaved again at the end.
 
     Worker ``w`` adds its twiddle gradients to ``parts[w]`` (the runs of small strides, ``(S, low
     slots · N/2 · 4)``) and to planar partials (the other factors, laid out as ``planar``):
     worker 0 in ``grad_tw``'s own memory (its first ``slots · N/2 · 4`` elements per stack),
-    worker ``w > 0`` in ``planar_parts[w - 1]``. At the end the planar sums move to ``planar``
-    (the coefficients are no longer needed) and everything is added into ``grad_tw`` in the
-    twiddle's layout: beyond ``grad_tw``, every worker takes the runs' gradients (``log2 T / log2
-    N`` of a twiddle) and every further worker the planar partials (the rest of one). Tensors
-    arrive as ``(address, shape)``."""
+    worker ``w > 0`` in ``planar_parts[w - 1]``. Radix-4 steps add their 4 x 4 matrix gradients
+    there instead of the coefficients' (:func:`rows_radix4_backward`); once the workers' partials
+    are summed, :func:`rows_radix4_project` turns them into coefficient gradients. At the end the
+    planar sums move to ``planar`` (the coefficients are no longer needed) and everything is added
+    into ``grad_tw`` in the twiddle's layout: beyond ``grad_tw``, every worker takes the runs'
+    gradients (``log2 T / log2 N`` of a twiddle) and every further worker the planar partials (the
+    rest of one). Tensors arrive as ``(address, shape)``."""
     tw, x, grad = array_at(tw_at, planar), array_at(x_at, planar), array_at(grad_at, planar)
     grad_tw, grad_x = array_at(grad_tw_at, planar), array_at(grad_x_at, planar)
     complex_ = _is_complex(planar)
@@ -503,7 +509,10 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
     _planar_copy(tw_flat, planar, offsets, slots, transposed, True)
     x_flat, grad_flat, grad_x_flat = x.reshape(x.size), grad.reshape(grad.size), grad_x.reshape(grad_x.size)
     shared = stacks_in == 1 and stacks > 1
-    x_buffer = steps - 1 + (1 if shared else 0)  # complex: the block's input, block-planar
+    pitch = scratch.shape[2] // block_rows  # the block buffers' row stride: N and one cache line
+    top_buffer = steps - 1  # complex, stacks sharing one input row: the output adjoint, block-planar
+    x_buffer = steps - 1 + (1 if shared and complex_ else 0)  # complex: the block's input, block-planar
+    direct = not (complex_ or shared)  # the first step's adjoint goes straight into grad_x's rows
     grad_tw_flat = grad_tw.reshape(stacks, grad_tw.size // stacks)
     planar_size = planar[0].size  # per stack
     for worker in prange(workers):
@@ -525,50 +534,71 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
                 x_off, x_str = _input_rows(row0, s, stacks_in, n)
                 x0, x0_off, x0_str = x_flat, x_off, x_str
                 if complex_:
-                    x0, x0_off, x0_str = scratch[worker, x_buffer], 0, n
+                    x0, x0_off, x0_str = scratch[worker, x_buffer], 0, pitch
                     if s == 0 or not shared:  # stacks sharing one input row convert it once
-                        rows_planar(x_flat, x_off, x_str, x0, 0, n, rows, n, True)
-                for k in range(steps - 1):  # act[k + 1] = step k (act[k]), act[0] = x
+                        rows_planar(x_flat, x_off, x_str, x0, 0, pitch, rows, n, True)
+                for k in range(steps - 1):  # act[k + 1] = step k (act[k]) in scratch[k], act[0] = x
                     step = (rows, n // 2, kinds[k], h1s[k], h2s[k], positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, transposed)
                     if k == 0:
-                        _rows_step(x0, x0_off, x0_str, scratch[worker, k], 0, n, *step)
+                        _rows_step(x0, x0_off, x0_str, scratch[worker, k], 0, pitch, *step)
                     else:
-                        _rows_step(scratch[worker, k - 1], 0, n, scratch[worker, k], 0, n, *step)
-                if shared:
-                    g, g_off, g_str = scratch[worker, steps - 1], 0, n
-                else:
-                    g, g_off, g_str = grad_x_flat, x_off, x_str
+                        _rows_step(scratch[worker, k - 1], 0, pitch, scratch[worker, k], 0, pitch, *step)
                 top, top_off, top_str = grad_flat, row0 * grad_rows + s * n, grad_rows
                 if complex_:
-                    rows_planar(grad_flat, top_off, top_str, g, g_off, g_str, rows, n, True)
-                    top, top_off, top_str = g, g_off, g_str
-                for k in range(steps - 1, -1, -1):
-                    if k == 0:
-                        act, act_off, act_str = x0, x0_off, x0_str
+                    if shared:
+                        planar_top, planar_off, planar_str = scratch[worker, top_buffer], 0, pitch
                     else:
-                        act, act_off, act_str = scratch[worker, k - 1], 0, n
+                        planar_top, planar_off, planar_str = grad_x_flat, x_off, x_str
+                    rows_planar(grad_flat, top_off, top_str, planar_top, planar_off, planar_str, rows, n, True)
+                    top, top_off, top_str = planar_top, planar_off, planar_str
+                # step k's input adjoint overwrites its input act[k] (each row's vectors are read
+                # before they are written), where step k - 1 reads it; step 0's goes to grad_x's
+                # rows, else it stays in place
+                for k in range(steps - 1, -1, -1):
                     if k == steps - 1:
                         gsrc, gsrc_off, gsrc_str = top, top_off, top_str
                     else:
-                        gsrc, gsrc_off, gsrc_str = g, g_off, g_str
+                        gsrc, gsrc_off, gsrc_str = scratch[worker, k], 0, pitch
+                    if k > 0:
+                        act, act_off, act_str = scratch[worker, k - 1], 0, pitch
+                        gdst, gdst_off, gdst_str = act, act_off, act_str
+                    else:
+                        act, act_off, act_str = x0, x0_off, x0_str
+                        if direct:
+                            gdst, gdst_off, gdst_str = grad_x_flat, x_off, x_str
+                        else:
+                            gdst, gdst_off, gdst_str = gsrc, gsrc_off, gsrc_str
                     _rows_step_backward(
-                        act, act_off, act_str, gsrc, gsrc_off, gsrc_str, g, g_off, g_str, rows, n // 2, kinds[k], h1s[k], h2s[k],
+                        act, act_off, act_str, gsrc, gsrc_off, gsrc_str, gdst, gdst_off, gdst_str, rows, n // 2, kinds[k], h1s[k], h2s[k],
                         positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, grad_s, grad_planar_s, transposed,
                     )
+                if steps > 1:
+                    g, g_off, g_str = scratch[worker, 0], 0, pitch
+                else:
+                    g, g_off, g_str = top, top_off, top_str
                 if complex_:
-                    rows_planar(g, g_off, g_str, g, g_off, g_str, rows, n, False)
+                    if shared:
+                        rows_planar(g, g_off, g_str, g, g_off, g_str, rows, n, False)
+                    else:
+                        rows_planar(g, g_off, g_str, grad_x_flat, x_off, x_str, rows, n, False)
                 if shared:
                     for r in range(rows):
                         target = grad_x_flat[(row0 + r) * n : (row0 + r + 1) * n]
-                        source = g[r * n : (r + 1) * n]
+                        source = g[g_off + r * g_str : g_off + r * g_str + n]
                         if s == 0:
                             target[:] = source
                         else:
                             target += source
     for s in range(stacks):
+        sums = grad_tw_flat[s, :planar_size]
         for worker in range(1, workers):
-            grad_tw_flat[s, :planar_size] += planar_parts[worker - 1, s].reshape(planar_size)
-        planar[s].reshape(planar_size)[:] = grad_tw_flat[s, :planar_size]
+            sums += planar_parts[worker - 1, s].reshape(planar_size)
+        planar_s = planar[s].reshape(planar_size)
+        for k in range(steps):  # radix-4 steps summed their matrix gradients: to the coefficients'
+            if kinds[k] == 1:
+                for q in range(starts[k], starts[k + 1]):
+                    rows_radix4_project(planar_s, sums, n // 2, positions[q, 1], positions[q, 2], positions[q, 3], positions[q, 4])
+        planar_s[:] = sums
     grad_tw_flat[:] = 0
     _planar_copy(grad_tw_flat, planar, offsets, slots, transposed, False)
     block_size = n // 2 * 4
@@ -831,14 +861,17 @@ ROWS_BLOCK_BYTES = 32 << 10
 #: 73 us; n = 16384: 4 rows 1.8 ms, 8 rows 3.0 ms); small N gets long blocks (n = 16, batch 256,
 #: backward: 16 rows 21 us, 256 rows 16 us)
 ROWS_BLOCK_MIN, ROWS_BLOCK_MAX = 4, 256
-#: fewest rows per block of the row-layout backward: a block streams the coefficients and
-#: updates the worker's twiddle-gradient partials once per step, which at large N costs more than
-#: the block's rows missing the level-1 cache (batch 256, two threads: n = 4096 float32, 8 rows
-#: 1.26 ms, 4 rows 1.45 ms; complex64 3.6 against 4.0 ms; n = 16384 float32 8.9 against 8.6 ms).
-#: Under the memory cap blocks shrink back to the forward's block (:func:`_rows_block`) before
-#: workers are dropped, and below it only after: at small N one worker with long blocks beats two
-#: with short ones (n = 256, batch 64, two threads: 1 worker x 32 rows 30-48 us, 2 x 16 rows 64-67
-#: us; n = 512: 1 x 16 rows 53-80 us, 2 x 8 rows 86 us)
+#: bytes of one row block of the row-layout backward, and its fewest rows. A block streams the
+#: coefficients and updates the worker's twiddle-gradient partials once per step, so longer blocks
+#: pay; its buffers' rows are one cache line longer than ``N`` (no 4 KiB set aliasing), so they
+#: may outgrow the level-1 cache into level 2 (batch 256, two threads, after the padding: n = 1024
+#: float32, 8 rows 0.17-0.18 ms, 32 rows 0.14-0.16; n = 4096, 8 rows 0.94-1.05, 16 rows 0.82-0.89;
+#: n = 16384, 8 rows 6.7-7.6, 16 rows 7.2-8.0). Under the memory cap blocks shrink back to the
+#: forward's block (:func:`_rows_block`) before workers are dropped, and below it only after: at
+#: small N one worker with long blocks beats two with short ones (n = 256, batch 64, two threads:
+#: 1 worker x 32 rows 30-48 us, 2 x 16 rows 64-67 us; n = 512: 1 x 16 rows 53-80 us, 2 x 8 rows 86
+#: us)
+ROWS_BACKWARD_BLOCK_BYTES = 128 << 10
 ROWS_BACKWARD_BLOCK_MIN = 8
 #: the row-layout backward for real dtypes from ``N >= ROWS_BACKWARD_MIN_VECTORS * T`` on; below,
 #: its per-block set-up costs more than the transpositions it saves (n = 64, float32, batch 256: 25
@@ -962,11 +995,12 @@ def backward_extra_bytes(twiddle: torch.Tensor, x: torch.Tensor, increasing_stri
     return (x.numel() + scratch + workers * twiddle.numel()) * x.element_size()
 
 
-def _rows_block(n: int, dtype: np.dtype, minimum: int | None = None) -> int:
-    """Rows per block of the row-layout kernels (:data:`ROWS_BLOCK_BYTES`, at least ``minimum``,
-    default :data:`ROWS_BLOCK_MIN`)."""
+def _rows_block(n: int, dtype: np.dtype, minimum: int | None = None, budget: int | None = None) -> int:
+    """Rows per block of the row-layout kernels: ``budget`` bytes (default :data:`ROWS_BLOCK_BYTES`),
+    at least ``minimum`` (default :data:`ROWS_BLOCK_MIN`) and at most :data:`ROWS_BLOCK_MAX` rows."""
     minimum = ROWS_BLOCK_MIN if minimum is None else minimum
-    return min(ROWS_BLOCK_MAX, max(minimum, ROWS_BLOCK_BYTES // (n * dtype.itemsize)))
+    budget = ROWS_BLOCK_BYTES if budget is None else budget
+    return min(ROWS_BLOCK_MAX, max(minimum, budget // (n * dtype.itemsize)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -988,16 +1022,18 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
         return None
     kinds, h1s, h2s, starts, positions, _, offsets, slot_of, low_slot_of, slots, low_slots = plan
     arrays = (kinds, h1s, h2s, starts, positions, offsets, slot_of, low_slot_of)
-    block = _rows_block(n, np_dtype, ROWS_BACKWARD_BLOCK_MIN)
+    block = _rows_block(n, np_dtype, ROWS_BACKWARD_BLOCK_MIN, ROWS_BACKWARD_BLOCK_BYTES)
     steps = len(kinds)
-    buffers = max(1, steps - 1 + (1 if stacks_in == 1 and stacks > 1 else 0) + (1 if complex_ else 0))
+    # step inputs; complex: the block's input and, with stacks sharing one input row, the output adjoint
+    buffers = max(1, steps - 1 + ((2 if stacks_in == 1 and stacks > 1 else 1) if complex_ else 0))
+    pitch = n + ALIGNMENT // np_dtype.itemsize  # rows one cache line apart beyond N: no 4 KiB aliasing
     per_stack = max(1, low_slots) * n // 2 * 4
     planar = (stacks, max(1, slots), 4, n // 2)
     cap = (BACKWARD_EXTRA_X_INPUT - 1) * batch * stacks_in * n  # elements beyond the input gradient
     workers = max(1, min(threads, -(-batch // block)))
     shared = math.prod(planar) + stacks * n_blocks * (n.bit_length() - 1) * n // 2 * 4  # planar coefficients, twiddle gradient
     # worker 0's planar partials live in the twiddle gradient's memory
-    needed = lambda workers, block: workers * (buffers * block * n + stacks * per_stack) + (workers - 1) * math.prod(planar) + shared  # noqa: E731
+    needed = lambda workers, block: workers * (buffers * block * pitch + stacks * per_stack) + (workers - 1) * math.prod(planar) + shared  # noqa: E731
     while block > _rows_block(n, np_dtype) and needed(workers, block) > cap:  # the backward's longer blocks first
         block //= 2
     while workers > 1 and needed(workers, block) > cap:
@@ -1005,7 +1041,7 @@ def _backward_rows_launch(n: int, n_blocks: int, increasing_stride: bool, transp
     while block > 1 and needed(workers, block) > cap:  # small batches: fewer rows per block
         block //= 2
     kernel = _backward_rows_parallel if workers > 1 else _backward_rows_serial
-    shapes = (planar, (workers, stacks, per_stack), (workers - 1, *planar), (workers, buffers, block * n))
+    shapes = (planar, (workers, stacks, per_stack), (workers - 1, *planar), (workers, buffers, block * pitch))
     return kernel, shapes, np_dtype, (*arrays, bool(transpose), block)
 
 

@@ -518,9 +518,15 @@ def _backward_pair(lanes, coefficients, accumulators, low, high, g_low, g_high):
     """Adjoint of ``(y_lo, y_hi) = (a lo + b hi, c lo + d hi)``: adds ``(g_lo lo*, g_lo hi*, g_hi
     lo*, g_hi hi*)`` to ``accumulators`` (a list, updated; ``*`` conjugates) and returns ``(a* g_lo
     + c* g_hi, b* g_lo + d* g_hi)``."""
-    a, b, c, d = coefficients
     for e, (g, v) in enumerate(((g_low, low), (g_low, high), (g_high, low), (g_high, high))):
         accumulators[e] = lanes.add(accumulators[e], lanes.mul(g, v, conj_x=True))
+    return _adjoint_pair(lanes, coefficients, g_low, g_high)
+
+
+def _adjoint_pair(lanes, coefficients, g_low, g_high):
+    """The input adjoint of ``(y_lo, y_hi) = (a lo + b hi, c lo + d hi)``: ``(a* g_lo + c* g_hi,
+    b* g_lo + d* g_hi)``."""
+    a, b, c, d = coefficients
     return (
         lanes.add(lanes.mul(a, g_low, conj_a=True), lanes.mul(c, g_high, conj_a=True)),
         lanes.add(lanes.mul(b, g_low, conj_a=True), lanes.mul(d, g_high, conj_a=True)),
@@ -608,11 +614,25 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
     return sig, codegen
 
 
+def _radix4_entries(builder, half, sets):
+    """Offsets of the 16 planar entries of a radix-4 step's coefficient sets ``(s1a, s1b, s2a,
+    s2b)``: set ``k``, entry ``e`` at ``16``-index ``4 k + e``."""
+    i64 = ir.IntType(64)
+    return [builder.add(s, builder.mul(half, ir.Constant(i64, e))) for s in sets for e in range(4)]
+
+
 @intrinsic
 def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, h1, h2, planar, half, s1a, s1b, s2a, s2b, grad_planar):
     """Backward of :func:`rows_radix4` (same positions and coefficients): ``act`` the step's input,
-    ``gsrc`` its output adjoint, ``gdst`` receives the input adjoint; the coefficient gradients
-    are added to ``grad_planar`` at the coefficients' offsets (the same planar layout)."""
+    ``gsrc`` its output adjoint, ``gdst`` receives the input adjoint.
+
+    The step maps its four vectors by one 4 x 4 matrix ``M`` per lane, ``y = M x``, every entry a
+    product of one first-level and one second-level coefficient (SPEC.md §4.14). Instead of the
+    coefficient gradients (which need the intermediate level, recomputed in registers), the call
+    adds the step's *matrix* gradient ``M̄[r, c] = Σ_rows ȳ_r conj(x_c)`` to ``grad_planar`` at the
+    coefficients' 16 offsets (``M̄[r, c]`` at set ``r``, entry ``c``): 16 multiply-adds per row
+    instead of 16 plus the 8 of the recomputation. It is linear, so it is summed over blocks and
+    workers first and turned into the coefficient gradients once (:func:`rows_radix4_project`)."""
     dtype = _rows_dtype(act, gsrc, gdst, planar, grad_planar)
     if dtype is None:
         return None
@@ -631,25 +651,62 @@ def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
         def body(row, sums):
             act_row = _row_start(builder, act_off, act_str, row)
             x = [lanes.load(act_p, builder.add(act_row, o)) for o in offsets]
-            m = list(x)
-            m[0], m[1] = _pair_fma(lanes, coefficients[0], x[0], x[1])
-            m[2], m[3] = _pair_fma(lanes, coefficients[1], x[2], x[3])
             gsrc_row = _row_start(builder, gsrc_off, gsrc_str, row)
             g = [lanes.load(gsrc_p, builder.add(gsrc_row, o)) for o in offsets]
-            acc = [sums[4 * k : 4 * k + 4] for k in range(4)]
-            g[0], g[2] = _backward_pair(lanes, coefficients[2], acc[2], m[0], m[2], g[0], g[2])
-            g[1], g[3] = _backward_pair(lanes, coefficients[3], acc[3], m[1], m[3], g[1], g[3])
-            g[0], g[1] = _backward_pair(lanes, coefficients[0], acc[0], x[0], x[1], g[0], g[1])
-            g[2], g[3] = _backward_pair(lanes, coefficients[1], acc[1], x[2], x[3], g[2], g[3])
+            sums = [lanes.add(sums[4 * r + c], lanes.mul(g[r], x[c], conj_x=True)) for r in range(4) for c in range(4)]
+            g[0], g[2] = _adjoint_pair(lanes, coefficients[2], g[0], g[2])
+            g[1], g[3] = _adjoint_pair(lanes, coefficients[3], g[1], g[3])
+            g[0], g[1] = _adjoint_pair(lanes, coefficients[0], g[0], g[1])
+            g[2], g[3] = _adjoint_pair(lanes, coefficients[1], g[2], g[3])
             gdst_row = _row_start(builder, gdst_off, gdst_str, row)
             for value, o in zip(g, offsets):
                 lanes.store(value, gdst_p, builder.add(gdst_row, o))
-            return [v for group in acc for v in group]
+            return sums
 
         sums = _accumulating_loop(lanes, n_rows, lanes.zeros(16), body)
-        for k, s in enumerate(sets):
-            for e in range(4):
-                lanes.add_to(grad_p, builder.add(s, builder.mul(half_, ir.Constant(i64, e))), sums[4 * k + e])
+        for entry, value in zip(_radix4_entries(builder, half_, sets), sums):
+            lanes.add_to(grad_p, entry, value)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def rows_radix4_project(typingctx, planar, grad_planar, half, s1a, s1b, s2a, s2b):
+    """Turns the matrix gradient ``M̄`` of one radix-4 position that :func:`rows_radix4_backward`
+    left at the coefficients' offsets of ``grad_planar`` into the coefficient gradients, in place.
+
+    With the first level's pairs ``(a0 b0; c0 d0)``, ``(a1 b1; c1 d1)`` (sets ``s1a, s1b``) and the
+    second's ``(a2 b2; c2 d2)``, ``(a3 b3; c3 d3)`` (``s2a, s2b``), ``M[r, c] = P[r, c] Q[r, c]``
+    with ``P`` the second-level and ``Q`` the first-level factor of the entry; then ``P̄ = Σ M̄
+    conj(Q)`` and ``Q̄ = Σ conj(P) M̄`` over the entries each coefficient takes part in (two each),
+    e.g. ``ā2 = conj(a0) M̄00 + conj(b0) M̄01``, ``ā0 = conj(a2) M̄00 + conj(c2) M̄20``."""
+    dtype = _rows_dtype(planar, grad_planar)
+    if dtype is None:
+        return None
+    sig = types.void(planar, grad_planar, half, s1a, s1b, s2a, s2b)
+
+    def codegen(context, builder, signature, args):
+        lanes = _Lanes(builder, dtype)
+        tw, grad_p = lanes.pointer(context, signature, args, 0), lanes.pointer(context, signature, args, 1)
+        half_, *sets = _int64_args(context, builder, signature, args, (2, 3, 4, 5, 6))
+        entries = _radix4_entries(builder, half_, sets)
+        (a0, b0, c0, d0), (a1, b1, c1, d1), (a2, b2, c2, d2), (a3, b3, c3, d3) = (_planar_coefficients(lanes, tw, s, half_) for s in sets)
+        m = [lanes.load(grad_p, entry) for entry in entries]  # m[4 r + c] = M̄[r, c]
+
+        def dot(p, i, q, j):  # conj(p) M̄[i] + conj(q) M̄[j]
+            return lanes.add(lanes.mul(p, m[i], conj_a=True), lanes.mul(q, m[j], conj_a=True))
+
+        # rows of M: y0 = a2 m0 + b2 m2, y1 = a3 m1 + b3 m3, y2 = c2 m0 + d2 m2, y3 = c3 m1 + d3 m3,
+        # with m0 = a0 x0 + b0 x1, m1 = c0 x0 + d0 x1, m2 = a1 x2 + b1 x3, m3 = c1 x2 + d1 x3
+        grads = [
+            dot(a2, 0, c2, 8), dot(a2, 1, c2, 9), dot(a3, 4, c3, 12), dot(a3, 5, c3, 13),  # a0 b0 c0 d0
+            dot(b2, 2, d2, 10), dot(b2, 3, d2, 11), dot(b3, 6, d3, 14), dot(b3, 7, d3, 15),  # a1 b1 c1 d1
+            dot(a0, 0, b0, 1), dot(a1, 2, b1, 3), dot(a0, 8, b0, 9), dot(a1, 10, b1, 11),  # a2 b2 c2 d2
+            dot(c0, 4, d0, 5), dot(c1, 6, d1, 7), dot(c0, 12, d0, 13), dot(c1, 14, d1, 15),  # a3 b3 c3 d3
+        ]
+        for entry, value in zip(entries, grads):
+            lanes.store(value, grad_p, entry)
         return context.get_dummy_value()
 
     return sig, codegen
