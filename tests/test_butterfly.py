@@ -62,8 +62,9 @@ def test_fused_cpu_matches_reference(dtype, increasing_stride, transpose):
     # off the block grid leave partial blocks; the backward from N = T (complex) or 8 T (real) on
     # (N = 128, 256: several butterflies and stacks, one input row shared by two stacks). Smaller
     # N run the transposed layout, where batches and sizes off the register-tile grid exercise
-    # the element-by-element edges
-    cases = [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1), (2, 1, 1, 64, 50), (1, 1, 1, 128, 64), (2, 1, 1, 64, 40), (2, 3, 1, 128, 21), (3, 2, 3, 256, 9)]
+    # the element-by-element edges. (3, 1, 1, 16, 37) and (2, 2, 1, 8, 33): a one-step complex
+    # backward (N = T) whose stacks share one input row
+    cases = [(1, 1, 1, 16, 37), (3, 2, 3, 8, 5), (2, 3, 1, 32, 70), (1, 1, 1, 2, 1), (2, 1, 1, 64, 50), (1, 1, 1, 128, 64), (2, 1, 1, 64, 40), (2, 3, 1, 128, 21), (3, 2, 3, 256, 9), (3, 1, 1, 16, 37), (2, 2, 1, 8, 33)]
     for case in cases:
         _assert_fused_matches_reference(op, dtype, increasing_stride, *case, tol=tol)
 
@@ -608,6 +609,34 @@ def test_row_backward_drops_workers_to_stay_within_the_memory_cap(monkeypatch):
     launch = butterfly_cpu._backward_rows_launch(256, 1, True, False, torch.float32, 1, 1, 64, 2)
     assert (launch[1][1][0], launch[3][-1]) == (1, 32)
     assert butterfly_cpu.backward_extra_bytes(torch.empty(1, 1, 10, 512, 2, 2, device="meta"), small) <= 3 * small.numel() * small.element_size()
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_row_backward_leaves_its_inputs_alone(dtype, broadcast, monkeypatch, fresh_launch_caches):
+    """The row backward writes only its results: not ``x``, ``twiddle`` or the output gradient (the
+    walk back overwrites its own buffers), also where the real row layout runs one step (N = T,
+    reachable with ``ROWS_BACKWARD_MIN_VECTORS`` patched to 1) for stacks sharing one input row
+    and a gradient broadcast over the batch; and it matches the reference there."""
+    from structmat.ops import butterfly_cpu
+
+    monkeypatch.setattr(butterfly_cpu, "ROWS_BACKWARD_MIN_VECTORS", 1)
+    _, backward = FUSED_BACKENDS["cpu"]
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for n, stacks, stacks_in in [(16, 3, 1), (16, 2, 2), (256, 2, 1)]:
+        assert butterfly_cpu._backward_rows_launch(n, 1, True, False, dtype, stacks, stacks_in, 40, 2) is not None
+        tw = random_twiddle(stacks, 1, n, dtype)
+        x = torch.randn(40, stacks_in, n, dtype=dtype)
+        g = torch.randn(1 if broadcast else 40, stacks, n, dtype=dtype).expand(40, -1, -1)
+        copies = [t.clone() for t in (tw, x, g)]
+        grad_tw, grad_x = backward(tw, x, g, True, False)
+        for t, copy in zip((tw, x, g), copies):
+            assert torch.equal(t, copy)
+        twr, xr = tw.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        with use_reference():
+            ref = torch.autograd.grad(butterfly_multiply(twr, xr), (twr, xr), g)
+        assert rel_error(grad_tw, ref[0]) <= tol and rel_error(grad_x, ref[1]) <= tol
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])

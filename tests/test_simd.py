@@ -272,10 +272,11 @@ def _as_torch(a):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("increasing", [True, False])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_rows_low_levels_backward_matches_autograd(dtype, increasing, transposed):
+@pytest.mark.parametrize("over_input", [False, True])
+def test_rows_low_levels_backward_matches_autograd(dtype, increasing, transposed, over_input):
     """Input adjoint and block gradients of the small strides on the block at f0 of 3 rows
     against torch autograd (float64 / complex128: torch's conjugate convention) of the same
-    factors."""
+    factors; ``over_input``: the adjoint overwrites the step input (the row backward's walk)."""
     t = row_lanes(dtype)
     levels, n, rows, f0 = t.bit_length() - 1, 2 * t, 3, t
     rng = np.random.default_rng(5)
@@ -285,9 +286,10 @@ def test_rows_low_levels_backward_matches_autograd(dtype, increasing, transposed
     order = list(range(levels)) if increasing else list(range(levels - 1, -1, -1))
     level_size = n // 2 * 4
     # the gradients in their own array, factor j (application order) at j + 1 (one block of padding)
-    grad, grad_x = np.zeros((levels + 1) * level_size, dtype), np.zeros_like(x)
+    grad, act = np.zeros((levels + 1) * level_size, dtype), _block_planar(x)
+    grad_x = act if over_input else np.zeros_like(x)
     _low_backward(
-        _block_planar(x).ravel(), f0, n, _block_planar(g).ravel(), f0, n, grad_x.ravel(), f0, n, rows, tw.ravel(), order[0] * level_size + f0 // 2 * 4, (order[1] - order[0]) * level_size,
+        act.ravel(), f0, n, _block_planar(g).ravel(), f0, n, grad_x.ravel(), f0, n, rows, tw.ravel(), order[0] * level_size + f0 // 2 * 4, (order[1] - order[0]) * level_size,
         grad, level_size + f0 // 2 * 4, level_size, increasing, transposed,
     )
     xt, twt = _as_torch(x), _as_torch(tw)
@@ -314,25 +316,26 @@ def test_rows_radix4_and_radix2_backward_match_autograd(dtype):
     unplanar = lambda p: _block_planar(p, to_planar=False).reshape(4, half).T.reshape(half, 2, 2)  # noqa: E731
     g_wide = torch.tensor(g.astype(_wide(dtype)))
     for h1, h2 in [(t, 2 * t), (2 * t, t), (t, 4 * t)]:
-        grad_planar, adjoint = np.zeros_like(planar), _block_planar(g).ravel()
+        grad_planar = np.zeros_like(planar)
         positions = [(f, _pair(f, h1), _pair(f + h2, h1), 4 * half + _pair(f, h2), 4 * half + _pair(f + h1, h2)) for f in range(0, n, t) if not (f & h1 or f & h2)]
-        for _ in range(2):  # two calls (blocks) add up their matrix gradients before the projection
-            adjoint = _block_planar(g).ravel()
-            for f, *sets in positions:  # in place: the adjoint overwrites the output adjoint
-                _radix4_backward(_block_planar(x).ravel(), f, n, adjoint, f, n, adjoint, f, n, rows, h1, h2, planar, half, *sets, grad_planar)
-        grad_planar /= 2
+        act, output_adjoint = _block_planar(x).ravel(), _block_planar(g).ravel()
+        for r0, count in ((0, 2), (2, 1)):  # two blocks of rows: their matrix gradients add up, projected once
+            for f, *sets in positions:  # the adjoint overwrites the step input (the row backward's walk)
+                at = r0 * n + f
+                _radix4_backward(act, at, n, output_adjoint, at, n, act, at, n, count, h1, h2, planar, half, *sets, grad_planar)
         for f, *sets in positions:
             _radix4_project(planar, grad_planar, half, *sets)
+        adjoint = act
         xt, t1, t2 = _as_torch(x), _as_torch(tws[0]), _as_torch(tws[1])
         _factor_torch(_factor_torch(xt, t1, h1), t2, h2).backward(g_wide)
         np.testing.assert_allclose(_block_planar(adjoint.reshape(rows, n), to_planar=False), xt.grad.numpy(), rtol=tol, atol=tol)
         np.testing.assert_allclose(unplanar(grad_planar[: 4 * half]), t1.grad.numpy(), rtol=tol, atol=tol)
         np.testing.assert_allclose(unplanar(grad_planar[4 * half :]), t2.grad.numpy(), rtol=tol, atol=tol)
     for h in (t, 4 * t):
-        grad_planar, adjoint = np.zeros_like(planar), np.zeros(rows * n, dtype)
+        grad_planar, adjoint = np.zeros_like(planar), _block_planar(x).ravel()
         for f in range(0, n, t):
-            if not f & h:
-                _radix2_backward(_block_planar(x).ravel(), f, n, _block_planar(g).ravel(), f, n, adjoint, f, n, rows, h, planar, half, _pair(f, h), grad_planar)
+            if not f & h:  # the adjoint overwrites the step input
+                _radix2_backward(adjoint, f, n, _block_planar(g).ravel(), f, n, adjoint, f, n, rows, h, planar, half, _pair(f, h), grad_planar)
         xt, t1 = _as_torch(x), _as_torch(tws[0])
         _factor_torch(xt, t1, h).backward(g_wide)
         np.testing.assert_allclose(_block_planar(adjoint.reshape(rows, n), to_planar=False), xt.grad.numpy(), rtol=tol, atol=tol)

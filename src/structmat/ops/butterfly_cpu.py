@@ -6,7 +6,7 @@ along the 64-byte vectors (``T`` = 16 float32 / complex64, 8 float64 / complex12
 complex block of ``T`` features is held *block-planar*, its ``T`` real parts then its ``T``
 imaginary parts, converted from and to torch's interleaved layout per block of rows while it is
 in cache, :func:`~structmat.ops.simd.rows_planar`). Blocks of 4-256 rows (about 32 KiB, :func:`_rows_block`;
-the backward takes at least 8, :data:`ROWS_BACKWARD_BLOCK_MIN`)
+the backward's about 128 KiB and at least 8 rows, :data:`ROWS_BACKWARD_BLOCK_BYTES`)
 go through every step while they sit in the level-1/2 cache; the ``log2 T`` factors of strides
 ``< T`` of each butterfly run in registers (lane permutations), the others two at a time (radix
 4) on whole vectors, with the coefficients of ``T`` consecutive pairs as four vectors from a
@@ -25,11 +25,12 @@ Chunks run in parallel (``numba.prange``).
 
 Backward (both layouts) by recomputation, never storing ``K log N`` copies of the batch. Row
 layout, per block: recompute every step's input into the worker's block buffers (a few blocks
-of rows -- all of them fit), then walk the steps back, each recomputing its intermediate level
-in registers, adding the coefficient gradients ``Σ_rows ȳ x*`` (SPEC.md §4.14 "Grad"; ``*``
-conjugates complex inputs, torch's convention) in
-registers over the block's rows and turning the output adjoint into the input adjoint in place
-in the input gradient's rows. Transposed layout, per chunk: recompute the forward, keeping the
+of rows -- all of them fit; rows a cache line longer than ``N``), then walk the steps back, adding
+the coefficient gradients ``Σ_rows ȳ x*`` (SPEC.md §4.14 "Grad"; ``*`` conjugates complex inputs,
+torch's convention) in registers over the block's rows -- radix-4 steps their 4 x 4 matrix
+gradient instead, turned into coefficient gradients once at the end -- and turning the output
+adjoint into the input adjoint over the step input just consumed (the first step's straight into
+the input gradient's rows). Transposed layout, per chunk: recompute the forward, keeping the
 input of every radix-4 step (``act[0]``, the chunk's input, lives in the chunk's rows of the
 input gradient when there is one stack), then walk the steps back. The per-pair gradient
 reductions are paid once per chunk, so wide chunks matter (n = 1024, batch 256, two threads:
@@ -410,8 +411,10 @@ def _rows_step(src, src_off, src_str, dst, dst_off, dst_str, rows, half, kind, h
 @njit(cache=True, fastmath=_FASTMATH)
 def _rows_step_backward(act, act_off, act_str, gsrc, gsrc_off, gsrc_str, gdst, gdst_off, gdst_str, rows, half, kind, h1, h2, positions, tw_s, planar_s, grad_s, grad_planar_s, transposed):
     """Backward of :func:`_rows_step`: ``act`` the step's input, ``gsrc`` its output adjoint,
-    ``gdst`` receives the input adjoint; gradients added to ``grad_s`` (the runs of small strides,
-    see :func:`_rows_plan`) and ``grad_planar_s`` (planar: the other factors)."""
+    ``gdst`` receives the input adjoint (it may be ``act``'s or ``gsrc``'s rows, same offset and
+    stride); gradients added to ``grad_s`` (the runs of small strides, see :func:`_rows_plan`) and
+    ``grad_planar_s`` (planar: the other factors; radix-4 steps add their matrix gradients there,
+    which :func:`~structmat.ops.simd.rows_radix4_project` turns into coefficient gradients)."""
     for q in range(positions.shape[0]):
         f0, c0, c1, c2, c3 = positions[q, 0], positions[q, 1], positions[q, 2], positions[q, 3], positions[q, 4]
         a, g, d = act_off + f0, gsrc_off + f0, gdst_off + f0
@@ -477,8 +480,8 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, position
 def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, offsets, slots, low_slots, transposed, block_rows):
     """The row-layout backward: per block of ``block_rows`` rows and stack, the inputs of steps
     ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a block of rows each, flat,
-    rows ``pitch = N + one cache line`` apart so that no two rows of a block share their level-1
-    cache sets), then the steps are walked back (:func:`_rows_step_backward`): step ``k``'s input
+    rows ``pitch = N + one cache line`` apart, so that the same feature of consecutive rows falls
+    into different level-1 cache sets even when ``N`` is a multiple of 4 KiB), then the steps are walked back (:func:`_rows_step_backward`): step ``k``'s input
     adjoint overwrites its input in ``scratch[w, k - 1]``, where step ``k - 1`` reads it, and step
     0's goes straight into ``grad_x``'s rows (with several stacks sharing one input row, or complex
     rows, it stays in place and is added or converted there). ``grad`` of one row stands for every
@@ -566,16 +569,18 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
                         act, act_off, act_str = x0, x0_off, x0_str
                         if direct:
                             gdst, gdst_off, gdst_str = grad_x_flat, x_off, x_str
-                        else:
+                        elif steps > 1 or complex_:  # gsrc is a buffer of ours
                             gdst, gdst_off, gdst_str = gsrc, gsrc_off, gsrc_str
+                        else:  # never write into the caller's grad
+                            gdst, gdst_off, gdst_str = scratch[worker, 0], 0, pitch
                     _rows_step_backward(
                         act, act_off, act_str, gsrc, gsrc_off, gsrc_str, gdst, gdst_off, gdst_str, rows, n // 2, kinds[k], h1s[k], h2s[k],
                         positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, grad_s, grad_planar_s, transposed,
                     )
-                if steps > 1:
-                    g, g_off, g_str = scratch[worker, 0], 0, pitch
-                else:
+                if steps == 1 and complex_:
                     g, g_off, g_str = top, top_off, top_str
+                else:
+                    g, g_off, g_str = scratch[worker, 0], 0, pitch
                 if complex_:
                     if shared:
                         rows_planar(g, g_off, g_str, g, g_off, g_str, rows, n, False)
@@ -866,7 +871,8 @@ ROWS_BLOCK_MIN, ROWS_BLOCK_MAX = 4, 256
 #: pay; its buffers' rows are one cache line longer than ``N`` (no 4 KiB set aliasing), so they
 #: may outgrow the level-1 cache into level 2 (batch 256, two threads, after the padding: n = 1024
 #: float32, 8 rows 0.17-0.18 ms, 32 rows 0.14-0.16; n = 4096, 8 rows 0.94-1.05, 16 rows 0.82-0.89;
-#: n = 16384, 8 rows 6.7-7.6, 16 rows 7.2-8.0). Under the memory cap blocks shrink back to the
+#: n = 16384, 8 rows 6.7-7.6, 16 rows 7.2-8.0 -- 128 KiB keeps 8 rows from 4096 on, giving up the
+#: few percent at 4096 rather than the 10 % at 16384). Under the memory cap blocks shrink back to the
 #: forward's block (:func:`_rows_block`) before workers are dropped, and below it only after: at
 #: small N one worker with long blocks beats two with short ones (n = 256, batch 64, two threads:
 #: 1 worker x 32 rows 30-48 us, 2 x 16 rows 64-67 us; n = 512: 1 x 16 rows 53-80 us, 2 x 8 rows 86

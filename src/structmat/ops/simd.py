@@ -507,11 +507,14 @@ def rows_radix2(typingctx, src, src_offset, src_stride, dst, dst_offset, dst_str
     return sig, codegen
 
 
-# Backward of the row-layout steps: each call recomputes its factors' intermediate vectors in
-# registers from the stored step input ``act``, turns the output adjoint ``g`` (read from ``gsrc``)
-# into the input adjoint (written to ``gdst``; may be the same rows) and adds the coefficient
-# gradients ``Σ_rows ȳ conj(x)`` (SPEC.md §4.14 "Grad"; torch's convention for complex
-# tensors: the input adjoint is ``conj(W)^T ȳ``) to a per-worker accumulator.
+# Backward of the row-layout steps: each call turns the output adjoint ``g`` (read from ``gsrc``)
+# into the input adjoint (written to ``gdst``, which may be ``act``'s or ``gsrc``'s rows at the same
+# offset and stride: every row's vectors are read before its results are stored) and adds
+# gradients ``Σ_rows ȳ conj(x)`` (SPEC.md §4.14 "Grad"; torch's convention for complex tensors: the
+# input adjoint is ``conj(W)^T ȳ``) to a per-worker accumulator -- the coefficients' for the runs
+# of small strides (recomputing the run's intermediate vectors in registers from the stored step
+# input ``act``) and radix-2 steps, the step's 4 x 4 matrix for radix-4 steps
+# (:func:`rows_radix4_project` turns those into the coefficients').
 
 
 def _backward_pair(lanes, coefficients, accumulators, low, high, g_low, g_high):
@@ -627,7 +630,8 @@ def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
     ``gsrc`` its output adjoint, ``gdst`` receives the input adjoint.
 
     The step maps its four vectors by one 4 x 4 matrix ``M`` per lane, ``y = M x``, every entry a
-    product of one first-level and one second-level coefficient (SPEC.md §4.14). Instead of the
+    product of one first-level and one second-level coefficient (derived from the factors of
+    SPEC.md §1.4: each output of the second level takes one value of the first). Instead of the
     coefficient gradients (which need the intermediate level, recomputed in registers), the call
     adds the step's *matrix* gradient ``M̄[r, c] = Σ_rows ȳ_r conj(x_c)`` to ``grad_planar`` at the
     coefficients' 16 offsets (``M̄[r, c]`` at set ``r``, entry ``c``): 16 multiply-adds per row
