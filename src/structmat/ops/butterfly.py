@@ -140,16 +140,17 @@ def butterfly_multiply_reference(twiddle: torch.Tensor, x: torch.Tensor, increas
 # The custom op wrapping the fused backends
 
 
-def _fused(device: torch.device) -> tuple[Callable, Callable]:
+def _fused(t: torch.Tensor) -> tuple[Callable, Callable]:
+    """The fused backend of ``t``'s device type."""
     try:
-        return FUSED_BACKENDS[device.type]
+        return FUSED_BACKENDS["cpu" if t.is_cpu else t.device.type]  # (is_cpu: no device object)
     except KeyError:
-        raise ValueError(f"device: no fused butterfly backend for device type {device.type!r}") from None
+        raise ValueError(f"device: no fused butterfly backend for device type {t.device.type!r}") from None
 
 
 @torch.library.custom_op("structmat::butterfly_multiply", mutates_args=())
 def _butterfly_fused(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
-    forward, _ = _fused(x.device)
+    forward, _ = _fused(x)
     return forward(twiddle.contiguous(), x.contiguous(), increasing_stride, transpose)
 
 
@@ -162,7 +163,7 @@ def _(twiddle, x, increasing_stride, transpose):
 def _butterfly_fused_backward(
     twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _, backward = _fused(x.device)
+    _, backward = _fused(x)
     return backward(twiddle.contiguous(), x.contiguous(), grad.contiguous(), increasing_stride, transpose)
 
 
@@ -190,7 +191,7 @@ def _plain_eager(*tensors: torch.Tensor) -> bool:
 
 def _forward_op(twiddle, x, increasing_stride, transpose):
     if _plain_eager(twiddle, x):
-        forward, _ = _fused(x.device)
+        forward, _ = _fused(x)
         return forward(twiddle.contiguous(), x.contiguous(), increasing_stride, transpose)
     return _butterfly_fused(twiddle, x, increasing_stride, transpose)
 
@@ -206,7 +207,7 @@ def _backend_grad(grad: torch.Tensor) -> torch.Tensor:
     reads a gradient broadcast over the batch (``sum()``'s: an expanded scalar) as one row --
     copying it to the batch's size would run a torch kernel whose OpenMP threads then spin against
     the backward's."""
-    if grad.device.type == "cpu" and grad.shape[0] > 1 and grad.stride(0) == 0:
+    if grad.is_cpu and grad.shape[0] > 1 and grad.stride(0) == 0:
         return grad
     return grad.contiguous()
 
@@ -215,7 +216,7 @@ def _input_adjoint(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, i
     """``x̄ = W^* ȳ`` alone (SPEC.md §4.14, frozen twiddles): one fused forward with the conjugate
     twiddles and the transposition flipped -- no recomputation, one forward's cost instead of the
     full backward's 3-4 (stacks sharing one input row add their adjoints)."""
-    forward, _ = _fused(x.device)
+    forward, _ = _fused(x)
     grad_x = forward(twiddle.conj().resolve_conj().contiguous(), grad.contiguous(), increasing_stride, not transpose)
     if x.shape[1] == 1 and grad_x.shape[1] > 1:
         grad_x = grad_x.sum(dim=1, keepdim=True)
@@ -223,18 +224,24 @@ def _input_adjoint(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, i
 
 
 def _backward(ctx, grad):
+    if torch.is_grad_enabled():  # first-order gradients (the backward op has no derivative of its own)
+        with torch.no_grad():
+            return _first_order_backward(ctx, grad)
+    return _first_order_backward(ctx, grad)
+
+
+def _first_order_backward(ctx, grad):
     twiddle, x = ctx.saved_tensors
-    with torch.no_grad():  # first-order gradients (the backward op has no derivative of its own)
-        if _plain_eager(twiddle, x, grad):
-            if not getattr(ctx, "needs_input_grad", (True,))[0]:  # frozen twiddles: the adjoint only
-                if grad.shape[0] > 1 and grad.stride(0) == 0:  # broadcast over the batch: one row
-                    one = _input_adjoint(twiddle, x, grad[:1], ctx.increasing_stride, ctx.transpose)
-                    return None, one.expand(x.shape[0], -1, -1), None, None
-                return None, _input_adjoint(twiddle, x, grad, ctx.increasing_stride, ctx.transpose), None, None
-            _, backward = _fused(x.device)
-            grads = backward(twiddle.contiguous(), x.contiguous(), _backend_grad(grad), ctx.increasing_stride, ctx.transpose)
-        else:
-            grads = _butterfly_fused_backward(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
+    if _plain_eager(twiddle, x, grad):
+        if not getattr(ctx, "needs_input_grad", (True,))[0]:  # frozen twiddles: the adjoint only
+            if grad.shape[0] > 1 and grad.stride(0) == 0:  # broadcast over the batch: one row
+                one = _input_adjoint(twiddle, x, grad[:1], ctx.increasing_stride, ctx.transpose)
+                return None, one.expand(x.shape[0], -1, -1), None, None
+            return None, _input_adjoint(twiddle, x, grad, ctx.increasing_stride, ctx.transpose), None, None
+        _, backward = _fused(x)
+        grads = backward(twiddle.contiguous(), x.contiguous(), _backend_grad(grad), ctx.increasing_stride, ctx.transpose)
+    else:
+        grads = _butterfly_fused_backward(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
     grad_twiddle, grad_x = grads
     return grad_twiddle, grad_x, None, None
 
@@ -268,7 +275,7 @@ class _EagerFusedButterfly(torch.autograd.Function):
     @staticmethod
     def forward(ctx, twiddle, x, increasing_stride, transpose):
         _setup_context(ctx, (twiddle, x, increasing_stride, transpose), None)
-        forward, _ = _fused(x.device)
+        forward, _ = _fused(x)
         return forward(twiddle.contiguous(), x.contiguous(), increasing_stride, transpose)
 
     @staticmethod
@@ -307,7 +314,7 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
         # eager inference: the backend directly (the autograd.Function and custom-op dispatch cost
         # ~30 us per call, 10-20 % of a batch-256 forward at N <= 1024); a tracer, fake or
         # vmapped tensors still see the custom op
-        forward, _ = _fused(x.device)
+        forward, _ = _fused(x)
         return forward(twiddle.contiguous(), x.contiguous(), bool(increasing_stride), bool(transpose))
     if _plain_eager(twiddle, x) and not torch._C._are_functorch_transforms_active():
         return _EagerFusedButterfly.apply(twiddle, x, bool(increasing_stride), bool(transpose))

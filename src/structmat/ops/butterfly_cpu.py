@@ -835,6 +835,31 @@ def _workspace(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -
     return buffer[:numel].reshape(shape)
 
 
+#: workspace slots of the row-layout backward's buffers (:func:`_backward_rows_launch`'s shapes)
+_BACKWARD_SLOTS = ("planar", "partials", "planar_partials", "scratch")
+
+
+def _workspace_set(shapes: tuple[tuple[int, ...], ...], dtype: np.dtype, slots: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """:func:`_workspace` of every ``(shape, slot)`` pair; the views are remembered per thread for as
+    long as the slots' arrays stay the same (one lookup instead of a call per buffer). Requests
+    beyond :data:`WORKSPACE_MAX_BYTES` are allocated per call, as :func:`_workspace` does."""
+    views = getattr(_workspaces, "views", None)
+    if views is None:
+        views = _workspaces.views = {}
+    key = (shapes, dtype, slots)
+    entry = views.get(key)
+    arrays = getattr(_workspaces, "arrays", None)
+    if entry is not None and all(arrays.get((slot, dtype)) is base for slot, base in zip(slots, entry[0])):
+        return entry[1]
+    result = tuple(_workspace(shape, dtype, slot) for shape, slot in zip(shapes, slots))
+    if all(math.prod(shape) * dtype.itemsize <= WORKSPACE_MAX_BYTES for shape in shapes):
+        if len(views) >= 256:  # as many configurations as the launch caches keep
+            views.clear()
+        arrays = _workspaces.arrays
+        views[key] = (tuple(arrays[slot, dtype] for slot in slots), result)
+    return result
+
+
 #: alignment (bytes) of scratch arrays: whole cache lines, so that no SIMD load straddles two
 ALIGNMENT = 64
 
@@ -1059,8 +1084,8 @@ def butterfly_backward_cpu(
     else the transposed chunks."""
     _check_operands(twiddle, x, grad)
     stacks, n_blocks, _, half = twiddle.shape[:4]
-    grad_twiddle = torch.empty(twiddle.shape, dtype=twiddle.dtype)
-    grad_x = torch.empty(x.shape, dtype=x.dtype)
+    twiddle, x = _plain(twiddle), _plain(x)
+    grad_twiddle, grad_x = torch.empty_like(twiddle), torch.empty_like(x)  # contiguous, like their models
     if not x.shape[0]:
         return grad_twiddle.zero_(), grad_x
     rows = _backward_rows_launch(2 * half, n_blocks, bool(increasing_stride), bool(transpose), x.dtype, stacks, x.shape[1], x.shape[0], numba.get_num_threads())
@@ -1069,11 +1094,10 @@ def butterfly_backward_cpu(
         # one row instead of a batch-sized copy -- a torch copy whose OpenMP threads then spin
         # against the kernel's (n = 1024, batch 256: ~45 us)
         grad = grad[:1]
-    twiddle, x, grad = _plain(twiddle), _plain(x), _plain(grad.to(x.dtype))
+    grad = _plain(grad if grad.dtype == x.dtype else grad.to(x.dtype))
     if rows is not None:
         kernel, shapes, dtype, arguments = rows
-        buffers = [_workspace(shape, dtype, slot) for shape, slot in zip(shapes, ("planar", "partials", "planar_partials", "scratch"))]
-        kernel(_address(twiddle), _address(x), _address(grad), _address(grad_twiddle), _address(grad_x), *buffers, *arguments)
+        kernel(_address(twiddle), _address(x), _address(grad), _address(grad_twiddle), _address(grad_x), *_workspace_set(shapes, dtype, _BACKWARD_SLOTS), *arguments)
     else:
         _backward_transposed(twiddle, x, grad, grad_twiddle, grad_x, increasing_stride, transpose)
     return grad_twiddle, grad_x
@@ -1096,7 +1120,7 @@ def _check_operands(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor |
     """The kernels read every tensor with one dtype (:func:`array_at`) and do no bounds checks:
     callers (:mod:`structmat.ops.butterfly`) promote and validate first; this guards direct calls."""
     for name, t in (("twiddle", twiddle), ("x", x), ("grad", grad)):
-        if t is not None and t.device.type != "cpu":
+        if t is not None and not t.is_cpu:
             raise ValueError(f"{name}: the fused CPU butterfly kernels take CPU tensors, got one on {t.device}")
     if twiddle.dtype != x.dtype:
         raise TypeError(f"twiddle and x: expected one dtype (promote first), got {twiddle.dtype} and {x.dtype}")
