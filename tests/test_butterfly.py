@@ -308,18 +308,23 @@ def test_fused_cpu_many_chunks_per_worker_and_reused_workspace(dtype, monkeypatc
 
 def test_workspace_set_reuses_views_until_a_slot_is_replaced(monkeypatch):
     """The backward's buffers come as one remembered set of views into the per-slot workspaces:
-    the same arrays on the next call, new ones once a larger request has replaced a slot's array,
-    and never remembered beyond ``WORKSPACE_MAX_BYTES`` (those are allocated per call)."""
+    the same arrays on the next call; a larger request that replaces a slot's array forgets every
+    remembered set (none keeps an old array alive); beyond ``WORKSPACE_MAX_BYTES`` nothing is
+    remembered (those are allocated per call)."""
+    import threading
+
     butterfly_cpu = pytest.importorskip("structmat.ops.butterfly_cpu")
-    dtype, slots = np.dtype(np.float32), ("test_a", "test_b")
+    monkeypatch.setattr(butterfly_cpu, "_workspaces", threading.local())  # this test's own caches
+    dtype, slots = np.dtype(np.float32), ("a", "b")
     shapes = ((2, 8), (3, 4))
     first = butterfly_cpu._workspace_set(shapes, dtype, slots)
     assert [a.shape for a in first] == [(2, 8), (3, 4)]
     assert all(a is b for a, b in zip(first, butterfly_cpu._workspace_set(shapes, dtype, slots)))
-    butterfly_cpu._workspace((1000,), dtype, "test_b")  # grows slot b: the set is rebuilt over it
+    butterfly_cpu._workspace((1000,), dtype, "b")  # replaces slot b's array
+    assert not butterfly_cpu._workspaces.views
     again = butterfly_cpu._workspace_set(shapes, dtype, slots)
     assert np.shares_memory(again[0], first[0]) and not np.shares_memory(again[1], first[1])
-    assert np.shares_memory(again[1], butterfly_cpu._workspace((12,), dtype, "test_b"))
+    assert np.shares_memory(again[1], butterfly_cpu._workspace((12,), dtype, "b"))
     monkeypatch.setattr(butterfly_cpu, "WORKSPACE_MAX_BYTES", 64)
     big = ((2, 8), (40,))
     assert butterfly_cpu._workspace_set(big, dtype, slots)[1] is not butterfly_cpu._workspace_set(big, dtype, slots)[1]
@@ -329,20 +334,34 @@ def test_reference_environment_is_read_at_import_and_on_reset(monkeypatch):
     """``STRUCTMAT_REFERENCE`` is read once (not per op) and again by ``set_reference(None)``."""
     from structmat.ops import backend
 
+    monkeypatch.setattr(backend, "_ENV_FORCED", backend._ENV_FORCED)  # restored afterwards
+    monkeypatch.setattr(backend, "_FORCED", None)
     monkeypatch.setenv("STRUCTMAT_REFERENCE", "1")
-    try:
-        backend.set_reference(None)
-        assert backend.reference_forced() and backend.choose(torch.ones(2)) == "reference"
-        monkeypatch.setenv("STRUCTMAT_REFERENCE", "0")
-        assert backend.reference_forced()  # not re-read per call
-        backend.set_reference(None)
-        assert not backend.reference_forced()
-        with backend.use_reference():
-            assert backend.reference_forced()
-    finally:
-        monkeypatch.delenv("STRUCTMAT_REFERENCE")
-        backend.set_reference(None)
+    backend.set_reference(None)
+    assert backend.reference_forced() and backend.choose(torch.ones(2)) == "reference"
+    monkeypatch.setenv("STRUCTMAT_REFERENCE", "0")
+    assert backend.reference_forced()  # not read again per call
+    backend.set_reference(None)
+    assert not backend.reference_forced() and backend.choose(torch.ones(2)) in ("cpu", "reference")
+    with backend.use_reference():
+        assert backend.reference_forced()
     assert not backend.reference_forced()
+
+
+def test_nested_torch_func_grad_matches_the_reference():
+    """Second derivatives through the custom op (``torch.func.grad`` of ``torch.func.grad``): the
+    backward is itself differentiated, so it runs the reference's vector-Jacobian product instead
+    of the fused backward, which has no derivative (and returned zero second derivatives)."""
+    tw = random_twiddle(1, 1, 16)
+    x = torch.randn(3, 16, dtype=torch.float64)
+
+    def curvature(t):
+        return torch.func.grad(lambda u: butterfly_multiply(u, x).square().sum())(t).square().sum()
+
+    second = torch.func.grad(curvature)(tw)
+    with use_reference():
+        expected = torch.func.grad(curvature)(tw)
+    assert expected.abs().max() > 1 and rel_error(second, expected) <= 1e-10
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")

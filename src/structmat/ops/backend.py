@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+
 def _environment_forced() -> bool:
     return os.environ.get("STRUCTMAT_REFERENCE", "").strip() not in ("", "0", "false", "False")
 

@@ -25,12 +25,12 @@ Chunks run in parallel (``numba.prange``).
 
 Backward (both layouts) by recomputation, never storing ``K log N`` copies of the batch. Row
 layout, per block: recompute every step's input into the worker's block buffers (a few blocks
-of rows -- all of them fit; rows a cache line longer than ``N``), then walk the steps back, adding
+of rows each, in the level-2 cache; rows a cache line longer than ``N``), then walk the steps back, adding
 the coefficient gradients ``Σ_rows ȳ x*`` (SPEC.md §4.14 "Grad"; ``*`` conjugates complex inputs,
 torch's convention) in registers over the block's rows -- radix-4 steps their 4 x 4 matrix
 gradient instead, turned into coefficient gradients once at the end -- and turning the output
-adjoint into the input adjoint over the step input just consumed (the first step's straight into
-the input gradient's rows). Transposed layout, per chunk: recompute the forward, keeping the
+adjoint into the input adjoint over the step input just consumed (the first step's, with one
+input row per stack, straight into the input gradient's rows). Transposed layout, per chunk: recompute the forward, keeping the
 input of every radix-4 step (``act[0]``, the chunk's input, lives in the chunk's rows of the
 input gradient when there is one stack), then walk the steps back. The per-pair gradient
 reductions are paid once per chunk, so wide chunks matter (n = 1024, batch 256, two threads:
@@ -481,10 +481,12 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
     """The row-layout backward: per block of ``block_rows`` rows and stack, the inputs of steps
     ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a block of rows each, flat,
     rows ``pitch = N + one cache line`` apart, so that the same feature of consecutive rows falls
-    into different level-1 cache sets even when ``N`` is a multiple of 4 KiB), then the steps are walked back (:func:`_rows_step_backward`): step ``k``'s input
-    adjoint overwrites its input in ``scratch[w, k - 1]``, where step ``k - 1`` reads it, and step
-    0's goes straight into ``grad_x``'s rows (with several stacks sharing one input row, or complex
-    rows, it stays in place and is added or converted there). ``grad`` of one row stands for every
+    into different level-1 cache sets even when ``N`` is a multiple of 4 KiB), then the steps are
+    walked back (:func:`_rows_step_backward`): step ``k``'s input adjoint overwrites its input in
+    ``scratch[w, k - 1]``, where step ``k - 1`` reads it, and step 0's goes straight into
+    ``grad_x``'s rows (with several stacks sharing one input row, or complex rows, it stays in
+    place -- in ``scratch[w, 0]`` when the step reads the caller's gradient -- and is added or
+    converted there). ``grad`` of one row stands for every
     row (a broadcast gradient, e.g. ``sum()``'s). Complex rows (:func:`_is_complex`) run
     block-planar (:func:`rows_planar`): the block's input in ``scratch[w, x_buffer]``, the output
     adjoint converted into the adjoint's rows (stacks sharing one input row: into
@@ -556,7 +558,7 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
                     top, top_off, top_str = planar_top, planar_off, planar_str
                 # step k's input adjoint overwrites its input act[k] (each row's vectors are read
                 # before they are written), where step k - 1 reads it; step 0's goes to grad_x's
-                # rows, else it stays in place
+                # rows, else it stays in place (in scratch[0] if it would be the caller's grad)
                 for k in range(steps - 1, -1, -1):
                     if k == steps - 1:
                         gsrc, gsrc_off, gsrc_str = top, top_off, top_str
@@ -832,6 +834,7 @@ def _workspace(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -
     buffer = cache.get((slot, dtype))
     if buffer is None or buffer.size < numel:
         buffer = cache[slot, dtype] = _aligned_empty(numel, dtype)
+        getattr(_workspaces, "views", {}).clear()  # no remembered view keeps the old array alive
     return buffer[:numel].reshape(shape)
 
 
@@ -840,23 +843,20 @@ _BACKWARD_SLOTS = ("planar", "partials", "planar_partials", "scratch")
 
 
 def _workspace_set(shapes: tuple[tuple[int, ...], ...], dtype: np.dtype, slots: tuple[str, ...]) -> tuple[np.ndarray, ...]:
-    """:func:`_workspace` of every ``(shape, slot)`` pair; the views are remembered per thread for as
-    long as the slots' arrays stay the same (one lookup instead of a call per buffer). Requests
-    beyond :data:`WORKSPACE_MAX_BYTES` are allocated per call, as :func:`_workspace` does."""
+    """:func:`_workspace` of every ``(shape, slot)`` pair, remembered per thread until a slot's array
+    is replaced (:func:`_workspace` then forgets them all): one lookup instead of a call per buffer.
+    Requests beyond :data:`WORKSPACE_MAX_BYTES` are allocated per call, as :func:`_workspace` does."""
     views = getattr(_workspaces, "views", None)
     if views is None:
         views = _workspaces.views = {}
     key = (shapes, dtype, slots)
-    entry = views.get(key)
-    arrays = getattr(_workspaces, "arrays", None)
-    if entry is not None and all(arrays.get((slot, dtype)) is base for slot, base in zip(slots, entry[0])):
-        return entry[1]
-    result = tuple(_workspace(shape, dtype, slot) for shape, slot in zip(shapes, slots))
-    if all(math.prod(shape) * dtype.itemsize <= WORKSPACE_MAX_BYTES for shape in shapes):
-        if len(views) >= 256:  # as many configurations as the launch caches keep
-            views.clear()
-        arrays = _workspaces.arrays
-        views[key] = (tuple(arrays[slot, dtype] for slot in slots), result)
+    result = views.get(key)
+    if result is None:
+        result = tuple(_workspace(shape, dtype, slot) for shape, slot in zip(shapes, slots))
+        if all(math.prod(shape) * dtype.itemsize <= WORKSPACE_MAX_BYTES for shape in shapes):
+            if len(views) >= 256:  # as many configurations as the launch caches keep
+                views.clear()
+            views[key] = result
     return result
 
 
@@ -939,7 +939,7 @@ def butterfly_forward_cpu(twiddle: torch.Tensor, x: torch.Tensor, increasing_str
     _check_operands(twiddle, x)
     stacks, n_blocks, _, half = twiddle.shape[:4]
     batch = x.shape[0]
-    out = torch.empty(batch, stacks, 2 * half, dtype=x.dtype)
+    out = torch.empty(batch, stacks, 2 * half, dtype=x.dtype, device="cpu")  # (not a default device's)
     if batch == 0:
         return out
     kernel, scratch_shape, dtype, arguments = _forward_launch(2 * half, n_blocks, bool(increasing_stride), bool(transpose), x.dtype, stacks, batch, numba.get_num_threads())
