@@ -348,6 +348,19 @@ def test_reference_environment_is_read_at_import_and_on_reset(monkeypatch):
     assert not backend.reference_forced()
 
 
+def test_cpu_tensors_under_a_default_device_context():
+    """``with torch.device("meta")`` (a default device for factory calls) must not redirect the
+    kernels' CPU results: the forward and backward still run on the CPU tensors they were given."""
+    tw = random_twiddle(1, 1, 16).requires_grad_(True)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    expected = butterfly_multiply(tw, x)
+    with torch.device("meta"):
+        y = butterfly_multiply(tw, x)
+        y.square().sum().backward()
+    assert y.device.type == "cpu" and rel_error(y, expected) <= 1e-12
+    assert tw.grad.device.type == "cpu" and rel_error(tw.grad, torch.autograd.grad(expected.square().sum(), tw)[0]) <= 1e-12
+
+
 def test_nested_torch_func_grad_matches_the_reference():
     """Second derivatives through the custom op (``torch.func.grad`` of ``torch.func.grad``): the
     backward is itself differentiated, so it runs the reference's vector-Jacobian product instead
