@@ -361,6 +361,75 @@ def test_cpu_tensors_under_a_default_device_context():
     assert tw.grad.device.type == "cpu" and rel_error(tw.grad, torch.autograd.grad(expected.square().sum(), tw)[0]) <= 1e-12
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("stacks, stacks_in", [(1, 1), (2, 1), (2, 2)])
+def test_torch_func_vmap_over_inputs_and_twiddles(dtype, stacks, stacks_in, monkeypatch):
+    """``torch.func.vmap`` over the inputs (they join the batch of rows), the twiddles (they join
+    the stacks) or both, at batch dimension 0 or 1, runs the fused kernels and matches the
+    reference applied one by one."""
+    if "cpu" in FUSED_BACKENDS:
+        forward, backward = FUSED_BACKENDS["cpu"]
+        calls = []
+        monkeypatch.setitem(FUSED_BACKENDS, "cpu", (lambda *args: calls.append(1) or forward(*args), backward))
+    n, size = 16, 5
+    tw, tws = random_twiddle(stacks, 1, n, dtype), torch.stack([random_twiddle(stacks, 1, n, dtype) for _ in range(size)])
+    x, xs = torch.randn(3, stacks_in, n, dtype=dtype), torch.randn(size, 3, stacks_in, n, dtype=dtype)
+    for twiddles, inputs, in_dims in [(tw, xs, (None, 0)), (tws, x, (0, None)), (tws, xs, (0, 0)), (tw, xs.movedim(0, 1), (None, 1))]:
+        y = torch.func.vmap(butterfly_multiply, in_dims=in_dims)(twiddles, inputs)
+        with use_reference():
+            expected = torch.stack([
+                butterfly_multiply(twiddles[i] if in_dims[0] == 0 else twiddles, inputs.select(in_dims[1], i) if in_dims[1] is not None else inputs)
+                for i in range(size)
+            ])
+        assert rel_error(y, expected) <= 1e-12
+    assert "cpu" not in FUSED_BACKENDS or len(calls) == 4
+
+
+def test_per_sample_gradients_with_vmap_of_grad():
+    """Per-sample twiddle gradients, ``vmap(grad(loss))`` over the samples, and the gradient of a
+    vmapped forward match the reference."""
+    n, size = 16, 6
+    tw, xs = random_twiddle(1, 2, n), torch.randn(size, n, dtype=torch.float64)
+
+    def loss(t, v):
+        return butterfly_multiply(t, v.unsqueeze(0)).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(tw, xs)
+    with use_reference():
+        expected = torch.stack([torch.func.grad(loss)(tw, xs[i]) for i in range(size)])
+    assert per_sample.shape == (size, *tw.shape) and rel_error(per_sample, expected) <= 1e-12
+    twg = tw.clone().requires_grad_(True)
+    torch.func.vmap(lambda v: butterfly_multiply(twg, v.unsqueeze(0)))(xs).square().sum().backward()
+    assert rel_error(twg.grad, expected.sum(0)) <= 1e-12
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward-AD internals
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_forward_mode_ad_matches_the_reference(dtype, transpose):
+    """Forward-mode AD through the fused op -- ``torch.autograd.forward_ad`` dual tensors (eager)
+    and ``torch.func.jacfwd`` (real dtypes: jacfwd takes no complex inputs) -- gives the reference's
+    tangents, for tangents of the twiddles, the input, or both."""
+    from torch.autograd import forward_ad
+
+    op = butterfly_multiply_transpose if transpose else butterfly_multiply
+    tw, x = random_twiddle(2, 2, 16, dtype), torch.randn(3, 1 if not transpose else 2, 16, dtype=dtype)
+    dtw, dx = torch.randn_like(tw), torch.randn_like(x)
+    with use_reference():
+        _, expected = torch.func.jvp(op, (tw, x), (dtw, dx))
+    with forward_ad.dual_level():
+        tangent = forward_ad.unpack_dual(op(forward_ad.make_dual(tw, dtw), forward_ad.make_dual(x, dx))).tangent
+        only_x = forward_ad.unpack_dual(op(tw, forward_ad.make_dual(x, dx))).tangent
+    assert rel_error(tangent, expected) <= 1e-12
+    with use_reference():
+        assert rel_error(only_x, op(tw, dx)) <= 1e-12  # linear in x
+    if not dtype.is_complex:
+        for f, at in [(lambda t: op(t, x), tw), (lambda v: op(tw, v), x)]:
+            jacobian = torch.func.jacfwd(f)(at)
+            with use_reference():
+                assert rel_error(jacobian, torch.func.jacrev(f)(at)) <= 1e-12
+
+
 def test_nested_torch_func_grad_matches_the_reference():
     """Second derivatives through the custom op (``torch.func.grad`` of ``torch.func.grad``): the
     backward is itself differentiated, so it runs the reference's vector-Jacobian product instead

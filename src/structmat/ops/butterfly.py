@@ -54,6 +54,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch.autograd import forward_ad
 
 from ..core.errors import describe
 from ..core.sizes import is_power_of_two
@@ -134,6 +135,25 @@ def butterfly_multiply_reference(twiddle: torch.Tensor, x: torch.Tensor, increas
     for block, level, stride in schedule:
         x = butterfly_factor_multiply(twiddle[:, block, level], x, stride, transpose)
     return x
+
+
+def _jvp_reference(twiddle: torch.Tensor, x: torch.Tensor, twiddle_tangent: torch.Tensor | None, x_tangent: torch.Tensor | None, increasing_stride: bool, transpose: bool) -> torch.Tensor:
+    """The tangent of ``butterfly_multiply_reference(twiddle, x)`` along ``(twiddle_tangent,
+    x_tangent)`` (``None``: zero), factor by factor: each factor is linear in its block and in its
+    input, so ``ẏ = F(t) ẋ + F(ṫ) x`` (written out rather than through ``torch.func.jvp``, which
+    cannot nest in eager forward-mode AD)."""
+    stacks, n_blocks = twiddle.shape[:2]
+    n = butterfly_size(twiddle)
+    x = x.expand(x.shape[0], stacks, n)
+    tangent = None if x_tangent is None else x_tangent.expand(x_tangent.shape[0], stacks, n)
+    schedule = butterfly_schedule(n, n_blocks, increasing_stride)
+    for block, level, stride in schedule[::-1] if transpose else schedule:
+        terms = [] if tangent is None else [butterfly_factor_multiply(twiddle[:, block, level], tangent, stride, transpose)]
+        if twiddle_tangent is not None:
+            terms.append(butterfly_factor_multiply(twiddle_tangent[:, block, level], x, stride, transpose))
+        tangent = sum(terms[1:], terms[0]) if terms else None
+        x = butterfly_factor_multiply(twiddle[:, block, level], x, stride, transpose)
+    return torch.zeros_like(x) if tangent is None else tangent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,15 +277,51 @@ _butterfly_fused.register_autograd(_backward, setup_context=_setup_context)
 
 class _FusedButterfly(torch.autograd.Function):
     """The custom ops as an ``autograd.Function`` with ``setup_context``: the form that
-    ``torch.func`` transforms (``grad``, ``vjp``) accept; eager autograd and ``torch.compile``
-    see the same two ops."""
+    ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``) accept; eager autograd and
+    ``torch.compile`` see the same two ops."""
 
     @staticmethod
     def forward(twiddle, x, increasing_stride, transpose):
         return _forward_op(twiddle, x, increasing_stride, transpose)
 
-    setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0], inputs[1])
+
+    @staticmethod
+    def jvp(ctx, twiddle_tangent, x_tangent, *_):
+        """Forward-mode AD (``torch.func.jvp``/``jacfwd``, ``torch.autograd.forward_ad``):
+        :func:`_jvp_reference`."""
+        twiddle, x = ctx.saved_tensors
+        return _jvp_reference(twiddle, x, twiddle_tangent, x_tangent, ctx.increasing_stride, ctx.transpose)
+
+    @staticmethod
+    def vmap(info, in_dims, twiddle, x, increasing_stride, transpose):
+        """``torch.func.vmap`` rule: a batch of inputs ``x`` joins the op's batch of rows; a batch
+        of twiddles joins its stacks (each stack a butterfly of its own on its own input rows,
+        SPEC.md §1.6), the inputs repeated per twiddle where they are not batched themselves."""
+        tw_dim, x_dim = in_dims[0], in_dims[1]
+        size = info.batch_size
+        if tw_dim is None:  # (V, B, S_in, N) -> (V B, S_in, N)
+            x = x.movedim(x_dim, 0)
+            y = _FusedButterfly.apply(twiddle, x.reshape(-1, *x.shape[2:]), increasing_stride, transpose)
+            return y.reshape(size, -1, *y.shape[1:]), 0
+        twiddle = twiddle.movedim(tw_dim, 0)
+        stacks, n = twiddle.shape[1], x.shape[-1]
+        twiddle = twiddle.reshape(size * stacks, *twiddle.shape[2:])  # (V S, K, log N, N/2, 2, 2)
+        if x_dim is None:
+            if x.shape[1] == 1:  # one input row shared by every stack of every twiddle
+                y = _FusedButterfly.apply(twiddle, x, increasing_stride, transpose)
+                return y.reshape(y.shape[0], size, stacks, n), 1
+            x = x.unsqueeze(1).expand(-1, size, -1, -1)  # (B, V, S, N)
+        else:
+            x = x.movedim(x_dim, 1)  # (B, V, S_in, N)
+        x = x.expand(-1, -1, stacks, -1).reshape(x.shape[0], size * stacks, n)
+        y = _FusedButterfly.apply(twiddle, x, increasing_stride, transpose)
+        return y.reshape(y.shape[0], size, stacks, n), 1
 
 
 class _EagerFusedButterfly(torch.autograd.Function):
@@ -314,7 +370,7 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
         # vmapped tensors still see the custom op
         forward, _ = _fused(x)
         return forward(twiddle.contiguous(), x.contiguous(), bool(increasing_stride), bool(transpose))
-    if _plain_eager(twiddle, x) and not torch._C._are_functorch_transforms_active():
+    if _plain_eager(twiddle, x) and not torch._C._are_functorch_transforms_active() and forward_ad._current_level < 0:
         return _EagerFusedButterfly.apply(twiddle, x, bool(increasing_stride), bool(transpose))
     return _FusedButterfly.apply(twiddle, x, bool(increasing_stride), bool(transpose))
 
