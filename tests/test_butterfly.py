@@ -376,13 +376,19 @@ def test_torch_func_vmap_over_inputs_and_twiddles(dtype, stacks, stacks_in, monk
     x, xs = torch.randn(3, stacks_in, n, dtype=dtype), torch.randn(size, 3, stacks_in, n, dtype=dtype)
     for twiddles, inputs, in_dims in [(tw, xs, (None, 0)), (tws, x, (0, None)), (tws, xs, (0, 0)), (tw, xs.movedim(0, 1), (None, 1))]:
         y = torch.func.vmap(butterfly_multiply, in_dims=in_dims)(twiddles, inputs)
+        transposed = torch.func.vmap(lambda t, v: butterfly_multiply_transpose(t, v, False), in_dims=in_dims)(twiddles, inputs)
+        with use_reference():
+            assert rel_error(transposed, torch.func.vmap(lambda t, v: butterfly_multiply_transpose(t, v, False), in_dims=in_dims)(twiddles, inputs)) <= 1e-12
         with use_reference():
             expected = torch.stack([
                 butterfly_multiply(twiddles[i] if in_dims[0] == 0 else twiddles, inputs.select(in_dims[1], i) if in_dims[1] is not None else inputs)
                 for i in range(size)
             ])
         assert rel_error(y, expected) <= 1e-12
-    assert "cpu" not in FUSED_BACKENDS or len(calls) == 4
+    assert "cpu" not in FUSED_BACKENDS or len(calls) == 8
+    # an empty vmapped batch: empty results of the right shape
+    assert torch.func.vmap(butterfly_multiply, in_dims=(None, 0))(tw, xs[:0]).shape == (0, 3, stacks, n)
+    assert torch.func.vmap(butterfly_multiply, in_dims=(0, None))(tws[:0], x).shape == (0, 3, stacks, n)
 
 
 def test_per_sample_gradients_with_vmap_of_grad():
@@ -407,8 +413,9 @@ def test_per_sample_gradients_with_vmap_of_grad():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 @pytest.mark.parametrize("transpose", [False, True])
 def test_forward_mode_ad_matches_the_reference(dtype, transpose):
-    """Forward-mode AD through the fused op -- ``torch.autograd.forward_ad`` dual tensors (eager)
-    and ``torch.func.jacfwd`` (real dtypes: jacfwd takes no complex inputs) -- gives the reference's
+    """Forward-mode AD through the op -- eager dual tensors (also under ``no_grad``, which does not
+    turn forward AD off), ``torch.func.jvp``, ``jacfwd`` and second order ``jacfwd(jacfwd)``,
+    ``jvp`` of ``jvp`` (real dtypes: jacfwd takes no complex inputs) -- gives the reference's
     tangents, for tangents of the twiddles, the input, or both."""
     from torch.autograd import forward_ad
 
@@ -419,15 +426,48 @@ def test_forward_mode_ad_matches_the_reference(dtype, transpose):
         _, expected = torch.func.jvp(op, (tw, x), (dtw, dx))
     with forward_ad.dual_level():
         tangent = forward_ad.unpack_dual(op(forward_ad.make_dual(tw, dtw), forward_ad.make_dual(x, dx))).tangent
-        only_x = forward_ad.unpack_dual(op(tw, forward_ad.make_dual(x, dx))).tangent
-    assert rel_error(tangent, expected) <= 1e-12
-    with use_reference():
-        assert rel_error(only_x, op(tw, dx)) <= 1e-12  # linear in x
+        with torch.no_grad():
+            no_grad = forward_ad.unpack_dual(op(forward_ad.make_dual(tw, dtw), forward_ad.make_dual(x, dx))).tangent
+    assert rel_error(tangent, expected) <= 1e-12 and rel_error(no_grad, expected) <= 1e-12
+    assert rel_error(torch.func.jvp(op, (tw, x), (dtw, dx))[1], expected) <= 1e-12
     if not dtype.is_complex:
-        for f, at in [(lambda t: op(t, x), tw), (lambda v: op(tw, v), x)]:
-            jacobian = torch.func.jacfwd(f)(at)
+
+        def second(t):  # second directional derivative along dtw
+            return torch.func.jvp(lambda u: torch.func.jvp(lambda w: op(w, x), (u,), (dtw,))[1], (t,), (dtw,))[1]
+
+        def in_twiddle(t):
+            return op(t, x).square().sum()
+
+        for f in (second, lambda t: torch.func.jacfwd(torch.func.jacfwd(in_twiddle))(t)):
+            got = f(tw)
             with use_reference():
-                assert rel_error(jacobian, torch.func.jacrev(f)(at)) <= 1e-12
+                want = f(tw)
+            assert want.abs().max() > 1e-3 and rel_error(got, want) <= 1e-10
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+def test_compiled_training_step_has_no_graph_break():
+    """``torch.compile(fullgraph=True)`` of a training step (twiddles that require grad) traces the
+    custom ops -- an ``autograd.Function`` with a custom forward-mode rule would be refused -- and
+    its gradient runs the fused backward."""
+    forward, backward = FUSED_BACKENDS["cpu"]
+    calls = []
+
+    def counting_backward(*args):
+        calls.append(1)
+        return backward(*args)
+
+    tw = random_twiddle(1, 1, 16).requires_grad_(True)
+    x = torch.randn(4, 16, dtype=torch.float64)
+    step = torch.compile(lambda t, v: butterfly_multiply(t, v).square().sum(), backend="aot_eager", fullgraph=True)
+    FUSED_BACKENDS["cpu"] = (forward, counting_backward)
+    try:
+        step(tw, x).backward()
+    finally:
+        FUSED_BACKENDS["cpu"] = (forward, backward)
+    with use_reference():
+        expected = torch.autograd.grad(butterfly_multiply(tw, x).square().sum(), tw)[0]
+    assert calls and rel_error(tw.grad, expected) <= 1e-12
 
 
 def test_nested_torch_func_grad_matches_the_reference():

@@ -34,7 +34,9 @@ by line and is differentiated by autograd. Fused backends -- Numba on CPU
 :data:`FUSED_BACKENDS` under ``"cuda"`` -- run through the ``torch.library`` custom op
 ``structmat::butterfly_multiply`` with a fake implementation and an autograd formula whose backward
 recomputes the intermediates (training memory ``O(B · N)``), so ``torch.compile``,
-``torch.func.grad`` and ``gradcheck`` work; plain eager calls (no compilation, ``torch.func`` or
+``torch.func.grad``, ``torch.func.vmap`` (a vmap rule folds a batch of inputs into the rows, a
+batch of twiddles into the stacks) and ``gradcheck`` work; a backward that is itself
+differentiated, and forward-mode AD, run the differentiable reference; plain eager calls (no compilation, ``torch.func`` or
 tracing) skip the custom-op dispatch and call the backend from an ``autograd.Function`` directly
 (about 80 us less per forward + backward). :func:`structmat.ops.backend.choose` picks the backend;
 ``structmat.ops.use_reference()`` or ``STRUCTMAT_REFERENCE=1`` forces the reference.
@@ -135,25 +137,6 @@ def butterfly_multiply_reference(twiddle: torch.Tensor, x: torch.Tensor, increas
     for block, level, stride in schedule:
         x = butterfly_factor_multiply(twiddle[:, block, level], x, stride, transpose)
     return x
-
-
-def _jvp_reference(twiddle: torch.Tensor, x: torch.Tensor, twiddle_tangent: torch.Tensor | None, x_tangent: torch.Tensor | None, increasing_stride: bool, transpose: bool) -> torch.Tensor:
-    """The tangent of ``butterfly_multiply_reference(twiddle, x)`` along ``(twiddle_tangent,
-    x_tangent)`` (``None``: zero), factor by factor: each factor is linear in its block and in its
-    input, so ``ẏ = F(t) ẋ + F(ṫ) x`` (written out rather than through ``torch.func.jvp``, which
-    cannot nest in eager forward-mode AD)."""
-    stacks, n_blocks = twiddle.shape[:2]
-    n = butterfly_size(twiddle)
-    x = x.expand(x.shape[0], stacks, n)
-    tangent = None if x_tangent is None else x_tangent.expand(x_tangent.shape[0], stacks, n)
-    schedule = butterfly_schedule(n, n_blocks, increasing_stride)
-    for block, level, stride in schedule[::-1] if transpose else schedule:
-        terms = [] if tangent is None else [butterfly_factor_multiply(twiddle[:, block, level], tangent, stride, transpose)]
-        if twiddle_tangent is not None:
-            terms.append(butterfly_factor_multiply(twiddle_tangent[:, block, level], x, stride, transpose))
-        tangent = sum(terms[1:], terms[0]) if terms else None
-        x = butterfly_factor_multiply(twiddle[:, block, level], x, stride, transpose)
-    return torch.zeros_like(x) if tangent is None else tangent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,26 +260,18 @@ _butterfly_fused.register_autograd(_backward, setup_context=_setup_context)
 
 class _FusedButterfly(torch.autograd.Function):
     """The custom ops as an ``autograd.Function`` with ``setup_context``: the form that
-    ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``) accept; eager autograd and
-    ``torch.compile`` see the same two ops."""
+    ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``) and ``torch.compile`` accept (plain eager
+    autograd takes :class:`_EagerFusedButterfly`). No ``jvp`` rule: Dynamo refuses an
+    ``autograd.Function`` with a custom ``jvp`` whose inputs require grad, and a custom ``jvp`` is
+    not differentiated by an outer forward-mode transform -- forward-mode AD runs the reference
+    instead (:func:`_forward_mode_active`)."""
 
     @staticmethod
     def forward(twiddle, x, increasing_stride, transpose):
         return _forward_op(twiddle, x, increasing_stride, transpose)
 
+    setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output)
-        ctx.save_for_forward(inputs[0], inputs[1])
-
-    @staticmethod
-    def jvp(ctx, twiddle_tangent, x_tangent, *_):
-        """Forward-mode AD (``torch.func.jvp``/``jacfwd``, ``torch.autograd.forward_ad``):
-        :func:`_jvp_reference`."""
-        twiddle, x = ctx.saved_tensors
-        return _jvp_reference(twiddle, x, twiddle_tangent, x_tangent, ctx.increasing_stride, ctx.transpose)
 
     @staticmethod
     def vmap(info, in_dims, twiddle, x, increasing_stride, transpose):
@@ -307,20 +282,23 @@ class _FusedButterfly(torch.autograd.Function):
         size = info.batch_size
         if tw_dim is None:  # (V, B, S_in, N) -> (V B, S_in, N)
             x = x.movedim(x_dim, 0)
-            y = _FusedButterfly.apply(twiddle, x.reshape(-1, *x.shape[2:]), increasing_stride, transpose)
-            return y.reshape(size, -1, *y.shape[1:]), 0
+            batch = x.shape[1]
+            y = _FusedButterfly.apply(twiddle, x.reshape(size * batch, *x.shape[2:]), increasing_stride, transpose)
+            return y.reshape(size, batch, *y.shape[1:]), 0
         twiddle = twiddle.movedim(tw_dim, 0)
         stacks, n = twiddle.shape[1], x.shape[-1]
         twiddle = twiddle.reshape(size * stacks, *twiddle.shape[2:])  # (V S, K, log N, N/2, 2, 2)
+        # (no stacks at all for an empty batch of twiddles: the reference's empty result)
+        apply = _FusedButterfly.apply if size else butterfly_multiply_reference
         if x_dim is None:
             if x.shape[1] == 1:  # one input row shared by every stack of every twiddle
-                y = _FusedButterfly.apply(twiddle, x, increasing_stride, transpose)
+                y = apply(twiddle, x, increasing_stride, transpose)
                 return y.reshape(y.shape[0], size, stacks, n), 1
             x = x.unsqueeze(1).expand(-1, size, -1, -1)  # (B, V, S, N)
         else:
             x = x.movedim(x_dim, 1)  # (B, V, S_in, N)
         x = x.expand(-1, -1, stacks, -1).reshape(x.shape[0], size * stacks, n)
-        y = _FusedButterfly.apply(twiddle, x, increasing_stride, transpose)
+        y = apply(twiddle, x, increasing_stride, transpose)
         return y.reshape(y.shape[0], size, stacks, n), 1
 
 
@@ -347,6 +325,17 @@ class _EagerFusedButterfly(torch.autograd.Function):
 # Public entry points
 
 
+def _forward_mode_active() -> bool:
+    """Whether forward-mode AD is on (eager ``torch.autograd.forward_ad.dual_level`` or a
+    ``torch.func.jvp``/``jacfwd`` transform): the op then runs the differentiable reference, which
+    propagates tangents exactly at every order (the fused kernels have no forward-mode rule)."""
+    if forward_ad._current_level >= 0:
+        return True
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    return any(level.key() == torch._C._functorch.TransformType.Jvp for level in torch._C._functorch.get_interpreter_stack() or ())
+
+
 def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
     twiddle = check_twiddle(twiddle)
     n, stacks = butterfly_size(twiddle), twiddle.shape[0]
@@ -361,7 +350,7 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
         dtype = torch.promote_types(twiddle.dtype, x.dtype)
         twiddle, x = twiddle.to(dtype), x.to(dtype)
     backend = choose(twiddle, x)
-    if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0 or (backend == "cpu" and dtype not in KERNEL_DTYPES):
+    if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0 or (backend == "cpu" and dtype not in KERNEL_DTYPES) or _forward_mode_active():
         # (float16/bfloat16 on the CPU: the reference)
         return butterfly_multiply_reference(twiddle, x, increasing_stride, transpose)
     if not torch.is_grad_enabled() and _plain_eager(twiddle, x):
@@ -370,7 +359,7 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
         # vmapped tensors still see the custom op
         forward, _ = _fused(x)
         return forward(twiddle.contiguous(), x.contiguous(), bool(increasing_stride), bool(transpose))
-    if _plain_eager(twiddle, x) and not torch._C._are_functorch_transforms_active() and forward_ad._current_level < 0:
+    if _plain_eager(twiddle, x) and not torch._C._are_functorch_transforms_active():
         return _EagerFusedButterfly.apply(twiddle, x, bool(increasing_stride), bool(transpose))
     return _FusedButterfly.apply(twiddle, x, bool(increasing_stride), bool(transpose))
 
