@@ -446,28 +446,36 @@ def test_forward_mode_ad_matches_the_reference(dtype, transpose):
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
-def test_compiled_training_step_has_no_graph_break():
+def test_compiled_training_step_and_vmap_have_no_graph_break(monkeypatch):
     """``torch.compile(fullgraph=True)`` of a training step (twiddles that require grad) traces the
     custom ops -- an ``autograd.Function`` with a custom forward-mode rule would be refused -- and
-    its gradient runs the fused backward."""
+    its gradient runs the fused backward; a compiled ``vmap`` runs the custom op's vmap rule: one
+    fused forward for the whole batch, not one per element."""
     forward, backward = FUSED_BACKENDS["cpu"]
-    calls = []
+    calls = {"forward": 0, "backward": 0}
 
-    def counting_backward(*args):
-        calls.append(1)
-        return backward(*args)
+    def counting(name, function):
+        def counted(*args):
+            calls[name] += 1
+            return function(*args)
 
+        return counted
+
+    monkeypatch.setitem(FUSED_BACKENDS, "cpu", (counting("forward", forward), counting("backward", backward)))
     tw = random_twiddle(1, 1, 16).requires_grad_(True)
     x = torch.randn(4, 16, dtype=torch.float64)
     step = torch.compile(lambda t, v: butterfly_multiply(t, v).square().sum(), backend="aot_eager", fullgraph=True)
-    FUSED_BACKENDS["cpu"] = (forward, counting_backward)
-    try:
-        step(tw, x).backward()
-    finally:
-        FUSED_BACKENDS["cpu"] = (forward, backward)
+    step(tw, x).backward()
     with use_reference():
         expected = torch.autograd.grad(butterfly_multiply(tw, x).square().sum(), tw)[0]
-    assert calls and rel_error(tw.grad, expected) <= 1e-12
+    assert calls["backward"] == 1 and rel_error(tw.grad, expected) <= 1e-12
+    xs = torch.randn(5, 4, 16, dtype=torch.float64)
+    calls["forward"] = 0
+    batched = torch.compile(torch.func.vmap(butterfly_multiply, in_dims=(None, 0)), backend="aot_eager", fullgraph=True)
+    y = batched(tw.detach(), xs)
+    with use_reference():
+        assert rel_error(y, torch.stack([butterfly_multiply(tw.detach(), v) for v in xs])) <= 1e-12
+    assert calls["forward"] == 1
 
 
 def test_nested_torch_func_grad_matches_the_reference():

@@ -84,6 +84,25 @@ def test_torch_func_grad():
         assert _relative(grads[name], p.grad) <= 1e-12
 
 
+def test_second_order_torch_func_gradients_are_refused():
+    """Nested ``torch.func.grad`` would differentiate the fused backward, which has
+    no derivative, and silently return zero second derivatives: a clear error instead; first
+    order keeps working."""
+    k, n = 2, 16
+    S, G, B = (torch.randn(k, n, dtype=torch.float64) for _ in range(3))
+    permutation = torch.stack([torch.randperm(n) for _ in range(k)])
+    x = torch.randn(3, 12, dtype=torch.float64)
+
+    def loss(s, v):
+        return fastfood_multiply(v, s, G, B, permutation, 20).square().sum()
+
+    with use_reference():
+        expected = torch.func.grad(loss)(S, x)
+    assert _relative(torch.func.grad(loss)(S, x), expected) <= 1e-12
+    with pytest.raises(RuntimeError, match="second-order gradients"):
+        torch.func.grad(lambda s: torch.func.grad(loss)(s, x).square().sum())(S)
+
+
 def test_independent_of_thread_count():
     params, permutation = _parameters(2, 64, torch.float64)
     x = torch.randn(700, 50, dtype=torch.float64, requires_grad=True)

@@ -112,11 +112,9 @@ def choose(*tensors) -> str:
     """``"reference"``, ``"cpu"`` (fused Numba kernels) or ``"cuda"`` for the given tensors."""
     if reference_forced() or not tensors:
         return "reference"
-    if all(t.is_cpu for t in tensors):  # the common case, without building device objects
+    if all(t.is_cpu for t in tensors):  # (without building device objects)
         return "cpu" if numba_available() else "reference"
     device = tensors[0].device.type
     if any(t.device.type != device for t in tensors[1:]):
         return "reference"
-    if device == "cpu":
-        return "cpu" if numba_available() else "reference"
     return "cuda" if device == "cuda" else "reference"

@@ -34,12 +34,13 @@ by line and is differentiated by autograd. Fused backends -- Numba on CPU
 :data:`FUSED_BACKENDS` under ``"cuda"`` -- run through the ``torch.library`` custom op
 ``structmat::butterfly_multiply`` with a fake implementation and an autograd formula whose backward
 recomputes the intermediates (training memory ``O(B · N)``), so ``torch.compile``,
-``torch.func.grad``, ``torch.func.vmap`` (a vmap rule folds a batch of inputs into the rows, a
-batch of twiddles into the stacks) and ``gradcheck`` work; a backward that is itself
-differentiated, and forward-mode AD, run the differentiable reference; plain eager calls (no compilation, ``torch.func`` or
-tracing) skip the custom-op dispatch and call the backend from an ``autograd.Function`` directly
-(about 80 us less per forward + backward). :func:`structmat.ops.backend.choose` picks the backend;
-``structmat.ops.use_reference()`` or ``STRUCTMAT_REFERENCE=1`` forces the reference.
+``torch.func.grad``, ``torch.func.vmap`` (a vmap rule folds a batch of inputs into the rows, a batch
+of twiddles into the stacks) and ``gradcheck`` work; a backward that may itself be differentiated
+(``create_graph``, ``torch.func``) and forward-mode AD run the differentiable reference; plain eager
+calls (no compilation, ``torch.func`` or tracing) skip the custom-op dispatch and call the backend
+from an ``autograd.Function`` directly (about 80 us less per forward + backward).
+:func:`structmat.ops.backend.choose` picks the backend; ``structmat.ops.use_reference()`` or
+``STRUCTMAT_REFERENCE=1`` forces the reference.
 
 Example (a 4-point Walsh--Hadamard transform, SPEC.md §6.3)::
 
@@ -227,10 +228,12 @@ def _input_adjoint(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, i
 
 
 def _backward(ctx, grad):
-    """The autograd formula: the fused backward, or, when the backward itself is differentiated
-    (grad mode on: ``create_graph=True``, nested ``torch.func.grad``), the vector-Jacobian product of
-    the differentiable reference -- the fused backward has no derivative of its own, and running it
-    would silently drop the second-order terms."""
+    """The autograd formula: the fused backward, or, when the backward may itself be
+    differentiated (grad mode on: ``create_graph=True``, and every ``torch.func.grad``/``vjp``, which
+    always build the graph), the vector-Jacobian product of the differentiable reference -- the
+    fused backward has no derivative of its own, and running it would silently drop second-order
+    terms. (The reference's backward keeps its ``K log N`` intermediates: memory ``O(B N K log
+    N)`` during that backward.)"""
     if torch.is_grad_enabled():
         twiddle, x = ctx.saved_tensors
         _, vjp = torch.func.vjp(lambda t, v: butterfly_multiply_reference(t, v, ctx.increasing_stride, ctx.transpose), twiddle, x)
@@ -240,6 +243,8 @@ def _backward(ctx, grad):
 
 
 def _first_order_backward(ctx, grad):
+    """The fused backward (the custom op under a tracer); with frozen twiddles the input adjoint
+    alone (:func:`_input_adjoint`)."""
     twiddle, x = ctx.saved_tensors
     if _plain_eager(twiddle, x, grad):
         if not getattr(ctx, "needs_input_grad", (True,))[0]:  # frozen twiddles: the adjoint only
@@ -256,6 +261,37 @@ def _first_order_backward(ctx, grad):
 
 
 _butterfly_fused.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_vmap("structmat::butterfly_multiply", lambda info, in_dims, *args: _batched(_butterfly_fused, info, in_dims, *args))
+
+
+def _batched(apply, info, in_dims, twiddle, x, increasing_stride, transpose):
+    """``torch.func.vmap`` rule of the op (``apply``: :class:`_FusedButterfly`'s ``apply`` in eager
+    mode, the custom op ``structmat::butterfly_multiply`` under ``torch.compile``): a batch of
+    inputs ``x`` joins the op's batch of rows; a batch of twiddles joins its stacks (each stack a
+    butterfly of its own on its own input rows, SPEC.md §1.6), the inputs repeated per twiddle
+    where they are not batched themselves."""
+    tw_dim, x_dim = in_dims[0], in_dims[1]
+    size = info.batch_size
+    if tw_dim is None:  # (V, B, S_in, N) -> (V B, S_in, N)
+        x = x.movedim(x_dim, 0)
+        batch = x.shape[1]
+        y = apply(twiddle, x.reshape(size * batch, *x.shape[2:]), increasing_stride, transpose)
+        return y.reshape(size, batch, *y.shape[1:]), 0
+    twiddle = twiddle.movedim(tw_dim, 0)
+    stacks, n = twiddle.shape[1], x.shape[-1]
+    twiddle = twiddle.reshape(size * stacks, *twiddle.shape[2:])  # (V S, K, log N, N/2, 2, 2)
+    # (no stacks at all for an empty batch of twiddles: the reference's empty result)
+    apply = apply if size else butterfly_multiply_reference
+    if x_dim is None:
+        if x.shape[1] == 1:  # one input row shared by every stack of every twiddle
+            y = apply(twiddle, x, increasing_stride, transpose)
+            return y.reshape(y.shape[0], size, stacks, n), 1
+        x = x.unsqueeze(1).expand(-1, size, -1, -1)  # (B, V, S, N)
+    else:
+        x = x.movedim(x_dim, 1)  # (B, V, S_in, N)
+    x = x.expand(-1, -1, stacks, -1).reshape(x.shape[0], size * stacks, n)
+    y = apply(twiddle, x, increasing_stride, transpose)
+    return y.reshape(y.shape[0], size, stacks, n), 1
 
 
 class _FusedButterfly(torch.autograd.Function):
@@ -273,33 +309,7 @@ class _FusedButterfly(torch.autograd.Function):
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
 
-    @staticmethod
-    def vmap(info, in_dims, twiddle, x, increasing_stride, transpose):
-        """``torch.func.vmap`` rule: a batch of inputs ``x`` joins the op's batch of rows; a batch
-        of twiddles joins its stacks (each stack a butterfly of its own on its own input rows,
-        SPEC.md §1.6), the inputs repeated per twiddle where they are not batched themselves."""
-        tw_dim, x_dim = in_dims[0], in_dims[1]
-        size = info.batch_size
-        if tw_dim is None:  # (V, B, S_in, N) -> (V B, S_in, N)
-            x = x.movedim(x_dim, 0)
-            batch = x.shape[1]
-            y = _FusedButterfly.apply(twiddle, x.reshape(size * batch, *x.shape[2:]), increasing_stride, transpose)
-            return y.reshape(size, batch, *y.shape[1:]), 0
-        twiddle = twiddle.movedim(tw_dim, 0)
-        stacks, n = twiddle.shape[1], x.shape[-1]
-        twiddle = twiddle.reshape(size * stacks, *twiddle.shape[2:])  # (V S, K, log N, N/2, 2, 2)
-        # (no stacks at all for an empty batch of twiddles: the reference's empty result)
-        apply = _FusedButterfly.apply if size else butterfly_multiply_reference
-        if x_dim is None:
-            if x.shape[1] == 1:  # one input row shared by every stack of every twiddle
-                y = apply(twiddle, x, increasing_stride, transpose)
-                return y.reshape(y.shape[0], size, stacks, n), 1
-            x = x.unsqueeze(1).expand(-1, size, -1, -1)  # (B, V, S, N)
-        else:
-            x = x.movedim(x_dim, 1)  # (B, V, S_in, N)
-        x = x.expand(-1, -1, stacks, -1).reshape(x.shape[0], size * stacks, n)
-        y = apply(twiddle, x, increasing_stride, transpose)
-        return y.reshape(y.shape[0], size, stacks, n), 1
+    vmap = staticmethod(lambda info, in_dims, *args: _batched(_FusedButterfly.apply, info, in_dims, *args))
 
 
 class _EagerFusedButterfly(torch.autograd.Function):
@@ -326,14 +336,12 @@ class _EagerFusedButterfly(torch.autograd.Function):
 
 
 def _forward_mode_active() -> bool:
-    """Whether forward-mode AD is on (eager ``torch.autograd.forward_ad.dual_level`` or a
-    ``torch.func.jvp``/``jacfwd`` transform): the op then runs the differentiable reference, which
-    propagates tangents exactly at every order (the fused kernels have no forward-mode rule)."""
-    if forward_ad._current_level >= 0:
-        return True
-    if not torch._C._are_functorch_transforms_active():
-        return False
-    return any(level.key() == torch._C._functorch.TransformType.Jvp for level in torch._C._functorch.get_interpreter_stack() or ())
+    """Whether forward-mode AD is on: an eager ``torch.autograd.forward_ad.dual_level``, which
+    ``torch.func.jvp``/``jacfwd`` enter too. The op then runs the differentiable reference, which
+    propagates tangents exactly at every order (the fused kernels have no forward-mode rule).
+    ``_current_level`` is private to torch (pinned in pyproject.toml); it is a plain module global,
+    which ``torch.compile`` can trace."""
+    return forward_ad._current_level >= 0
 
 
 def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
@@ -351,12 +359,12 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
         twiddle, x = twiddle.to(dtype), x.to(dtype)
     backend = choose(twiddle, x)
     if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0 or (backend == "cpu" and dtype not in KERNEL_DTYPES) or _forward_mode_active():
-        # (float16/bfloat16 on the CPU: the reference)
+        # (float16/bfloat16 on the CPU, and forward-mode AD: the reference)
         return butterfly_multiply_reference(twiddle, x, increasing_stride, transpose)
     if not torch.is_grad_enabled() and _plain_eager(twiddle, x):
         # eager inference: the backend directly (the autograd.Function and custom-op dispatch cost
-        # ~30 us per call, 10-20 % of a batch-256 forward at N <= 1024); a tracer, fake or
-        # vmapped tensors still see the custom op
+        # ~30 us per call, 10-20 % of a batch-256 forward at N <= 1024); a tracer or fake tensors
+        # still see the custom op, vmapped ones the vmap rule of _FusedButterfly
         forward, _ = _fused(x)
         return forward(twiddle.contiguous(), x.contiguous(), bool(increasing_stride), bool(transpose))
     if _plain_eager(twiddle, x) and not torch._C._are_functorch_transforms_active():

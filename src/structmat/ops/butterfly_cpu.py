@@ -23,21 +23,21 @@ times instead of ``K log N``, ping-ponging between two buffers (in place, LLVM's
 aliasing check fails and the loops run scalar; see also :mod:`structmat.ops.llvm_options`).
 Chunks run in parallel (``numba.prange``).
 
-Backward (both layouts) by recomputation, never storing ``K log N`` copies of the batch. Row
-layout, per block: recompute every step's input into the worker's block buffers (a few blocks
-of rows each, in the level-2 cache; rows a cache line longer than ``N``), then walk the steps back, adding
-the coefficient gradients ``Σ_rows ȳ x*`` (SPEC.md §4.14 "Grad"; ``*`` conjugates complex inputs,
-torch's convention) in registers over the block's rows -- radix-4 steps their 4 x 4 matrix
-gradient instead, turned into coefficient gradients once at the end -- and turning the output
-adjoint into the input adjoint over the step input just consumed (the first step's, with one
-input row per stack, straight into the input gradient's rows). Transposed layout, per chunk: recompute the forward, keeping the
-input of every radix-4 step (``act[0]``, the chunk's input, lives in the chunk's rows of the
-input gradient when there is one stack), then walk the steps back. The per-pair gradient
-reductions are paid once per chunk, so wide chunks matter (n = 1024, batch 256, two threads:
-32-row chunks 0.53 ms, 64-row 0.38 ms); when the memory cap below admits a wider chunk only with
-fewer stored step inputs (at least half of them), the inputs are recomputed in segments from the
-top and the lower segments again (:func:`_backward_chunks`). Extra training memory is the input
-gradient, the workers' buffers and twiddle-gradient partials, together capped at
+Backward (both layouts) by recomputation, never storing ``K log N`` copies of the batch. Row layout,
+per block: recompute every step's input into the worker's block buffers (a few blocks of rows each,
+in the level-2 cache; rows a cache line longer than ``N``), then walk the steps back, adding the
+coefficient gradients ``Σ_rows ȳ x*`` (SPEC.md §4.14 "Grad"; ``*`` conjugates complex inputs,
+torch's convention) in registers over the block's rows -- radix-4 steps their 4 x 4 matrix gradient
+instead, turned into coefficient gradients once at the end -- and turning the output adjoint into
+the input adjoint over the step input just consumed (the first step's, with one input row per stack,
+straight into the input gradient's rows). Transposed layout, per chunk: recompute the forward,
+keeping the input of every radix-4 step (``act[0]``, the chunk's input, lives in the chunk's rows of
+the input gradient when there is one stack), then walk the steps back. The per-pair gradient
+reductions are paid once per chunk, so wide chunks matter (n = 1024, batch 256, two threads: 32-row
+chunks 0.53 ms, 64-row 0.38 ms); when the memory cap below admits a wider chunk only with fewer
+stored step inputs (at least half of them), the inputs are recomputed in segments from the top and
+the lower segments again (:func:`_backward_chunks`). Extra training memory is the input gradient,
+the workers' buffers and twiddle-gradient partials, together capped at
 :data:`BACKWARD_EXTRA_X_INPUT` times the input. Scratch and partials come from a per-thread
 workspace reused across calls (:func:`_workspace`).
 
@@ -478,19 +478,18 @@ def _forward_rows(tw_at, x_at, out_at, planar, kinds, h1s, h2s, starts, position
 
 
 def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, planar_parts, scratch, kinds, h1s, h2s, starts, positions, offsets, slots, low_slots, transposed, block_rows):
-    """The row-layout backward: per block of ``block_rows`` rows and stack, the inputs of steps
-    ``1 ..`` are recomputed into the worker's ``scratch[w, :steps - 1]`` (a block of rows each, flat,
+    """The row-layout backward: per block of ``block_rows`` rows and stack, the inputs of steps 1,
+    2, ... are recomputed into the worker's ``scratch[w, :steps - 1]`` (a block of rows each, flat,
     rows ``pitch = N + one cache line`` apart, so that the same feature of consecutive rows falls
     into different level-1 cache sets even when ``N`` is a multiple of 4 KiB), then the steps are
     walked back (:func:`_rows_step_backward`): step ``k``'s input adjoint overwrites its input in
     ``scratch[w, k - 1]``, where step ``k - 1`` reads it, and step 0's goes straight into
-    ``grad_x``'s rows (with several stacks sharing one input row, or complex rows, it stays in
-    place -- in ``scratch[w, 0]`` when the step reads the caller's gradient -- and is added or
-    converted there). ``grad`` of one row stands for every
-    row (a broadcast gradient, e.g. ``sum()``'s). Complex rows (:func:`_is_complex`) run
-    block-planar (:func:`rows_planar`): the block's input in ``scratch[w, x_buffer]``, the output
-    adjoint converted into the adjoint's rows (stacks sharing one input row: into
-    ``scratch[w, steps - 1]``) and interleaved again at the end.
+    ``grad_x``'s rows (with several stacks sharing one input row, or complex rows, it stays in place
+    -- in ``scratch[w, 0]`` when the step reads the caller's gradient -- and is added or converted
+    there). ``grad`` of one row stands for every row (a broadcast gradient, e.g. ``sum()``'s).
+    Complex rows (:func:`_is_complex`) run block-planar (:func:`rows_planar`): the block's input in
+    ``scratch[w, x_buffer]``, the output adjoint converted into the adjoint's rows (stacks sharing
+    one input row: into ``scratch[w, steps - 1]``) and interleaved again at the end.
 
     Worker ``w`` adds its twiddle gradients to ``parts[w]`` (the runs of small strides, ``(S, low
     slots · N/2 · 4)``) and to planar partials (the other factors, laid out as ``planar``):
@@ -579,7 +578,9 @@ def _backward_rows(tw_at, x_at, grad_at, grad_tw_at, grad_x_at, planar, parts, p
                         act, act_off, act_str, gsrc, gsrc_off, gsrc_str, gdst, gdst_off, gdst_str, rows, n // 2, kinds[k], h1s[k], h2s[k],
                         positions[starts[k] : starts[k + 1]], tw_flat[s], planar_s, grad_s, grad_planar_s, transposed,
                     )
-                if steps == 1 and complex_:
+                if direct:
+                    continue
+                if steps == 1 and complex_:  # the adjoint where step 0 left it
                     g, g_off, g_str = top, top_off, top_str
                 else:
                     g, g_off, g_str = scratch[worker, 0], 0, pitch
@@ -896,8 +897,9 @@ ROWS_BLOCK_MIN, ROWS_BLOCK_MAX = 4, 256
 #: pay; its buffers' rows are one cache line longer than ``N`` (no 4 KiB set aliasing), so they
 #: may outgrow the level-1 cache into level 2 (batch 256, two threads, after the padding: n = 1024
 #: float32, 8 rows 0.17-0.18 ms, 32 rows 0.14-0.16; n = 4096, 8 rows 0.94-1.05, 16 rows 0.82-0.89;
-#: n = 16384, 8 rows 6.7-7.6, 16 rows 7.2-8.0 -- 128 KiB keeps 8 rows from 4096 on, giving up the
-#: few percent at 4096 rather than the 10 % at 16384). Under the memory cap blocks shrink back to the
+#: n = 16384, 8 rows 6.7-7.6, 16 rows 7.2-8.0 -- 128 KiB keeps 8 rows from 4096 on, giving up
+#: ~13 % at 4096 for ~6 % at 16384; 256 KiB would take 16 rows at 4096 but also 256-row blocks at
+#: n = 256, one block per worker at batch 256: unmeasured, left). Under the memory cap blocks shrink back to the
 #: forward's block (:func:`_rows_block`) before workers are dropped, and below it only after: at
 #: small N one worker with long blocks beats two with short ones (n = 256, batch 64, two threads:
 #: 1 worker x 32 rows 30-48 us, 2 x 16 rows 64-67 us; n = 512: 1 x 16 rows 53-80 us, 2 x 8 rows 86

@@ -43,7 +43,8 @@ N = 4096); here one call is one parallel region.
 The fused kernels are the ``torch.library`` custom ops ``structmat::fastfood`` and
 ``structmat::fastfood_backward`` (fake implementations and an autograd formula registered, so
 ``torch.compile`` and ``gradcheck`` go through them; the backward op itself is not
-differentiable, so double backward needs the reference).
+differentiable, so double backward needs the reference, and second-order ``torch.func``
+gradients, which would silently be zero, raise ``RuntimeError``).
 """
 
 from __future__ import annotations
@@ -153,7 +154,23 @@ def _setup_context(ctx, inputs, output):
     ctx.transpose = transpose
 
 
+def _differentiated_by_functorch() -> bool:
+    """Whether an enclosing ``torch.func`` gradient transform would differentiate this backward (two
+    or more gradient levels active): the fused backward has no derivative, so it would silently
+    contribute zero second derivatives."""
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    return sum(level.key() in (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp) for level in stack) > 1
+
+
 def _backward(ctx, grad):
+    if torch.is_grad_enabled() and _differentiated_by_functorch():
+        raise RuntimeError(
+            "fastfood_multiply: second-order gradients through torch.func (nested grad/jacrev/hessian) are not "
+            "supported -- the fused backward has no derivative of its own; use first-order gradients, or eager "
+            "autograd with structmat.ops.use_reference() for double backward"
+        )
     x, S, G, B, permutation = ctx.saved_tensors
     with torch.no_grad():  # first-order gradients (the backward op has no derivative of its own)
         grads = _fastfood_backward_op(x, S, G, B, permutation, grad, ctx.transpose)

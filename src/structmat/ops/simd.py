@@ -435,12 +435,17 @@ def rows_low_levels(typingctx, src, src_offset, src_stride, dst, dst_offset, dst
     return sig, codegen
 
 
+def _plane_offsets(builder, offset, half):
+    """The element offsets of entries ``a, b, c, d`` of the pairs at ``offset`` (in plane ``a``) of
+    a planar twiddle whose planes hold ``half`` elements each."""
+    return [builder.add(offset, builder.mul(half, ir.Constant(ir.IntType(64), e))) for e in range(4)]
+
+
 def _planar_coefficients(lanes, planar, offset, half):
     """The values ``(a, b, c, d)`` of ``T`` consecutive pairs from a planar twiddle (planes ``a, b,
     c, d`` of ``half`` elements each, ``offset`` the first pair's element in plane ``a``;
     block-planar for complex dtypes)."""
-    builder = lanes.builder
-    return tuple(lanes.load(planar, builder.add(offset, builder.mul(half, ir.Constant(ir.IntType(64), e)))) for e in range(4))
+    return tuple(lanes.load(planar, at) for at in _plane_offsets(lanes.builder, offset, half))
 
 
 @intrinsic
@@ -620,8 +625,7 @@ def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_
 def _radix4_entries(builder, half, sets):
     """Offsets of the 16 planar entries of a radix-4 step's coefficient sets ``(s1a, s1b, s2a,
     s2b)``: set ``k``, entry ``e`` at ``16``-index ``4 k + e``."""
-    i64 = ir.IntType(64)
-    return [builder.add(s, builder.mul(half, ir.Constant(i64, e))) for s in sets for e in range(4)]
+    return [at for s in sets for at in _plane_offsets(builder, s, half)]
 
 
 @intrinsic
@@ -746,8 +750,8 @@ def rows_radix2_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
             return sums
 
         sums = _accumulating_loop(lanes, n_rows, lanes.zeros(4), body)
-        for e in range(4):
-            lanes.add_to(grad_p, builder.add(first, builder.mul(half_, ir.Constant(i64, e))), sums[e])
+        for at, value in zip(_plane_offsets(builder, first, half_), sums):
+            lanes.add_to(grad_p, at, value)
         return context.get_dummy_value()
 
     return sig, codegen
