@@ -192,7 +192,6 @@ def test_fused_backward_of_a_gradient_broadcast_over_the_batch(dtype, workers, m
         assert rel_error(a, b) <= tol
 
 
-@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_frozen_twiddles_take_the_transposed_forward_for_the_input_gradient(dtype, monkeypatch):
     """Twiddles that need no gradient: the input gradient is one fused forward with the conjugate
@@ -313,7 +312,7 @@ def test_workspace_set_reuses_views_until_a_slot_is_replaced(monkeypatch):
     remembered (those are allocated per call)."""
     import threading
 
-    butterfly_cpu = pytest.importorskip("structmat.ops.butterfly_cpu")
+    from structmat.ops import butterfly_cpu
     monkeypatch.setattr(butterfly_cpu, "_workspaces", threading.local())  # this test's own caches
     dtype, slots = np.dtype(np.float32), ("a", "b")
     shapes = ((2, 8), (3, 4))
@@ -445,7 +444,6 @@ def test_forward_mode_ad_matches_the_reference(dtype, transpose):
             assert want.abs().max() > 1e-3 and rel_error(got, want) <= 1e-10
 
 
-@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 def test_compiled_training_step_and_vmap_have_no_graph_break(monkeypatch):
     """``torch.compile(fullgraph=True)`` of a training step (twiddles that require grad) traces the
     custom ops -- an ``autograd.Function`` with a custom forward-mode rule would be refused -- and
@@ -781,7 +779,7 @@ def test_row_backward_drops_workers_to_stay_within_the_memory_cap(monkeypatch):
     under the cap (2.95x the input) with 8 rows, three with 4; at batch 64 two with 4. Small
     batches get fewer rows per block instead: batch 32 fits in blocks of one row (2.9x), n = 1024,
     batch 32 in blocks of 4 rows."""
-    butterfly_cpu = pytest.importorskip("structmat.ops.butterfly_cpu")
+    from structmat.ops import butterfly_cpu
     n, levels = 16384, 14
     twiddle = torch.empty(1, 1, levels, n // 2, 2, 2, device="meta")
     for batch, most, rows in [(96, 3, {1: 8, 2: 8, 3: 4, 4: 4}), (64, 2, {1: 8, 2: 4, 3: 4, 4: 4}), (32, 1, dict.fromkeys(range(1, 5), 1))]:
@@ -799,7 +797,6 @@ def test_row_backward_drops_workers_to_stay_within_the_memory_cap(monkeypatch):
     assert butterfly_cpu.backward_extra_bytes(torch.empty(1, 1, 10, 512, 2, 2, device="meta"), small) <= 3 * small.numel() * small.element_size()
 
 
-@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
 @pytest.mark.parametrize("broadcast", [False, True])
 def test_row_backward_leaves_its_inputs_alone(dtype, broadcast, monkeypatch, fresh_launch_caches):

@@ -570,6 +570,29 @@ def _accumulating_loop(lanes, n_rows, initial, body):
     return lanes.unflat(phis)
 
 
+def _backward_rows_loop(context, signature, args, lanes, offsets, initial, step):
+    """The rows loop of the radix backward intrinsics, whose first ten arguments are ``act, offset,
+    stride, gsrc, offset, stride, gdst, offset, stride, rows``: per row, the step input ``x`` and
+    the output adjoint ``g`` at the vector ``offsets``, ``step(x, g, sums) -> (input adjoint,
+    sums)``, the adjoint stored to ``gdst`` (after every load of the row, so ``gdst`` may be
+    ``act``'s or ``gsrc``'s rows). Returns the sums after the last row."""
+    builder = lanes.builder
+    act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 6, 7, 8, 9))
+    gsrc_p = lanes.pointer(context, signature, args, 3)
+    gsrc_off, gsrc_str = _int64_args(context, builder, signature, args, (4, 5))
+
+    def body(row, sums):
+        act_row, gsrc_row = _row_start(builder, act_off, act_str, row), _row_start(builder, gsrc_off, gsrc_str, row)
+        x = [lanes.load(act_p, builder.add(act_row, o)) for o in offsets]
+        g, sums = step(x, [lanes.load(gsrc_p, builder.add(gsrc_row, o)) for o in offsets], sums)
+        gdst_row = _row_start(builder, gdst_off, gdst_str, row)
+        for value, o in zip(g, offsets):
+            lanes.store(value, gdst_p, builder.add(gdst_row, o))
+        return sums
+
+    return _accumulating_loop(lanes, n_rows, initial, body)
+
+
 @intrinsic
 def rows_low_levels_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offset, gsrc_stride, gdst, gdst_offset, gdst_stride, rows, twiddle, twiddle_offset, level_stride, grad, grad_offset, grad_level_stride, increasing, transposed):
     """Backward of :func:`rows_low_levels` on one ``T``-feature block of ``rows`` rows: ``act`` the
@@ -649,29 +672,20 @@ def rows_radix4_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
         lanes = _Lanes(builder, dtype)
-        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 6, 7, 8, 9))
-        gsrc_p = lanes.pointer(context, signature, args, 3)
-        gsrc_off, gsrc_str, first, second, half_, *sets = _int64_args(context, builder, signature, args, (4, 5, 10, 11, 13, 14, 15, 16, 17))
+        first, second, half_, *sets = _int64_args(context, builder, signature, args, (10, 11, 13, 14, 15, 16, 17))
         tw, grad_p = lanes.pointer(context, signature, args, 12), lanes.pointer(context, signature, args, 18)
         coefficients = [_planar_coefficients(lanes, tw, s, half_) for s in sets]
         offsets = [ir.Constant(i64, 0), first, second, builder.add(first, second)]
 
-        def body(row, sums):
-            act_row = _row_start(builder, act_off, act_str, row)
-            x = [lanes.load(act_p, builder.add(act_row, o)) for o in offsets]
-            gsrc_row = _row_start(builder, gsrc_off, gsrc_str, row)
-            g = [lanes.load(gsrc_p, builder.add(gsrc_row, o)) for o in offsets]
+        def step(x, g, sums):
             sums = [lanes.add(sums[4 * r + c], lanes.mul(g[r], x[c], conj_x=True)) for r in range(4) for c in range(4)]
             g[0], g[2] = _adjoint_pair(lanes, coefficients[2], g[0], g[2])
             g[1], g[3] = _adjoint_pair(lanes, coefficients[3], g[1], g[3])
             g[0], g[1] = _adjoint_pair(lanes, coefficients[0], g[0], g[1])
             g[2], g[3] = _adjoint_pair(lanes, coefficients[1], g[2], g[3])
-            gdst_row = _row_start(builder, gdst_off, gdst_str, row)
-            for value, o in zip(g, offsets):
-                lanes.store(value, gdst_p, builder.add(gdst_row, o))
-            return sums
+            return g, sums
 
-        sums = _accumulating_loop(lanes, n_rows, lanes.zeros(16), body)
+        sums = _backward_rows_loop(context, signature, args, lanes, offsets, lanes.zeros(16), step)
         for entry, value in zip(_radix4_entries(builder, half_, sets), sums):
             lanes.add_to(grad_p, entry, value)
         return context.get_dummy_value()
@@ -731,25 +745,14 @@ def rows_radix2_backward(typingctx, act, act_offset, act_stride, gsrc, gsrc_offs
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
         lanes = _Lanes(builder, dtype)
-        act_p, act_off, act_str, gdst_p, gdst_off, gdst_str, n_rows = _row_operands(context, builder, signature, args, lanes, (0, 1, 2, 6, 7, 8, 9))
-        gsrc_p = lanes.pointer(context, signature, args, 3)
-        gsrc_off, gsrc_str, stride, half_, first = _int64_args(context, builder, signature, args, (4, 5, 10, 12, 13))
+        stride, half_, first = _int64_args(context, builder, signature, args, (10, 12, 13))
         tw, grad_p = lanes.pointer(context, signature, args, 11), lanes.pointer(context, signature, args, 14)
         coefficients = _planar_coefficients(lanes, tw, first, half_)
-        offsets = [ir.Constant(i64, 0), stride]
 
-        def body(row, sums):
-            act_row = _row_start(builder, act_off, act_str, row)
-            x = [lanes.load(act_p, builder.add(act_row, o)) for o in offsets]
-            gsrc_row = _row_start(builder, gsrc_off, gsrc_str, row)
-            g = [lanes.load(gsrc_p, builder.add(gsrc_row, o)) for o in offsets]
-            g = _backward_pair(lanes, coefficients, sums, x[0], x[1], g[0], g[1])
-            gdst_row = _row_start(builder, gdst_off, gdst_str, row)
-            for value, o in zip(g, offsets):
-                lanes.store(value, gdst_p, builder.add(gdst_row, o))
-            return sums
+        def step(x, g, sums):
+            return _backward_pair(lanes, coefficients, sums, x[0], x[1], g[0], g[1]), sums
 
-        sums = _accumulating_loop(lanes, n_rows, lanes.zeros(4), body)
+        sums = _backward_rows_loop(context, signature, args, lanes, [ir.Constant(i64, 0), stride], lanes.zeros(4), step)
         for at, value in zip(_plane_offsets(builder, first, half_), sums):
             lanes.add_to(grad_p, at, value)
         return context.get_dummy_value()
