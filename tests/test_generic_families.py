@@ -6,6 +6,7 @@ state_dict and config round trips, torch.compile, dtype/device moves, batch shap
 the single-layer gradient reduction (SPEC.md §2.6, check A6) and Hypothesis-driven shapes.
 """
 
+import copy
 import inspect
 
 import pytest
@@ -201,6 +202,29 @@ def test_dtype_and_device_moves(name, sample):
     if registry.get(name).supports_complex:
         c = make(name, sample, torch.complex64)
         assert c(torch.randn(2, sample.in_features)).dtype == torch.complex64  # real input to a complex layer
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the check runs where one is present)")
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_cuda_matches_cpu(name, sample):
+    """Moved to the GPU, a layer computes what it computes on the CPU -- forward, input and
+    parameter gradients, float64 and float32 -- with its outputs and gradients on the GPU."""
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        cpu = make(name, sample, dtype)
+        gpu = copy.deepcopy(cpu).to("cuda")
+        x = torch.randn(5, sample.in_features, dtype=dtype)
+        xc, xg = x.clone().requires_grad_(), x.to("cuda").requires_grad_()
+        yc, yg = cpu(xc), gpu(xg)
+        assert yg.device.type == "cuda"
+        assert rel_error(yg.cpu(), yc) <= tol
+        g = torch.randn_like(yc)
+        yc.backward(g)
+        yg.backward(g.to("cuda"))
+        assert xg.grad.device.type == "cuda" and rel_error(xg.grad.cpu(), xc.grad) <= tol
+        for (pname, pc), pg in zip(cpu.named_parameters(), gpu.parameters()):
+            if pc.grad is not None:
+                assert pg.grad.device.type == "cuda" and rel_error(pg.grad.cpu(), pc.grad) <= tol, pname
+        assert rel_error(gpu.to_dense().cpu(), cpu.to_dense()) <= tol
 
 
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)

@@ -59,7 +59,7 @@ def tour(
 
 @app.command()
 def bench(
-    suite: str = typer.Argument(..., help="Benchmark suite: butterfly, monarch, ldr, fastfood, hadamard-dct, circuits, compiler, hierarchical."),
+    suite: str = typer.Argument(..., help="Benchmark suite: butterfly, butterfly-gpu (needs CUDA), monarch, ldr, fastfood, hadamard-dct, circuits, compiler, hierarchical."),
     quick: bool = typer.Option(False, "--quick", help="Fewer sizes and repeats (smoke run)."),
     output: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON to this file."),
 ) -> None:

@@ -108,6 +108,24 @@ def numba_available() -> bool:
     return _NUMBA_AVAILABLE
 
 
+_TRITON_AVAILABLE: bool | None = None
+
+
+def triton_available() -> bool:
+    """Whether the GPU kernels can run: a CUDA device is present and Triton imports (probed once)."""
+    global _TRITON_AVAILABLE
+    if _TRITON_AVAILABLE is None:
+        _TRITON_AVAILABLE = False
+        if torch.cuda.is_available():
+            try:
+                import triton  # noqa: F401
+            except Exception:
+                pass
+            else:
+                _TRITON_AVAILABLE = True
+    return _TRITON_AVAILABLE
+
+
 def choose(*tensors) -> str:
     """``"reference"``, ``"cpu"`` (fused Numba kernels) or ``"cuda"`` for the given tensors."""
     if reference_forced() or not tensors:

@@ -61,7 +61,7 @@ from torch.autograd import forward_ad
 
 from ..core.errors import describe
 from ..core.sizes import is_power_of_two
-from .backend import KERNEL_DTYPES, choose, numba_available
+from .backend import KERNEL_DTYPES, choose, numba_available, triton_available
 
 #: Fused backends by device type: ``(forward, backward)`` with
 #: ``forward(twiddle, x, increasing_stride, transpose) -> out`` and
@@ -358,8 +358,8 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
         dtype = torch.promote_types(twiddle.dtype, x.dtype)
         twiddle, x = twiddle.to(dtype), x.to(dtype)
     backend = choose(twiddle, x)
-    if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0 or (backend == "cpu" and dtype not in KERNEL_DTYPES) or _forward_mode_active():
-        # (float16/bfloat16 on the CPU, and forward-mode AD: the reference)
+    if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0 or dtype not in KERNEL_DTYPES or _forward_mode_active():
+        # (float16/bfloat16, and forward-mode AD: the reference)
         return butterfly_multiply_reference(twiddle, x, increasing_stride, transpose)
     if not torch.is_grad_enabled() and _plain_eager(twiddle, x):
         # eager inference: the backend directly (the autograd.Function and custom-op dispatch cost
@@ -410,3 +410,6 @@ def butterfly_to_dense(twiddle: torch.Tensor, increasing_stride: bool = True) ->
 
 if numba_available():
     from . import butterfly_cpu  # noqa: E402,F401 - registers the fused CPU backend in FUSED_BACKENDS
+
+if triton_available():
+    from . import butterfly_triton  # noqa: E402,F401 - registers the Triton GPU backend in FUSED_BACKENDS
