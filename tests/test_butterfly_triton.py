@@ -64,17 +64,21 @@ def test_forward_and_backward_match_reference(dtype, geometry):
 
 
 def test_backward_with_few_programs(monkeypatch):
-    """A workspace cap that admits one program (then two): each program loops over many row
+    """A workspace cap that admits one program (then two): each program loops over several row
     blocks, accumulating its partial twiddle gradient across them."""
-    n, batch = 64, 70  # 8 or 16 rows per block: 5 or more row blocks
+    n, batch = 64, 40
+    if not ON_GPU:  # (the interpreter's one program at a time would cap the grid at one per stack)
+        monkeypatch.setattr(bt, "_units", lambda x: 4)
     tw, x = _twiddle_and_input(n, 2, 1, 1, batch, torch.float64)
     grad = torch.randn(batch, 2, n, dtype=torch.float64, device=DEVICE)
     _, gtw_ref, gx_ref = _reference(tw, x, grad, True, False)
-    block_b = bt._blocks(n, False, batch, 2, bt._units(x), bt.BACKWARD_FEWEST_ROWS)[0]
-    per_stack_and_program = (n.bit_length() - 1) * (block_b * n + 2 * n) * 8  # step inputs and partial
+    block_b = bt._rows(n, False, batch, 2, bt._units(x), bt.BACKWARD_FEWEST_ROWS)
+    row_blocks = -(-batch // block_b)
+    assert row_blocks >= 3
+    per_stack_and_program = (3 * block_b * n + 6 * 2 * n) * 8  # 3 pass inputs, partial of 6 factors
     for programs in (1, 2):
         monkeypatch.setattr(bt, "BACKWARD_WORKSPACE_BYTES", programs * 2 * per_stack_and_program)
-        assert bt._programs(bt._units(x), -(-batch // block_b), 2, per_stack_and_program) == programs
+        assert bt._programs(bt._units(x), row_blocks, 2, per_stack_and_program, x.numel() * 8) == programs
         gtw, gx = bt.butterfly_backward_triton(tw, x, grad, True, False)
         assert rel_error(gtw, gtw_ref) <= 1e-12 and rel_error(gx, gx_ref) <= 1e-12
 
