@@ -12,7 +12,9 @@ import os
 import pytest
 import torch
 
+from structmat.core import registry
 from structmat.ops import butterfly as bf
+from structmat.ops import use_reference
 
 from helpers import rel_error
 
@@ -23,6 +25,7 @@ if not ON_GPU:
     # Triton reads the variable when its kernels are defined and again while it interprets them;
     # it stays set for this test process (torch's CPU compiler does not use Triton)
     os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton", reason="Triton is not installed (the dev extra installs it on Linux)")
 from structmat.ops import butterfly_triton as bt  # noqa: E402
 
 needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device (the check runs where one is present)")
@@ -83,6 +86,20 @@ def test_backward_with_few_programs(monkeypatch):
         assert rel_error(gtw, gtw_ref) <= 1e-12 and rel_error(gx, gx_ref) <= 1e-12
 
 
+def test_lazy_conjugates_and_strided_inputs():
+    """Inputs as the op hands them over (``butterfly_multiply_adjoint`` passes ``twiddle.conj()``, a
+    lazily conjugated view) or as a caller may: conjugate, negated and non-contiguous tensors give
+    the values of their resolved copies."""
+    tw, x = _twiddle_and_input(16, 2, 1, 1, 3, torch.complex128)
+    grad = torch.randn(3, 2, 16, dtype=torch.complex128, device=DEVICE)
+    strided = x.transpose(0, 2).contiguous().transpose(0, 2)
+    for t, v, g in ((tw.conj(), x, grad), (tw, strided.conj(), grad.conj()), (-tw, torch.neg(x.conj()), grad)):
+        y_ref, gtw_ref, gx_ref = _reference(t.resolve_conj().resolve_neg(), v.resolve_conj().resolve_neg(), g.resolve_conj(), True, True)
+        assert rel_error(bt.butterfly_forward_triton(t, v, True, True), y_ref) <= 1e-12
+        gtw, gx = bt.butterfly_backward_triton(t, v, g, True, True)
+        assert rel_error(gtw, gtw_ref) <= 1e-12 and rel_error(gx, gx_ref) <= 1e-12
+
+
 def test_nan_propagates_row_wise():
     tw, x = _twiddle_and_input(16, 1, 1, 1, 3, torch.float32)
     x[1, 0, 3] = float("nan")
@@ -99,14 +116,47 @@ def test_empty_batch():
 
 def test_bad_input():
     tw, x = _twiddle_and_input(8, 1, 1, 1, 2, torch.float32)
-    with pytest.raises(TypeError, match="twiddle: the Triton butterfly kernels take"):
+    with pytest.raises(TypeError, match="x: the Triton butterfly kernels take"):
         bt.butterfly_forward_triton(tw.half(), x.half(), True, False)
-    with pytest.raises(ValueError, match="twiddle: expected torch.float32"):
+    with pytest.raises(TypeError, match="twiddle and x: expected one dtype"):
         bt.butterfly_forward_triton(tw.double(), x, True, False)
-    with pytest.raises(ValueError, match="x: expected a contiguous tensor"):
-        bt.butterfly_forward_triton(tw, x.transpose(0, 2).contiguous().transpose(0, 2), True, False)
+    with pytest.raises(ValueError, match="x: expected shape"):
+        bt.butterfly_forward_triton(tw, x[..., :4], True, False)
+    with pytest.raises(ValueError, match="x: expected shape"):
+        bt.butterfly_forward_triton(tw, x.expand(2, 3, 8), True, False)
     with pytest.raises(ValueError, match="grad: expected shape"):
         bt.butterfly_backward_triton(tw, x, torch.zeros(3, 1, 8, device=DEVICE), True, False)
+    with pytest.raises(TypeError, match="grad: expected a floating-point"):
+        bt.butterfly_backward_triton(tw, x, torch.zeros(2, 1, 8, dtype=torch.int64, device=DEVICE), True, False)
+
+
+@pytest.mark.parametrize("name", ["butterfly", "bp", "kaleidoscope"])
+def test_families_through_the_triton_kernels(name, monkeypatch):
+    """The butterfly-based families, complex, with their op running the Triton kernels (on the GPU,
+    or under the interpreter standing in for the CPU backend): forward, transpose and adjoint (whose
+    twiddles reach the kernels as lazily conjugated views) against the dense matrix, and the input
+    and parameter gradients against the reference's."""
+    if not ON_GPU:
+        monkeypatch.setitem(bf.FUSED_BACKENDS, "cpu", bf.FUSED_BACKENDS["cuda"])
+    info = registry.get(name)
+    for sample in info.samples():
+        m = info.create(sample.in_features, sample.out_features, dtype=torch.complex128, device=DEVICE, **sample.options)
+        M = m.to_dense().detach()
+        x = torch.randn(3, sample.in_features, dtype=torch.complex128, device=DEVICE)
+        y = torch.randn(3, sample.out_features, dtype=torch.complex128, device=DEVICE)
+        assert rel_error(m(x), x @ M.T) <= 1e-12, sample.id
+        assert rel_error(m.transpose()(y), y @ M) <= 1e-12, sample.id
+        assert rel_error(m.adjoint()(y), y @ M.conj()) <= 1e-12, sample.id
+        grads = []
+        for reference in (False, True):
+            with use_reference(reference):
+                m.zero_grad()
+                v = x.clone().requires_grad_()
+                (m(v) * y.conj()).real.sum().backward()
+                grads.append([v.grad] + [p.grad for p in m.parameters() if p.requires_grad])
+        for got, want in zip(*grads):
+            assert (got is None) == (want is None), sample.id
+            assert got is None or rel_error(got, want) <= 1e-12, sample.id
 
 
 @needs_gpu
@@ -146,6 +196,17 @@ def test_compiled_training_step_on_gpu():
     compiled = torch.compile(step, fullgraph=True)
     loss = compiled(tw, x)
     (g,) = torch.autograd.grad(loss, tw)
-    loss_ref = step(tw, x)
-    (g_ref,) = torch.autograd.grad(loss_ref, tw)
+    with use_reference():
+        loss_ref = step(tw, x)
+        (g_ref,) = torch.autograd.grad(loss_ref, tw)
     assert rel_error(loss, loss_ref) <= 1e-5 and rel_error(g, g_ref) <= 1e-4
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the message on machines without a GPU")
+def test_gpu_bench_without_a_gpu_says_so():
+    from typer.testing import CliRunner
+
+    from structmat.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "butterfly-gpu", "--quick"])
+    assert result.exit_code == 2 and "needs an NVIDIA GPU" in result.output

@@ -207,9 +207,11 @@ def test_dtype_and_device_moves(name, sample):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the check runs where one is present)")
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)
 def test_cuda_matches_cpu(name, sample):
-    """Moved to the GPU, a layer computes what it computes on the CPU -- forward, input and
-    parameter gradients, float64 and float32 -- with its outputs and gradients on the GPU."""
-    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+    """Moved to the GPU, a layer computes what it computes on the CPU -- forward, transpose,
+    adjoint, input and parameter gradients, float64, float32 and complex128 where the family takes
+    it -- with its outputs and gradients on the GPU."""
+    cases = [(dtype, 1e-10) for dtype in dtypes_for(name)] + [(torch.float32, 1e-4)]
+    for dtype, tol in cases:
         cpu = make(name, sample, dtype)
         gpu = copy.deepcopy(cpu).to("cuda")
         x = torch.randn(5, sample.in_features, dtype=dtype)
@@ -225,6 +227,10 @@ def test_cuda_matches_cpu(name, sample):
             if pc.grad is not None:
                 assert pg.grad.device.type == "cuda" and rel_error(pg.grad.cpu(), pc.grad) <= tol, pname
         assert rel_error(gpu.to_dense().cpu(), cpu.to_dense()) <= tol
+        y = torch.randn(4, sample.out_features, dtype=dtype)
+        for view in ("transpose", "adjoint"):
+            got = getattr(gpu, view)()(y.to("cuda"))
+            assert got.device.type == "cuda" and rel_error(got.cpu(), getattr(cpu, view)()(y)) <= tol, view
 
 
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)

@@ -80,7 +80,13 @@ def bench(
         known = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(experiments.__path__) if m.name.startswith("bench_"))
         console.print(f"[red]suite: unknown benchmark suite {suite!r}; known: {', '.join(known)}[/]")
         raise typer.Exit(2)
-    rows = module.run(console=console, quick=quick)
+    from .experiments.timing import BenchUnavailable
+
+    try:
+        rows = module.run(console=console, quick=quick)
+    except BenchUnavailable as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2)
     if output is not None:
         output.write_text(json.dumps(rows, indent=2, default=str))
 

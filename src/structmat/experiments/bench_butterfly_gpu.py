@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..ops import use_reference
+from .timing import BenchUnavailable
 from ..ops.backend import triton_available
 from ..ops.butterfly import butterfly_multiply
 
@@ -106,7 +107,7 @@ def _complex_timings(n: int, batch: int) -> dict:
 def run(console: Console | None = None, quick: bool = False, sizes: list[int] | None = None, batches: list[int] | None = None) -> list[dict]:
     """Measure the tables and print them; returns the rows (float32, then complex64)."""
     if not triton_available():
-        raise RuntimeError("butterfly-gpu: needs a CUDA device and Triton (`structmat bench butterfly` measures the CPU kernels)")
+        raise BenchUnavailable("butterfly-gpu: needs an NVIDIA GPU (compute capability 8.0+) and Triton; `structmat bench butterfly` measures the CPU kernels")
     console = console or Console()
     sizes = sizes or ([256, 1024] if quick else [256, 1024, 4096, 16384])
     batches = batches or ([256] if quick else [256, 4096])

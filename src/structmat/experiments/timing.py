@@ -13,6 +13,10 @@ from typing import Callable
 import torch
 
 
+class BenchUnavailable(RuntimeError):
+    """A benchmark suite cannot run on this machine (missing hardware); the CLI prints the message."""
+
+
 def time_call(
     fn: Callable[[], object], repeat: int = 5, min_time: float = 0.05, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
 ) -> float:

@@ -67,6 +67,12 @@ def numpy_view(t: torch.Tensor) -> np.ndarray:
     return np.from_dlpack(t.detach().resolve_conj().contiguous())
 
 
+def plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous, without lazy conjugate or negative bits (what compiled kernels read; a no-op
+    for the usual inputs)."""
+    return t.resolve_conj().resolve_neg().contiguous()
+
+
 def tensor_address(t: torch.Tensor, name: str = "tensor") -> tuple[int, tuple[int, ...]]:
     """``(data address, shape)`` of a contiguous CPU tensor with no lazy conjugate or negative bit,
     for compiled kernels that rebuild the array from them (:func:`structmat.ops.simd.array_at`):
@@ -112,11 +118,13 @@ _TRITON_AVAILABLE: bool | None = None
 
 
 def triton_available() -> bool:
-    """Whether the GPU kernels can run: a CUDA device is present and Triton imports (probed once)."""
+    """Whether the GPU kernels can run (probed once): an NVIDIA GPU that Triton compiles for
+    (compute capability 8.0 or later; ROCm builds of torch are not tried) and Triton imports.
+    Elsewhere CUDA tensors take the reference."""
     global _TRITON_AVAILABLE
     if _TRITON_AVAILABLE is None:
         _TRITON_AVAILABLE = False
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and torch.version.hip is None and torch.cuda.get_device_capability() >= (8, 0):
             try:
                 import triton  # noqa: F401
             except Exception:

@@ -92,6 +92,21 @@ def check_twiddle(twiddle, name: str = "twiddle", n_blocks: int | None = None) -
     return twiddle
 
 
+def check_backend_operands(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor | None = None, kernels: str = "fused") -> None:
+    """Dtypes and shapes as the fused backends take them (:data:`FUSED_BACKENDS`). Their kernels
+    read every tensor with one dtype and do no bounds checks: the op (:func:`_multiply`) promotes
+    and validates first; this guards direct calls. Each backend checks its devices itself."""
+    if twiddle.dtype != x.dtype:
+        raise TypeError(f"twiddle and x: expected one dtype (promote first), got {twiddle.dtype} and {x.dtype}")
+    if x.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"x: the {kernels} butterfly kernels take float32, float64, complex64 or complex128, got {x.dtype}")
+    stacks, n = twiddle.shape[0], 2 * twiddle.shape[3]
+    if twiddle.dim() != 6 or x.dim() != 3 or x.shape[2] != n or x.shape[1] not in (1, stacks):
+        raise ValueError(f"x: expected shape (B, 1 or {stacks}, {n}) for twiddle {tuple(twiddle.shape)}, got {tuple(x.shape)}")
+    if grad is not None and tuple(grad.shape) != (x.shape[0], stacks, n):
+        raise ValueError(f"grad: expected shape {(x.shape[0], stacks, n)}, got {tuple(grad.shape)}")
+
+
 def butterfly_size(twiddle: torch.Tensor) -> int:
     """``N`` of a canonical twiddle tensor."""
     return 2 * twiddle.shape[3]

@@ -59,7 +59,8 @@ from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
 from .backend import numpy_dtype
-from .butterfly import FUSED_BACKENDS, butterfly_schedule
+from .backend import plain as _plain
+from .butterfly import FUSED_BACKENDS, butterfly_schedule, check_backend_operands
 from .numba_rows import compile_variant
 from .simd import (
     VECTOR_BYTES,
@@ -1119,24 +1120,11 @@ def _backward_transposed(twiddle, x, grad, grad_twiddle, grad_x, increasing_stri
 
 
 def _check_operands(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor | None = None) -> None:
-    """The kernels read every tensor with one dtype (:func:`array_at`) and do no bounds checks:
-    callers (:mod:`structmat.ops.butterfly`) promote and validate first; this guards direct calls."""
+    """CPU tensors, and :func:`structmat.ops.butterfly.check_backend_operands`."""
     for name, t in (("twiddle", twiddle), ("x", x), ("grad", grad)):
         if t is not None and not t.is_cpu:
             raise ValueError(f"{name}: the fused CPU butterfly kernels take CPU tensors, got one on {t.device}")
-    if twiddle.dtype != x.dtype:
-        raise TypeError(f"twiddle and x: expected one dtype (promote first), got {twiddle.dtype} and {x.dtype}")
-    stacks, n = twiddle.shape[0], 2 * twiddle.shape[3]
-    if twiddle.dim() != 6 or x.dim() != 3 or x.shape[2] != n or x.shape[1] not in (1, stacks):
-        raise ValueError(f"x: expected shape (B, 1 or {stacks}, {n}) for twiddle {tuple(twiddle.shape)}, got {tuple(x.shape)}")
-    if grad is not None and tuple(grad.shape) != (x.shape[0], stacks, n):
-        raise ValueError(f"grad: expected shape {(x.shape[0], stacks, n)}, got {tuple(grad.shape)}")
-
-
-def _plain(t: torch.Tensor) -> torch.Tensor:
-    """``t`` contiguous, without lazy conjugate or negative bits (what :func:`structmat.ops.backend.tensor_address`
-    needs; a no-op for the usual inputs)."""
-    return t.resolve_conj().resolve_neg().contiguous()
+    check_backend_operands(twiddle, x, grad, "fused CPU")
 
 
 def _address(t: torch.Tensor) -> tuple[int, tuple[int, ...]]:

@@ -6,22 +6,28 @@ reference fallbacks are the ones the CPU backend uses (:mod:`structmat.ops.butte
 families run on the GPU unchanged.
 
 Layout: one program takes a block of ``BLOCK_B`` rows of one stack and runs every factor of the
-product over them. Each step is a pass over the row block in the output's own rows (level-1/2
-cache): a tile of ``BLOCK_B x BLOCK_P`` pairs at a time, pair ``p`` of a factor of stride ``h``
-joining elements ``lo = (p // h) 2h + p % h`` and ``lo + h`` (SPEC.md §1.4, as
-:func:`structmat.ops.butterfly.butterfly_factor_multiply`), with a block barrier between steps (and
-between a tile's loads and its in-place stores). Complex tensors are read as interleaved real
-and imaginary parts (``torch.view_as_real``). Cost per row: ``K log N`` passes over ``N``
-elements, ``3 N log N`` real flops per butterfly (SPEC.md §4.14).
+product over them, in the output's own rows (level-1/2 cache). The factors go two at a time
+(radix 4): each butterfly's levels in pairs, strides ``h`` and ``2h`` in either order, a last level
+alone when ``log N`` is odd (:func:`_pass_geometry`), so a product takes ``K ⌈log N / 2⌉`` passes
+over the row block. A radix-4 pass works on quads ``(e0, e0 + h, e0 + 2h, e0 + 3h)``, a radix-2
+pass on pairs ``lo = (p // h) 2h + p % h`` and ``lo + h`` (SPEC.md §1.4, as
+:func:`structmat.ops.butterfly.butterfly_factor_multiply`), a tile of them at a time, with a block
+barrier between passes and between a tile's loads and its in-place stores. Complex tensors are
+read as interleaved real and imaginary parts (``torch.view_as_real``). Cost: ``3 N log N`` real
+flops per butterfly and row (SPEC.md §4.14).
 
 Backward by recomputation (training memory ``O(B N)``, never ``K log N`` copies of the batch):
 a persistent grid of ``P`` programs per stack loops over the row blocks; for each block it
-recomputes every step's input into its own scratch slots (``K log N`` slots of one row block),
-then walks the steps back, turning the output adjoint into the input adjoint in the rows of
-``grad_x`` and adding the coefficient gradients ``Σ_rows ȳ x*`` (torch's convention: ``*``
-conjugates complex values) into the program's own partial twiddle gradient. The ``P`` partials
-are summed afterwards (deterministic: no atomics). ``P`` is capped so that the scratch slots and
-partials stay under :data:`BACKWARD_WORKSPACE_BYTES`.
+recomputes every pass's input into its own scratch slots (``K ⌈log N / 2⌉`` slots of one row
+block), then walks the passes back -- a radix-4 pass recomputes its middle level in registers --,
+turning the output adjoint into the input adjoint in the rows of ``grad_x`` and adding the
+coefficient gradients ``Σ_rows ȳ x*`` (torch's convention: ``*`` conjugates complex values) into
+the program's own partial twiddle gradient. The ``P`` partials are summed afterwards
+(deterministic: no atomics). ``P`` is capped so that the scratch slots and partials stay under
+:data:`BACKWARD_WORKSPACE_BYTES` or twice the input's size, whichever is larger.
+
+Launches go to the input's device (:func:`_launching_on`); a launch takes at most
+:data:`MAX_STACKS` stacks.
 
 The kernels also run under Triton's interpreter (``TRITON_INTERPRET=1``, on CPU tensors), which
 is how the test suite checks them on machines without a GPU.
@@ -29,11 +35,15 @@ is how the test suite checks them on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
 
-from .butterfly import FUSED_BACKENDS
+from ..core.sizes import next_power_of_two
+from .backend import plain
+from .butterfly import FUSED_BACKENDS, check_backend_operands
 
 #: quads of elements (rows x quads) in one tile of a radix-4 pass of the forward and of the
 #: backward (radix-2 tiles take twice as many pairs)
@@ -54,7 +64,8 @@ BACKWARD_WORKSPACE_BYTES = 256 * 2**20
 #: traffic
 BACKWARD_FEWEST_ROWS = 4
 
-_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+#: stacks a launch takes (CUDA's limit on the second grid dimension)
+MAX_STACKS = 65535
 
 
 @triton.jit
@@ -426,7 +437,7 @@ def _backward_kernel(tw, x, grad, grad_x, partial, scratch, B, S, S_IN, ROW_BLOC
         rows = rows.to(tl.int64)
         x_row = (rows * S_IN + s % S_IN) * (N * C)
         g_row = (rows * S + s) * (N * C)
-        # the input of every pass (rows past B hold zeros and add nothing to the gradients)
+        # the input of every pass (rows past B are masked out of every load: they add nothing)
         _copy_rows(x, x_row, slots, slot_row, rmask, N, 2 * BLOCK_P, C)
         _copy_rows(grad, g_row, grad_x, g_row, rmask, N, 2 * BLOCK_P, C)
         tl.debug_barrier()
@@ -445,8 +456,11 @@ def _backward_kernel(tw, x, grad, grad_x, partial, scratch, B, S, S_IN, ROW_BLOC
                                  N, BLOCK_P, COMPLEX, TRANSPOSE)
 
 
-def _next_power_of_two(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def _launching_on(x: torch.Tensor):
+    """Context making ``x``'s GPU the current device: Triton launches on the current device and
+    its stream (a tensor on ``cuda:1`` with ``cuda:0`` current would otherwise be read from the
+    wrong device)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _units(x: torch.Tensor) -> int:
@@ -456,8 +470,9 @@ def _units(x: torch.Tensor) -> int:
 
 
 def _rows(n: int, complex_: bool, batch: int, stacks: int, units: int, fewest_rows: int) -> int:
-    """Rows per program: up to :data:`ROW_BLOCK_ELEMENTS` elements (at least ``fewest_rows``),
-    halved down to ``fewest_rows`` while there are fewer row blocks than ``units``."""
+    """Rows per program: up to :data:`ROW_BLOCK_ELEMENTS` elements and 16 rows (at least
+    ``fewest_rows``), halved down to ``fewest_rows`` while there are fewer row blocks than
+    ``units``."""
     block_b = max(fewest_rows, min(16, ROW_BLOCK_ELEMENTS // (n * (2 if complex_ else 1))))
     while block_b > fewest_rows and triton.cdiv(batch, block_b) * stacks < units:
         block_b //= 2
@@ -467,8 +482,8 @@ def _rows(n: int, complex_: bool, batch: int, stacks: int, units: int, fewest_ro
 def _tiles(n: int, block_b: int, quads: int) -> tuple[int, int]:
     """``(BLOCK_P, BLOCK_Q)``: pairs per radix-2 tile and quads per radix-4 tile of ``block_b``
     rows, about ``2 quads`` and ``quads`` in all."""
-    block_p = max(1, min(_next_power_of_two(n // 2), 2 * quads // block_b))
-    block_q = max(1, min(_next_power_of_two(max(1, n // 4)), quads // block_b))
+    block_p = max(1, min(next_power_of_two(n // 2), 2 * quads // block_b))
+    block_q = max(1, min(next_power_of_two(max(1, n // 4)), quads // block_b))
     return block_p, block_q
 
 
@@ -477,21 +492,25 @@ def _passes(log_n: int, n_blocks: int) -> int:
     return n_blocks * ((log_n + 1) // 2)
 
 
-def _check(twiddle: torch.Tensor, x: torch.Tensor, *others: torch.Tensor) -> None:
-    for name, t in (("twiddle", twiddle), ("x", x), *(("grad", o) for o in others)):
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"{name}: the Triton butterfly kernels take float32, float64, complex64 or complex128, got {t.dtype}")
-        if t.dtype != x.dtype or t.device != x.device:
-            raise ValueError(f"{name}: expected {x.dtype} on {x.device} like x, got {t.dtype} on {t.device}")
-        if not t.is_contiguous() or t.is_conj() or t.is_neg():
-            raise ValueError(f"{name}: expected a contiguous tensor without lazy conjugation")
+def _check(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor | None = None) -> None:
+    """One device for all, and :func:`structmat.ops.butterfly.check_backend_operands`."""
+    for name, t in (("twiddle", twiddle), ("grad", grad)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on {x.device} like x, got one on {t.device}")
+    check_backend_operands(twiddle, x, grad, "Triton")
+    if twiddle.shape[0] > MAX_STACKS:
+        raise ValueError(f"twiddle: the Triton butterfly kernels take at most {MAX_STACKS} stacks (one grid dimension), got {twiddle.shape[0]}")
 
 
 def _real(t: torch.Tensor) -> torch.Tensor:
+    """The kernels' view of ``t``: real, contiguous (complex values as interleaved real and imaginary
+    parts, lazy conjugation resolved)."""
+    t = plain(t)
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-def _geometry(twiddle: torch.Tensor, x: torch.Tensor):
+def _geometry(twiddle: torch.Tensor) -> tuple[int, int, int, int]:
+    """``(stacks, N, log N, K log N)`` of a canonical twiddle tensor."""
     stacks, n_blocks, log_n, half = twiddle.shape[:4]
     n = 2 * half
     return stacks, n, log_n, n_blocks * log_n
@@ -500,7 +519,7 @@ def _geometry(twiddle: torch.Tensor, x: torch.Tensor):
 def butterfly_forward_triton(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
     """Fused forward: ``x`` ``(B, S_in, N)`` -> ``(B, S, N)`` (see :mod:`structmat.ops.butterfly`)."""
     _check(twiddle, x)
-    stacks, n, log_n, k = _geometry(twiddle, x)
+    stacks, n, log_n, k = _geometry(twiddle)
     batch = x.shape[0]
     out = torch.empty(batch, stacks, n, dtype=x.dtype, device=x.device)
     if batch == 0:
@@ -508,9 +527,10 @@ def butterfly_forward_triton(twiddle: torch.Tensor, x: torch.Tensor, increasing_
     block_b = _rows(n, x.is_complex(), batch, stacks, _units(x), 1)
     block_p, block_q = _tiles(n, block_b, FORWARD_TILE_QUADS)
     grid = (triton.cdiv(batch, block_b), stacks)
-    _forward_kernel[grid](_real(twiddle), _real(x), _real(out), batch, stacks, x.shape[1], n, log_n, k, int(bool(increasing_stride)),
-                          _passes(log_n, twiddle.shape[1]), TRANSPOSE=bool(transpose), COMPLEX=x.is_complex(),
-                          BLOCK_B=block_b, BLOCK_P=block_p, BLOCK_Q=block_q, num_warps=FORWARD_WARPS)
+    with _launching_on(x):
+        _forward_kernel[grid](_real(twiddle), _real(x), _real(out), batch, stacks, x.shape[1], n, log_n, k, int(bool(increasing_stride)),
+                              _passes(log_n, twiddle.shape[1]), TRANSPOSE=bool(transpose), COMPLEX=x.is_complex(),
+                              BLOCK_B=block_b, BLOCK_P=block_p, BLOCK_Q=block_q, num_warps=FORWARD_WARPS)
     return out
 
 
@@ -526,12 +546,12 @@ def butterfly_backward_triton(
     twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused backward: ``(grad_twiddle, grad_x)`` by recomputation (see the module docstring)."""
-    grad = grad.to(x.dtype).contiguous()
     _check(twiddle, x, grad)
-    stacks, n, log_n, k = _geometry(twiddle, x)
+    if not (grad.is_floating_point() or grad.is_complex()):
+        raise TypeError(f"grad: expected a floating-point or complex tensor, got {grad.dtype}")
+    grad = grad.to(x.dtype)
+    stacks, n, log_n, k = _geometry(twiddle)
     batch, s_in = x.shape[0], x.shape[1]
-    if grad.shape != (batch, stacks, n):
-        raise ValueError(f"grad: expected shape {(batch, stacks, n)}, got {tuple(grad.shape)}")
     grad_x = torch.empty(batch, stacks, n, dtype=x.dtype, device=x.device)
     if batch == 0:
         return torch.zeros_like(twiddle), grad_x[:, :s_in]
@@ -544,10 +564,11 @@ def butterfly_backward_triton(
     programs = _programs(units, row_blocks, stacks, per_program, x.numel() * x.element_size())
     scratch = torch.empty(programs, stacks, passes, block_b, n, dtype=x.dtype, device=x.device)
     partial = torch.zeros(programs, *twiddle.shape, dtype=x.dtype, device=x.device)
-    _backward_kernel[(programs, stacks)](
-        _real(twiddle), _real(x), _real(grad), _real(grad_x), _real(partial), _real(scratch), batch, stacks, s_in, row_blocks,
-        n, log_n, k, int(bool(increasing_stride)), passes, TRANSPOSE=bool(transpose), COMPLEX=x.is_complex(),
-        BLOCK_B=block_b, BLOCK_P=block_p, BLOCK_Q=block_q, num_warps=BACKWARD_WARPS)
+    with _launching_on(x):
+        _backward_kernel[(programs, stacks)](
+            _real(twiddle), _real(x), _real(grad), _real(grad_x), _real(partial), _real(scratch), batch, stacks, s_in, row_blocks,
+            n, log_n, k, int(bool(increasing_stride)), passes, TRANSPOSE=bool(transpose), COMPLEX=x.is_complex(),
+            BLOCK_B=block_b, BLOCK_P=block_p, BLOCK_Q=block_q, num_warps=BACKWARD_WARPS)
     grad_twiddle = partial.sum(0) if programs > 1 else partial[0]
     if s_in == 1 and stacks > 1:
         grad_x = grad_x.sum(1, keepdim=True)
