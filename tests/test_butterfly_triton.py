@@ -137,7 +137,7 @@ def test_families_through_the_triton_kernels(name, monkeypatch):
     twiddles reach the kernels as lazily conjugated views) against the dense matrix, and the input
     and parameter gradients against the reference's."""
     if not ON_GPU:
-        monkeypatch.setitem(bf.FUSED_BACKENDS, "cpu", bf.FUSED_BACKENDS["cuda"])
+        monkeypatch.setitem(bf.FUSED_BACKENDS, "cpu", (bt.butterfly_forward_triton, bt.butterfly_backward_triton))
     info = registry.get(name)
     for sample in info.samples():
         m = info.create(sample.in_features, sample.out_features, dtype=torch.complex128, device=DEVICE, **sample.options)
@@ -164,7 +164,7 @@ def test_op_runs_the_gpu_backend(monkeypatch):
     """``butterfly_multiply`` on CUDA tensors runs the Triton kernels (forward and backward) and
     matches the reference; float16 falls back to the reference."""
     calls = []
-    forward, backward = bf.FUSED_BACKENDS["cuda"]
+    forward, backward = bt.butterfly_forward_triton, bt.butterfly_backward_triton
     monkeypatch.setitem(bf.FUSED_BACKENDS, "cuda", (lambda *a: calls.append("f") or forward(*a), lambda *a: calls.append("b") or backward(*a)))
     tw, x = _twiddle_and_input(32, 1, 1, 2, 6, torch.float64)
     tw.requires_grad_()
@@ -175,6 +175,18 @@ def test_op_runs_the_gpu_backend(monkeypatch):
     assert rel_error(y, y_ref) <= 1e-12 and rel_error(tw.grad, gtw_ref) <= 1e-12
     assert bf.butterfly_multiply(tw.detach().half(), x[:, 0].half()).dtype == torch.float16
     assert calls == ["f", "b"]
+
+
+def test_gpu_backend_registers_at_first_use(monkeypatch):
+    """The Triton backend joins FUSED_BACKENDS at the first CUDA call where it can run, not at
+    import (which would initialise CUDA), and only there."""
+    monkeypatch.delitem(bf.FUSED_BACKENDS, "cuda", raising=False)
+    monkeypatch.setattr(bf, "triton_available", lambda: False)
+    bf._register_gpu_backend()
+    assert "cuda" not in bf.FUSED_BACKENDS
+    monkeypatch.setattr(bf, "triton_available", lambda: True)
+    bf._register_gpu_backend()
+    assert bf.FUSED_BACKENDS["cuda"] == (bt.butterfly_forward_triton, bt.butterfly_backward_triton)
 
 
 @needs_gpu

@@ -30,8 +30,8 @@ butterfly and row (``14 N log N`` complex), SPEC.md §4.14.
 
 Backends (DESIGN.md §4): the pure-PyTorch :func:`butterfly_multiply_reference` follows SPEC.md line
 by line and is differentiated by autograd. Fused backends -- Numba on CPU
-(:mod:`structmat.ops.butterfly_cpu`); a GPU backend registers the same two functions in
-:data:`FUSED_BACKENDS` under ``"cuda"`` -- run through the ``torch.library`` custom op
+(:mod:`structmat.ops.butterfly_cpu`), Triton on NVIDIA GPUs (:mod:`structmat.ops.butterfly_triton`,
+registered in :data:`FUSED_BACKENDS` under ``"cuda"`` at the first CUDA call) -- run through the ``torch.library`` custom op
 ``structmat::butterfly_multiply`` with a fake implementation and an autograd formula whose backward
 recomputes the intermediates (training memory ``O(B · N)``), so ``torch.compile``,
 ``torch.func.grad``, ``torch.func.vmap`` (a vmap rule folds a batch of inputs into the rows, a batch
@@ -359,6 +359,16 @@ def _forward_mode_active() -> bool:
     return forward_ad._current_level >= 0
 
 
+def _register_gpu_backend() -> None:
+    """Registers the Triton backend (:mod:`structmat.ops.butterfly_triton`) at the first CUDA call
+    where it can run -- not when structmat is imported: probing the device's capability would
+    initialise CUDA in every process that imports the library."""
+    if triton_available():
+        from .butterfly_triton import butterfly_backward_triton, butterfly_forward_triton
+
+        FUSED_BACKENDS["cuda"] = (butterfly_forward_triton, butterfly_backward_triton)
+
+
 def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
     twiddle = check_twiddle(twiddle)
     n, stacks = butterfly_size(twiddle), twiddle.shape[0]
@@ -373,6 +383,8 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
         dtype = torch.promote_types(twiddle.dtype, x.dtype)
         twiddle, x = twiddle.to(dtype), x.to(dtype)
     backend = choose(twiddle, x)
+    if backend == "cuda" and "cuda" not in FUSED_BACKENDS:
+        _register_gpu_backend()
     if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0 or dtype not in KERNEL_DTYPES or _forward_mode_active():
         # (float16/bfloat16, and forward-mode AD: the reference)
         return butterfly_multiply_reference(twiddle, x, increasing_stride, transpose)
@@ -425,6 +437,3 @@ def butterfly_to_dense(twiddle: torch.Tensor, increasing_stride: bool = True) ->
 
 if numba_available():
     from . import butterfly_cpu  # noqa: E402,F401 - registers the fused CPU backend in FUSED_BACKENDS
-
-if triton_available():
-    from . import butterfly_triton  # noqa: E402,F401 - registers the Triton GPU backend in FUSED_BACKENDS

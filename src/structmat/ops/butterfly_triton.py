@@ -1,7 +1,8 @@
 """Triton GPU kernels for :mod:`structmat.ops.butterfly` (DESIGN.md §4; SPEC.md §1.4, §4.14).
 
-Registered in :data:`structmat.ops.butterfly.FUSED_BACKENDS` under ``"cuda"`` when a CUDA device
-and Triton are present; the op's autograd formula, ``torch.compile`` support, vmap rule and
+Registered in :data:`structmat.ops.butterfly.FUSED_BACKENDS` under ``"cuda"`` at the op's first call
+with CUDA tensors where an NVIDIA GPU of compute capability 8.0+ and Triton are present
+(:func:`structmat.ops.backend.triton_available`; not at import, which would initialise CUDA); the op's autograd formula, ``torch.compile`` support, vmap rule and
 reference fallbacks are the ones the CPU backend uses (:mod:`structmat.ops.butterfly`), so the
 families run on the GPU unchanged.
 
@@ -43,7 +44,7 @@ import triton.language as tl
 
 from ..core.sizes import next_power_of_two
 from .backend import plain
-from .butterfly import FUSED_BACKENDS, check_backend_operands
+from .butterfly import check_backend_operands
 
 #: quads of elements (rows x quads) in one tile of a radix-4 pass of the forward and of the
 #: backward (radix-2 tiles take twice as many pairs)
@@ -573,6 +574,3 @@ def butterfly_backward_triton(
     if s_in == 1 and stacks > 1:
         grad_x = grad_x.sum(1, keepdim=True)
     return grad_twiddle, grad_x
-
-
-FUSED_BACKENDS["cuda"] = (butterfly_forward_triton, butterfly_backward_triton)
