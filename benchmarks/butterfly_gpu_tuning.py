@@ -12,14 +12,14 @@ import sys
 import time
 
 import torch
-from triton.testing import do_bench
 
+from structmat.experiments.bench_butterfly_gpu import _time as bench_time
 from structmat.ops import butterfly_triton as bt
 from structmat.ops.butterfly import butterfly_multiply
 
 
 def _time(fn) -> float:
-    return float(do_bench(fn, warmup=5, rep=25, return_mode="median"))
+    return bench_time(fn, warmup=5, rep=25)
 
 
 def sweep(out_dir: str) -> None:

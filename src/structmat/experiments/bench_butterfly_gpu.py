@@ -24,11 +24,12 @@ from ..ops.backend import triton_available
 from ..ops.butterfly import butterfly_multiply
 
 
-def _time(fn) -> float:
-    """Median milliseconds per call (CUDA events, the level-2 cache flushed between calls)."""
+def _time(fn, warmup: int = 10, rep: int = 50) -> float:
+    """Median milliseconds per call (CUDA events, the level-2 cache flushed between calls;
+    ``warmup`` and ``rep`` in milliseconds)."""
     from triton.testing import do_bench
 
-    return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
 def _twiddle(n: int, dtype: torch.dtype) -> torch.Tensor:

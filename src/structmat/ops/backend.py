@@ -127,8 +127,8 @@ def triton_available() -> bool:
         if torch.cuda.is_available() and torch.version.hip is None and torch.cuda.get_device_capability() >= (8, 0):
             try:
                 import triton  # noqa: F401
-            except Exception:
-                pass
+            except ImportError:  # (a GPU without Triton: CUDA tensors take the reference)
+                _TRITON_AVAILABLE = False
             else:
                 _TRITON_AVAILABLE = True
     return _TRITON_AVAILABLE

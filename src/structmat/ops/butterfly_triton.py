@@ -488,11 +488,6 @@ def _tiles(n: int, block_b: int, quads: int) -> tuple[int, int]:
     return block_p, block_q
 
 
-def _passes(log_n: int, n_blocks: int) -> int:
-    """Passes of the product: each butterfly's levels two at a time (:func:`_pass_geometry`)."""
-    return n_blocks * ((log_n + 1) // 2)
-
-
 def _check(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor | None = None) -> None:
     """One device for all, and :func:`structmat.ops.butterfly.check_backend_operands`."""
     for name, t in (("twiddle", twiddle), ("grad", grad)):
@@ -510,17 +505,17 @@ def _real(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-def _geometry(twiddle: torch.Tensor) -> tuple[int, int, int, int]:
-    """``(stacks, N, log N, K log N)`` of a canonical twiddle tensor."""
+def _geometry(twiddle: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """``(stacks, N, log N, K log N, passes)`` of a canonical twiddle tensor: the product's factors
+    and its passes, each butterfly's levels two at a time (:func:`_pass_geometry`)."""
     stacks, n_blocks, log_n, half = twiddle.shape[:4]
-    n = 2 * half
-    return stacks, n, log_n, n_blocks * log_n
+    return stacks, 2 * half, log_n, n_blocks * log_n, n_blocks * ((log_n + 1) // 2)
 
 
 def butterfly_forward_triton(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool) -> torch.Tensor:
     """Fused forward: ``x`` ``(B, S_in, N)`` -> ``(B, S, N)`` (see :mod:`structmat.ops.butterfly`)."""
     _check(twiddle, x)
-    stacks, n, log_n, k = _geometry(twiddle)
+    stacks, n, log_n, k, passes = _geometry(twiddle)
     batch = x.shape[0]
     out = torch.empty(batch, stacks, n, dtype=x.dtype, device=x.device)
     if batch == 0:
@@ -530,7 +525,7 @@ def butterfly_forward_triton(twiddle: torch.Tensor, x: torch.Tensor, increasing_
     grid = (triton.cdiv(batch, block_b), stacks)
     with _launching_on(x):
         _forward_kernel[grid](_real(twiddle), _real(x), _real(out), batch, stacks, x.shape[1], n, log_n, k, int(bool(increasing_stride)),
-                              _passes(log_n, twiddle.shape[1]), TRANSPOSE=bool(transpose), COMPLEX=x.is_complex(),
+                              passes, TRANSPOSE=bool(transpose), COMPLEX=x.is_complex(),
                               BLOCK_B=block_b, BLOCK_P=block_p, BLOCK_Q=block_q, num_warps=FORWARD_WARPS)
     return out
 
@@ -551,7 +546,7 @@ def butterfly_backward_triton(
     if not (grad.is_floating_point() or grad.is_complex()):
         raise TypeError(f"grad: expected a floating-point or complex tensor, got {grad.dtype}")
     grad = grad.to(x.dtype)
-    stacks, n, log_n, k = _geometry(twiddle)
+    stacks, n, log_n, k, passes = _geometry(twiddle)
     batch, s_in = x.shape[0], x.shape[1]
     grad_x = torch.empty(batch, stacks, n, dtype=x.dtype, device=x.device)
     if batch == 0:
@@ -559,7 +554,6 @@ def butterfly_backward_triton(
     units = _units(x)
     block_b = _rows(n, x.is_complex(), batch, stacks, units, BACKWARD_FEWEST_ROWS)
     block_p, block_q = _tiles(n, block_b, BACKWARD_TILE_QUADS)
-    passes = _passes(log_n, twiddle.shape[1])
     row_blocks = triton.cdiv(batch, block_b)
     per_program = (passes * block_b * n + k * 2 * n) * x.element_size()  # pass inputs + partial (N/2 pairs x 4 entries)
     programs = _programs(units, row_blocks, stacks, per_program, x.numel() * x.element_size())
