@@ -481,8 +481,8 @@ def test_compiled_training_step_and_vmap_have_no_graph_break(monkeypatch):
 
 def test_nested_torch_func_grad_matches_the_reference():
     """Second derivatives through the custom op (``torch.func.grad`` of ``torch.func.grad``): the
-    backward is itself differentiated, so it runs the reference's vector-Jacobian product instead
-    of the fused backward, which has no derivative (and returned zero second derivatives)."""
+    fused backward is itself differentiated, through the reference's vector-Jacobian product (the
+    kernels have no derivative; dropping it once returned zero second derivatives)."""
     tw = random_twiddle(1, 1, 16)
     x = torch.randn(3, 16, dtype=torch.float64)
 
@@ -493,6 +493,105 @@ def test_nested_torch_func_grad_matches_the_reference():
     with use_reference():
         expected = torch.func.grad(curvature)(tw)
     assert expected.abs().max() > 1 and rel_error(second, expected) <= 1e-10
+
+
+def _counting_backward(monkeypatch):
+    """Counts the calls of the CPU backend's fused backward kernel."""
+    forward, backward = FUSED_BACKENDS["cpu"]
+    calls = []
+
+    def counted(*args):
+        calls.append(args[1].shape)
+        return backward(*args)
+
+    monkeypatch.setitem(FUSED_BACKENDS, "cpu", (forward, counted))
+    return calls
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("stacks, stacks_in, transpose", [(1, 1, False), (3, 1, True), (2, 2, False)])
+def test_torch_func_gradients_run_the_fused_backward(dtype, stacks, stacks_in, transpose, monkeypatch):
+    """First-order gradients under ``torch.func.grad`` (which always builds the graph) run the
+    fused backward kernel, not the reference's, and match the reference; a top-level
+    ``torch.func.vjp`` function called with ``create_graph=False`` runs it too. Eager
+    ``create_graph=True`` (and a top-level ``vjp`` function, which builds the graph by default: the
+    gradient may be differentiated) builds the reference's graph instead."""
+    calls = _counting_backward(monkeypatch)
+    op = butterfly_multiply_transpose if transpose else butterfly_multiply
+    tw = random_twiddle(stacks, 2, 16, dtype)
+    x = torch.randn(5, stacks_in, 16, dtype=dtype)
+    g = torch.randn(5, stacks, 16, dtype=dtype)
+
+    def loss(t, v):
+        return op(t, v, False).abs().square().sum()
+
+    loss_grad = torch.func.grad(loss, argnums=(0, 1))(tw, x)
+    assert len(calls) == 1
+    _, vjp = torch.func.vjp(lambda t, v: op(t, v, False), tw, x)
+    vjp_no_graph = vjp(g, create_graph=False)
+    assert len(calls) == 2
+    vjp_graph = vjp(g)
+    twg, xg = tw.clone().requires_grad_(), x.clone().requires_grad_()
+    graph = torch.autograd.grad(op(twg, xg, False), (twg, xg), g, create_graph=True)
+    assert len(calls) == 2 and all(t.requires_grad for t in graph)
+    with use_reference():
+        expected_loss_grad = torch.func.grad(loss, argnums=(0, 1))(tw, x)
+        _, vjp = torch.func.vjp(lambda t, v: op(t, v, False), tw, x)
+        expected = vjp(g)
+    for got, want in [*zip(loss_grad, expected_loss_grad), *zip(vjp_no_graph, expected), *zip(vjp_graph, expected), *zip(graph, expected)]:
+        assert got.shape == want.shape and rel_error(got.detach(), want) <= 1e-12
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("stacks, stacks_in", [(1, 1), (3, 1), (2, 2)])
+@pytest.mark.parametrize("in_dims", [(None, 0, 0), (0, None, 0), (0, 0, 0), (None, None, 0), (1, 2, 1)])
+def test_vmap_of_the_fused_backward_is_one_call_with_problems_as_stacks(dtype, stacks, stacks_in, in_dims, monkeypatch):
+    """``vmap`` of a vector-Jacobian product (per-sample gradients) runs one fused backward in
+    which every vmapped problem is a stack of its own (twiddle and input gradients per problem),
+    for any combination of batched twiddles, inputs and output gradients."""
+    calls = _counting_backward(monkeypatch)
+    size, n, rows = 4, 8, 3
+    shapes = [(stacks, 2, 3, n // 2, 2, 2), (rows, stacks_in, n), (rows, stacks, n)]
+    args = []
+    for shape, dim in zip(shapes, in_dims):
+        if dim is not None:
+            shape = (*shape[:dim], size, *shape[dim:])
+        args.append(torch.randn(shape, dtype=dtype))
+
+    def vjp(t, v, g):
+        return torch.func.vjp(lambda a, b: butterfly_multiply(a, b, False), t, v)[1](g)
+
+    got = torch.func.vmap(vjp, in_dims=in_dims)(*args)
+    assert len(calls) == 1 and calls[0][1] == size * stacks  # one call; problems x stacks as stacks
+    with use_reference():
+        for i in range(size):
+            expected = vjp(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)))
+            for got_part, want in zip(got, expected):
+                assert got_part.shape[1:] == want.shape and rel_error(got_part[i], want) <= 1e-12
+    empty = [a if d is None else a.narrow(d, 0, 0) for a, d in zip(args, in_dims)]
+    assert [t.shape[0] for t in torch.func.vmap(vjp, in_dims=in_dims)(*empty)] == [0, 0]
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_gradcheck_of_the_fused_backward_under_torch_func(dtype, monkeypatch):
+    """Second derivatives of the fused path: the map ``(twiddle, x, grad) -> (grad_twiddle,
+    grad_x)`` that ``torch.func.grad`` computes with the fused kernel is differentiated through the
+    reference's vector-Jacobian product; ``gradcheck`` checks that derivative numerically (with
+    eager ``create_graph``, ``gradgradcheck``, the reference's graph), and the fused kernel ran."""
+    calls = _counting_backward(monkeypatch)
+    tw = random_twiddle(2, 2, 8, dtype).requires_grad_(True)
+    x = torch.randn(3, 1, 8, dtype=dtype).requires_grad_(True)
+    g = torch.randn(3, 2, 8, dtype=dtype).requires_grad_(True)
+
+    def first_order(t, v, w):  # the vector-Jacobian product (w^* y is linear in y)
+        return torch.func.grad(lambda a, b: (w.conj() * butterfly_multiply(a, b, True)).sum().real, argnums=(0, 1))(t, v)
+
+    assert torch.autograd.gradcheck(first_order, (tw, x, g), fast_mode=True)
+    assert len(calls) > 0
+    assert torch.autograd.gradgradcheck(lambda t, v: butterfly_multiply(t, v, True), (tw, x), fast_mode=True)
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
@@ -830,7 +929,7 @@ def test_row_backward_leaves_its_inputs_alone(dtype, broadcast, monkeypatch, fre
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 def test_double_backward_matches_the_reference(dtype):
     """A gradient penalty (``create_graph=True``) through the fused eager path gives the reference's
-    second-order gradients (the fused backward has no derivative of its own: the reference VJP runs)."""
+    second-order gradients (the fused backward's derivative is the reference VJP's)."""
     g = torch.Generator().manual_seed(3)
     twiddle = torch.randn(1, 1, 5, 16, 2, 2, generator=g, dtype=dtype)
     x = torch.randn(6, 32, generator=g, dtype=dtype)

@@ -35,8 +35,11 @@ registered in :data:`FUSED_BACKENDS` under ``"cuda"`` at the first CUDA call) --
 ``structmat::butterfly_multiply`` with a fake implementation and an autograd formula whose backward
 recomputes the intermediates (training memory ``O(B · N)``), so ``torch.compile``,
 ``torch.func.grad``, ``torch.func.vmap`` (a vmap rule folds a batch of inputs into the rows, a batch
-of twiddles into the stacks) and ``gradcheck`` work; a backward that may itself be differentiated
-(``create_graph``, ``torch.func``) and forward-mode AD run the differentiable reference; plain eager
+of twiddles into the stacks; vmapped backwards fold their problems into the stacks) and
+``gradcheck`` work; under ``torch.func`` the backward is the fused one as a differentiable
+function whose own derivative is the reference's (:class:`_FusedButterflyBackward`), with eager
+``create_graph`` the reference's vector-Jacobian product, under forward-mode AD the whole op the
+reference; plain eager
 calls (no compilation, ``torch.func`` or tracing) skip the custom-op dispatch and call the backend
 from an ``autograd.Function`` directly (about 80 us less per forward + backward).
 :func:`structmat.ops.backend.choose` picks the backend; ``structmat.ops.use_reference()`` or
@@ -243,18 +246,34 @@ def _input_adjoint(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, i
 
 
 def _backward(ctx, grad):
-    """The autograd formula: the fused backward, or, when the backward may itself be
-    differentiated (grad mode on: ``create_graph=True``, and every ``torch.func.grad``/``vjp``, which
-    always build the graph), the vector-Jacobian product of the differentiable reference -- the
-    fused backward has no derivative of its own, and running it would silently drop second-order
-    terms. (The reference's backward keeps its ``K log N`` intermediates: memory ``O(B N K log
-    N)`` during that backward.)"""
+    """The autograd formula: the fused backward (:func:`_first_order_backward`), unless the
+    backward may itself be differentiated (grad mode on):
+
+    * under a ``torch.func`` transform (``grad``/``vjp`` always build the graph, whether or not
+      anything differentiates it again) the fused backward runs as :class:`_FusedButterflyBackward`,
+      a differentiable function whose derivative is the reference's;
+    * in eager ``create_graph=True`` (gradient penalties, double backward: the gradient will be
+      differentiated) the vector-Jacobian product of the differentiable reference, whose graph the
+      second backward then walks (about half the time of differentiating the reference's
+      vector-Jacobian product afresh, as :class:`_FusedButterflyBackward` must). The reference's
+      backward keeps its ``K log N`` intermediates: memory ``O(B N K log N)``."""
     if torch.is_grad_enabled():
         twiddle, x = ctx.saved_tensors
-        _, vjp = torch.func.vjp(lambda t, v: butterfly_multiply_reference(t, v, ctx.increasing_stride, ctx.transpose), twiddle, x)
-        grad_twiddle, grad_x = vjp(grad)
+        if torch._C._are_functorch_transforms_active():
+            grad_twiddle, grad_x = _FusedButterflyBackward.apply(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
+        else:
+            grad_twiddle, grad_x = _reference_vjp(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
         return grad_twiddle, grad_x, None, None
     return _first_order_backward(ctx, grad)
+
+
+def _fused_vjp(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool):
+    """``(grad_twiddle, grad_x)`` by the fused backward: the backend directly for plain eager
+    tensors, the custom op ``structmat::butterfly_multiply_backward`` under a tracer."""
+    if _plain_eager(twiddle, x, grad):
+        _, backward = _fused(x)
+        return backward(twiddle.contiguous(), x.contiguous(), _backend_grad(grad), increasing_stride, transpose)
+    return _butterfly_fused_backward(twiddle, x, grad, increasing_stride, transpose)
 
 
 def _first_order_backward(ctx, grad):
@@ -273,6 +292,63 @@ def _first_order_backward(ctx, grad):
         grads = _butterfly_fused_backward(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
     grad_twiddle, grad_x = grads
     return grad_twiddle, grad_x, None, None
+
+
+def _reference_vjp(twiddle, x, grad, increasing_stride, transpose):
+    """``(grad_twiddle, grad_x)`` by the differentiable reference (SPEC.md §1.4): the vector-Jacobian
+    product whose own derivatives are the second-order terms of :class:`_FusedButterflyBackward`."""
+    _, vjp = torch.func.vjp(lambda t, v: butterfly_multiply_reference(t, v, increasing_stride, transpose), twiddle, x)
+    return vjp(grad)
+
+
+class _FusedButterflyBackward(torch.autograd.Function):
+    """The fused backward as a differentiable function of ``(twiddle, x, grad)``: first-order
+    gradients under a ``torch.func`` transform run the fused kernels (memory ``O(B N)``, no ``K
+    log N`` intermediates), and differentiating them once more (``grad`` of ``grad``,
+    Hessian-vector products) takes the vector-Jacobian product of the reference's vector-Jacobian
+    product -- the kernels have no derivative of their own, and skipping it would silently drop the
+    second-order terms."""
+
+    @staticmethod
+    def forward(twiddle, x, grad, increasing_stride, transpose):
+        return _fused_vjp(twiddle, x, grad, increasing_stride, transpose)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        twiddle, x, grad, increasing_stride, transpose = inputs
+        ctx.save_for_backward(twiddle, x, grad)
+        ctx.increasing_stride, ctx.transpose = increasing_stride, transpose
+
+    @staticmethod
+    def backward(ctx, grad_grad_twiddle, grad_grad_x):
+        twiddle, x, grad = ctx.saved_tensors
+        _, vjp = torch.func.vjp(lambda t, v, g: _reference_vjp(t, v, g, ctx.increasing_stride, ctx.transpose), twiddle, x, grad)
+        return (*vjp((grad_grad_twiddle, grad_grad_x)), None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, twiddle, x, grad, increasing_stride, transpose):
+        """A batch of ``V`` problems (per-sample gradients: ``vmap(grad(loss))``) as one fused
+        backward with ``V · S`` stacks: stack ``(v, s)`` is twiddle ``v``'s stack ``s`` on problem
+        ``v``'s rows, so every problem keeps its own twiddle gradient (SPEC.md §1.6)."""
+        size = info.batch_size
+
+        def batch_first(t, dim):
+            return t.expand(size, *t.shape) if dim is None else t.movedim(dim, 0)
+
+        tw, xv, gv = (batch_first(t, d) for t, d in zip((twiddle, x, grad), in_dims[:3]))
+        stacks = tw.shape[1]
+        rows, stacks_in, n = xv.shape[1:]
+        if size == 0:  # no problems: empty gradients
+            return (tw.new_zeros(tw.shape), xv.new_zeros(xv.shape)), (0, 0)
+        folded_x = xv.expand(size, rows, stacks, n).transpose(0, 1).reshape(rows, size * stacks, n)
+        folded_grad = gv.transpose(0, 1).reshape(rows, size * stacks, n)
+        grad_tw, grad_x = _FusedButterflyBackward.apply(
+            tw.reshape(size * stacks, *tw.shape[2:]), folded_x, folded_grad, increasing_stride, transpose
+        )
+        grad_x = grad_x.reshape(rows, size, stacks, n).transpose(0, 1)
+        if stacks_in == 1 and stacks > 1:  # stacks sharing one input row add their adjoints
+            grad_x = grad_x.sum(dim=2, keepdim=True)
+        return (grad_tw.reshape(tw.shape), grad_x), (0, 0)
 
 
 _butterfly_fused.register_autograd(_backward, setup_context=_setup_context)
