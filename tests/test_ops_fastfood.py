@@ -84,10 +84,10 @@ def test_torch_func_grad():
         assert _relative(grads[name], p.grad) <= 1e-12
 
 
-def test_second_order_torch_func_gradients_are_refused():
-    """Nested ``torch.func.grad`` would differentiate the fused backward, which has
-    no derivative, and silently return zero second derivatives: a clear error instead; first
-    order keeps working."""
+def test_second_order_gradients_match_the_reference():
+    """Nested ``torch.func.grad`` and eager ``create_graph=True`` would differentiate the fused
+    backward, which has no derivative (zero second derivatives, silently): the reference runs
+    there, and its second derivatives match an all-reference run; first order runs fused."""
     k, n = 2, 16
     S, G, B = (torch.randn(k, n, dtype=torch.float64) for _ in range(3))
     permutation = torch.stack([torch.randperm(n) for _ in range(k)])
@@ -99,8 +99,21 @@ def test_second_order_torch_func_gradients_are_refused():
     with use_reference():
         expected = torch.func.grad(loss)(S, x)
     assert _relative(torch.func.grad(loss)(S, x), expected) <= 1e-12
-    with pytest.raises(RuntimeError, match="second-order gradients"):
-        torch.func.grad(lambda s: torch.func.grad(loss)(s, x).square().sum())(S)
+    def curvature(s):
+        return torch.func.grad(loss)(s, x).square().sum()
+
+    with use_reference():
+        expected_second = torch.func.grad(curvature)(S)
+    assert expected_second.abs().max() > 0 and _relative(torch.func.grad(curvature)(S), expected_second) <= 1e-12
+
+    def penalty(reference: bool):
+        s = S.clone().requires_grad_()
+        xx = x.clone().requires_grad_()
+        with use_reference(reference):
+            (gx,) = torch.autograd.grad(loss(s, xx), xx, create_graph=True)
+            return torch.autograd.grad(gx.square().sum(), s)[0]
+
+    assert _relative(penalty(False), penalty(True)) <= 1e-12
 
 
 def test_independent_of_thread_count():

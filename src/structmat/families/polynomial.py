@@ -47,6 +47,7 @@ from ..core.dtypes import flop_scale, real_dtype
 from ..core.errors import check_choice, describe
 from ..core.registry import Sample
 from ..core.sizes import next_power_of_two, pad_last, truncate_last
+from ..ops.backend import functorch_transforms
 from ..ops.dct import dct2, dct3, dct_flops
 
 PRESETS = ("chebyshev", "legendre", "hermite", "laguerre", "jacobi", "custom")
@@ -451,8 +452,10 @@ def _segments(n: int) -> list[tuple[int, int]]:
 
 
 def _maybe_checkpoint(fn, *args):
-    """Run ``fn`` with activation checkpointing when a tensor argument needs gradients."""
-    if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in args):
+    """Run ``fn`` with activation checkpointing when a tensor argument needs gradients (not under a
+    ``torch.func`` transform, which refuses the saved-tensor hooks checkpointing uses: there the
+    segment keeps its activations)."""
+    if torch.is_grad_enabled() and not functorch_transforms() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in args):
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 

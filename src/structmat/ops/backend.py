@@ -144,3 +144,14 @@ def choose(*tensors) -> str:
     if any(t.device.type != device for t in tensors[1:]):
         return "reference"
     return "cuda" if device == "cuda" else "reference"
+
+
+def functorch_transforms() -> tuple[str, ...]:
+    """The ``torch.func`` transforms active around the caller, innermost last (``"Grad"``,
+    ``"Vmap"``, ``"Jvp"``, ``"Functionalize"``): empty in plain eager code. Fused kernels whose
+    ``autograd.Function`` lacks a rule for one of them (a vmap rule, a derivative of their own
+    backward) take the differentiable pure-PyTorch reference instead, which every transform
+    handles."""
+    if not torch._C._are_functorch_transforms_active():
+        return ()
+    return tuple(level.key().name for level in torch._C._functorch.get_interpreter_stack() or ())

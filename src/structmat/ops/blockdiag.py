@@ -27,9 +27,8 @@ fast path written with ``torch.bmm`` on block-outermost layouts (see "Layout" be
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from .backend import choose
+from .backend import choose, functorch_transforms
 
 
 # ---------------------------------------------------------------------------- block-diagonal
@@ -77,7 +76,11 @@ def block_diagonal_to_dense(blocks: torch.Tensor) -> torch.Tensor:
 
 def _bmm_batch_major(blocks_first: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``torch.bmm(blocks_first, weights)`` for ``blocks_first`` of shape ``(k, B, s)``, returned as a
-    contiguous ``(B, k, t)`` tensor (the matmul writes into it directly)."""
+    contiguous ``(B, k, t)`` tensor (the matmul writes into it directly). Where autograd records the
+    product (a differentiated backward) or a ``torch.func`` transform runs it, ``out=`` is not
+    allowed: a plain ``bmm``, transposed (a view)."""
+    if functorch_transforms() or (torch.is_grad_enabled() and (blocks_first.requires_grad or weights.requires_grad)):
+        return torch.bmm(blocks_first, weights).transpose(0, 1)
     k, batch = blocks_first.shape[:2]
     out = torch.empty(batch, k, weights.shape[-1], dtype=weights.dtype, device=weights.device)
     torch.bmm(blocks_first, weights, out=out.transpose(0, 1))
@@ -127,7 +130,11 @@ def _monarch_transpose_fast(y, left, right, finish: bool = True):
 
 class _MonarchMultiply(torch.autograd.Function):
     """``x -> x Mᵀ`` on the fast layout, with a hand-written backward (four batched matmuls, three
-    when ``x`` needs no gradient)."""
+    when ``x`` needs no gradient). The backward is made of differentiable torch ops: with
+    ``create_graph=True`` it recomputes the intermediate (saved as non-differentiable) so that
+    second derivatives are exact; ``torch.func.vmap`` runs the generated vmap rule."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, left, right):
@@ -140,9 +147,10 @@ class _MonarchMultiply(torch.autograd.Function):
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y, _grad_z):
         x, left, right, z = ctx.saved_tensors
+        if torch.is_grad_enabled():  # differentiated again: z as a function of (x, right)
+            _, z = _monarch_forward_fast(x, left, right, finish=False)
         J, P, Q, r = left.shape
         I = right.shape[-1]
         batch = x.shape[0]
@@ -154,7 +162,10 @@ class _MonarchMultiply(torch.autograd.Function):
 
 
 class _MonarchMultiplyTranspose(torch.autograd.Function):
-    """``y -> y M`` on the fast layout, with a hand-written backward."""
+    """``y -> y M`` on the fast layout, with a hand-written backward (differentiable, as
+    :class:`_MonarchMultiply`'s)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(y, left, right):
@@ -168,9 +179,10 @@ class _MonarchMultiplyTranspose(torch.autograd.Function):
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_x, _grad_w):
         y, left, right, w = ctx.saved_tensors
+        if torch.is_grad_enabled():  # differentiated again: w as a function of (y, left)
+            _, _, w = _monarch_transpose_fast(y, left, right, finish=False)
         J, P, Q, r = left.shape
         I = right.shape[-1]
         batch = y.shape[0]

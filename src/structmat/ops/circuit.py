@@ -33,7 +33,7 @@ import numba
 import numpy as np
 import torch
 
-from .backend import choose, numpy_view
+from .backend import choose, functorch_transforms, numpy_view
 from .numba_rows import row_kernel
 
 
@@ -83,6 +83,7 @@ def evaluate_levels(state: torch.Tensor, levels: list[Level], output_index: torc
         and state.dtype in _FUSED_DTYPES
         and all(level.product is None for level in levels)
         and not any(level.left_coef.requires_grad or level.right_coef.requires_grad for level in levels)
+        and not set(functorch_transforms()) - {"Grad"}  # (the op has no vmap rule)
     )
     if not fused:
         return evaluate_levels_reference(state, levels, output_index)

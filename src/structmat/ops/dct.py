@@ -32,7 +32,7 @@ import torch
 
 from ..core.dtypes import complex_dtype
 from ..core.errors import describe
-from .backend import choose, numpy_view
+from .backend import choose, functorch_transforms, numpy_view
 from .numba_rows import row_kernel
 from .permutation import even_reversed_odd_permutation
 
@@ -236,9 +236,11 @@ _FUSED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128
 
 def dct2(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal DCT-II of the last dimension of ``x`` (shape ``(*, n)``, any ``n >= 1``),
-    differentiable; equals ``scipy.fft.dct(x, type=2, norm="ortho")``. Cost ``O(n log n)``."""
+    differentiable; equals ``scipy.fft.dct(x, type=2, norm="ortho")``. Cost ``O(n log n)``. Under
+    ``torch.func`` transforms the pure-PyTorch reference runs (the custom op has neither the
+    ``setup_context`` form ``torch.func`` asks for nor a vmap rule)."""
     _check_input(x)
-    if choose(x) == "cpu" and x.dtype in _FUSED_DTYPES:
+    if choose(x) == "cpu" and x.dtype in _FUSED_DTYPES and not functorch_transforms():
         return _dct2_op(x)
     return dct2_reference(x)
 
@@ -247,7 +249,7 @@ def dct3(y: torch.Tensor) -> torch.Tensor:
     """Orthonormal DCT-III of the last dimension (the inverse and transpose of :func:`dct2`);
     equals ``scipy.fft.dct(y, type=3, norm="ortho")``. Cost ``O(n log n)``."""
     _check_input(y)
-    if choose(y) == "cpu" and y.dtype in _FUSED_DTYPES:
+    if choose(y) == "cpu" and y.dtype in _FUSED_DTYPES and not functorch_transforms():
         return _dct3_op(y)
     return dct3_reference(y)
 

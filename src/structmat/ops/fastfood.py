@@ -42,9 +42,11 @@ N = 4096); here one call is one parallel region.
 
 The fused kernels are the ``torch.library`` custom ops ``structmat::fastfood`` and
 ``structmat::fastfood_backward`` (fake implementations and an autograd formula registered, so
-``torch.compile`` and ``gradcheck`` go through them; the backward op itself is not
-differentiable, so double backward needs the reference, and second-order ``torch.func``
-gradients, which would silently be zero, raise ``RuntimeError``).
+``torch.compile`` and ``gradcheck`` go through them). The backward op itself is not
+differentiable: a backward with ``create_graph=True`` runs the vector-Jacobian product of the
+reference instead (exact second derivatives), and ``torch.func`` transforms other than one
+``grad``/``vjp`` level (``vmap``, nested ``grad``, ``jacrev``, ``hessian``) run the whole product
+through the reference, which they all handle.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import torch
 
 from ..core.errors import check_int, describe
 from ..core.sizes import is_power_of_two, pad_last, truncate_last
-from .backend import choose, numpy_view
+from .backend import choose, functorch_transforms, numpy_view
 from .hadamard import hadamard_transform
 from .hadamard_cpu import fastfood_backward_rows, fastfood_rows, fastfood_transpose_backward_rows, fastfood_transpose_rows
 
@@ -149,29 +151,25 @@ def _(x, S, G, B, permutation, grad, transpose):
 
 
 def _setup_context(ctx, inputs, output):
-    x, S, G, B, permutation, _, transpose = inputs
+    x, S, G, B, permutation, features, transpose = inputs
     ctx.save_for_backward(x, S, G, B, permutation)
-    ctx.transpose = transpose
+    ctx.features, ctx.transpose = features, transpose
 
 
-def _differentiated_by_functorch() -> bool:
-    """Whether an enclosing ``torch.func`` gradient transform would differentiate this backward (two
-    or more gradient levels active): the fused backward has no derivative, so it would silently
-    contribute zero second derivatives."""
-    if not torch._C._are_functorch_transforms_active():
-        return False
-    stack = torch._C._functorch.get_interpreter_stack() or ()
-    return sum(level.key() in (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp) for level in stack) > 1
+def _fused_transforms_ok() -> bool:
+    """Whether the fused ops may run under the active ``torch.func`` transforms: none, or one
+    ``grad``/``vjp`` level (first-order gradients; the ops have no vmap rule, and their backward no
+    derivative of its own)."""
+    return functorch_transforms() in ((), ("Grad",))
 
 
 def _backward(ctx, grad):
-    if torch.is_grad_enabled() and _differentiated_by_functorch():
-        raise RuntimeError(
-            "fastfood_multiply: second-order gradients through torch.func (nested grad/jacrev/hessian) are not "
-            "supported -- the fused backward has no derivative of its own; use first-order gradients, or eager "
-            "autograd with structmat.ops.use_reference() for double backward"
-        )
     x, S, G, B, permutation = ctx.saved_tensors
+    if torch.is_grad_enabled() and not functorch_transforms():
+        # create_graph=True: this backward will be differentiated -- the reference's VJP
+        reference = fastfood_transpose_reference if ctx.transpose else fastfood_reference
+        _, vjp = torch.func.vjp(lambda *a: reference(*a, permutation, ctx.features), x, S, G, B)
+        return (*vjp(grad), None, None, None)
     with torch.no_grad():  # first-order gradients (the backward op has no derivative of its own)
         grads = _fastfood_backward_op(x, S, G, B, permutation, grad, ctx.transpose)
     return (*grads, None, None, None)
@@ -241,7 +239,7 @@ def _check_input(name: str, t, max_width: int) -> None:
 def _multiply(t, S, G, B, permutation, features: int, transpose: bool) -> torch.Tensor:
     dtype = functools.reduce(torch.promote_types, (S.dtype, G.dtype, B.dtype), t.dtype)
     t, S, G, B = (p.to(dtype) for p in (t, S, G, B))
-    if choose(t, S, G, B, permutation) != "cpu" or dtype not in _FUSED_DTYPES:
+    if choose(t, S, G, B, permutation) != "cpu" or dtype not in _FUSED_DTYPES or not _fused_transforms_ok():
         reference = fastfood_transpose_reference if transpose else fastfood_reference
         return reference(t, S, G, B, permutation, features)
     if not torch.is_grad_enabled() and not torch.compiler.is_compiling():

@@ -25,7 +25,7 @@ import torch
 
 from ..core.errors import describe
 from ..core.sizes import is_power_of_two
-from .backend import choose
+from .backend import choose, functorch_transforms
 from .hadamard_cpu import hadamard_rows_inplace
 
 __all__ = ["hadamard_transform", "hadamard_reference", "hadamard_flops"]
@@ -91,10 +91,12 @@ def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
     ``n`` a power of two; float32/float64/complex64/complex128), differentiable.
 
     Cost ``n log2 n`` additions per row (SPEC.md §6.3). The fused CPU kernel is used for CPU
-    tensors in those dtypes unless the reference is forced (``structmat.ops.use_reference()``).
+    tensors in those dtypes unless the reference is forced (``structmat.ops.use_reference()``) or a
+    ``torch.func`` transform is active (the custom op has neither the ``setup_context`` form
+    ``torch.func`` asks for nor a vmap rule; the reference has both).
     """
     _check_input(x)
-    if choose(x) == "cpu" and x.dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128):
+    if choose(x) == "cpu" and x.dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128) and not functorch_transforms():
         return _hadamard_op(x)
     return hadamard_reference(x)
 

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .backend import choose
+from .backend import choose, functorch_transforms
 
 #: entries per tile (rows × columns) of the kernel matrix
 TILE_ENTRIES = 1 << 17
@@ -46,6 +46,8 @@ class _TiledKernelProduct(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, *params = ctx.saved_tensors
         build_tile, (rows, columns), transpose = ctx.build_tile, ctx.shape, ctx.transpose
+        if torch.is_grad_enabled():  # create_graph: this backward will be differentiated
+            return (None, None, None, *_differentiable_vjp(build_tile, params, x, (rows, columns), transpose, grad_out, ctx.needs_input_grad[3:]))
         needs = ctx.needs_input_grad[4:]
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[3] else None
         grads = [torch.zeros_like(p) if need else None for p, need in zip(params, needs)]
@@ -73,6 +75,16 @@ class _TiledKernelProduct(torch.autograd.Function):
         return (None, None, None, grad_x, *grads)
 
 
+def _differentiable_vjp(build_tile, params, x, shape, transpose, grad_out, needs):
+    """The vector-Jacobian product through the reference (plain autograd over all tiles, memory
+    ``O(rows · n)``), built as a graph: the backward of a ``create_graph=True`` backward, whose
+    second-order terms the recomputing backward (detached tiles) would silently drop."""
+    inputs = [t for t, need in zip((x, *params), needs) if need]
+    out = _tiled_product(build_tile, params, x, shape, transpose)
+    grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=True, allow_unused=True))
+    return [next(grads) if need else None for need in needs]
+
+
 def _tiled_product(build_tile, params, x, shape, transpose):
     rows, columns = shape
     step = tile_rows(columns)
@@ -98,9 +110,11 @@ def tiled_kernel_multiply(
     by tile.
 
     ``build_tile(params, start, stop)`` must be differentiable in ``params``. Tiles hold
-    :data:`TILE_ENTRIES` entries; the backward recomputes them (module docstring)."""
+    :data:`TILE_ENTRIES` entries; the backward recomputes them (module docstring). A backward with
+    ``create_graph=True`` and ``torch.func`` transforms run the reference (exact derivatives of
+    every order)."""
     params = list(params)
     shape = (int(shape[0]), int(shape[1]))
-    if x.shape[0] == 0 or choose(x, *params) == "reference" or torch.compiler.is_compiling():
+    if x.shape[0] == 0 or choose(x, *params) == "reference" or torch.compiler.is_compiling() or functorch_transforms():
         return tiled_kernel_multiply_reference(build_tile, params, x, shape, transpose)
     return _TiledKernelProduct.apply(build_tile, shape, transpose, x, *params)
