@@ -3,7 +3,8 @@
 Adding a family means writing its module and registry entry; these checks then apply to it
 unchanged: forward vs to_dense, gradcheck (float64/complex128), transpose/adjoint, counts,
 state_dict and config round trips, torch.compile, dtype/device moves, batch shapes, bad input,
-the single-layer gradient reduction (SPEC.md §2.6, check A6) and Hypothesis-driven shapes.
+the single-layer gradient reduction (SPEC.md §2.6, check A6), torch.func (grad, vmap, per-sample
+gradients, jvp), second derivatives and Hypothesis-driven shapes.
 """
 
 import copy
@@ -316,58 +317,93 @@ def _square_loss(y):
     return (y.abs() ** 2).sum() if y.is_complex() else y.square().sum()
 
 
+def _layer_and_transpose(name, sample, dtype):
+    """``(module, its input width)`` for the layer and for its transpose (SPEC.md §2.3)."""
+    m = make(name, sample, dtype)
+    return ((m, sample.in_features), (m.transpose(), sample.out_features))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)
 def test_torch_func_grad_vmap_and_per_sample_gradients(name, sample):
-    """``torch.func`` on every family: ``grad`` through ``functional_call`` equals eager autograd,
-    ``vmap`` over inputs equals the batched forward, and per-sample gradients (``vmap(grad)``)
-    equal one ``grad`` per sample (fused ops without a rule for a transform take their reference)."""
+    """``torch.func`` on every family and its transpose: ``grad`` through ``functional_call``
+    equals eager autograd, ``vmap`` over inputs equals the batched forward, and per-sample
+    gradients (``vmap(grad)``) equal one ``grad`` per sample (fused ops without a rule for a
+    transform take their reference)."""
     for dtype in dtypes_for(name):
-        m = make(name, sample, dtype)
-        x = randn(3, sample.in_features, dtype=dtype)
-        batched = torch.func.vmap(lambda v: m(v.unsqueeze(0)).squeeze(0))(x)
-        assert rel_error(batched, m(x).detach()) <= 1e-12
-        params = {k: p.detach() for k, p in m.named_parameters() if p.requires_grad}
-        if not params:
-            continue
+        for m, features in _layer_and_transpose(name, sample, dtype):
+            x = randn(3, features, dtype=dtype)
+            batched = torch.func.vmap(lambda v: m(v.unsqueeze(0)).squeeze(0))(x)
+            assert rel_error(batched, m(x).detach()) <= 1e-12
+            params = {k: p.detach() for k, p in m.named_parameters() if p.requires_grad}
+            if not params:
+                continue
 
-        def loss(p, v):
-            return _square_loss(torch.func.functional_call(m, p, (v,)))
+            def loss(p, v):
+                return _square_loss(torch.func.functional_call(m, p, (v,)))
 
-        got = torch.func.grad(loss)(params, x)
-        m.zero_grad()
-        loss(dict(m.named_parameters()), x).backward()
-        for k, p in m.named_parameters():
-            if k in params:
-                expected = p.grad if p.grad is not None else torch.zeros_like(p)
-                assert rel_error(got[k], expected) <= 1e-12, k
-        per_sample = torch.func.vmap(torch.func.grad(lambda p, v: loss(p, v.unsqueeze(0))), in_dims=(None, 0))(params, x)
-        for i in range(x.shape[0]):
-            one = torch.func.grad(loss)(params, x[i : i + 1])
-            for k in params:
-                assert rel_error(per_sample[k][i], one[k]) <= 1e-12, k
+            got = torch.func.grad(loss)(params, x)
+            m.zero_grad()
+            loss(dict(m.named_parameters()), x).backward()
+            for k, p in m.named_parameters():
+                if k in params:
+                    expected = p.grad if p.grad is not None else torch.zeros_like(p)
+                    assert rel_error(got[k], expected) <= 1e-12, k
+            per_sample = torch.func.vmap(torch.func.grad(lambda p, v: loss(p, v.unsqueeze(0))), in_dims=(None, 0))(params, x)
+            for i in range(x.shape[0]):
+                one = torch.func.grad(loss)(params, x[i : i + 1])
+                for k in params:
+                    assert rel_error(per_sample[k][i], one[k]) <= 1e-12, k
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward-AD internals
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_forward_mode_jvp(name, sample):
+    """Forward-mode AD (``torch.func.jvp``) on every family and its transpose: the input tangent
+    maps through the dense matrix, and the parameter tangent equals the all-reference run's (fused
+    ops without a forward-mode rule take their reference)."""
+    for dtype in dtypes_for(name):
+        for m, features in _layer_and_transpose(name, sample, dtype):
+            x = randn(3, features, dtype=dtype)
+            dx = randn(3, features, dtype=dtype)
+            y, tangent = torch.func.jvp(m, (x,), (dx,))
+            M = m.to_dense().detach()
+            assert rel_error(y, x @ M.T) <= 1e-10 and rel_error(tangent, dx @ M.T) <= 1e-10
+            params = {k: p.detach() for k, p in m.named_parameters() if p.requires_grad}
+            if not params:
+                continue
+            directions = {k: torch.randn_like(p) for k, p in params.items()}
+
+            def through_params(p):
+                return torch.func.functional_call(m, p, (x,))
+
+            _, got = torch.func.jvp(through_params, (params,), (directions,))
+            with use_reference():
+                _, expected = torch.func.jvp(through_params, (params,), (directions,))
+            assert rel_error(got, expected) <= 1e-10
 
 
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)
 def test_second_order_gradients_match_the_reference(name, sample):
-    """A gradient penalty (``create_graph=True``, then the penalty's gradient) on every family
-    matches the all-reference run: fused backwards without a derivative of their own must not
-    drop second-order terms silently (``nn.Linear`` supports double backward)."""
+    """A gradient penalty (``create_graph=True``, then the penalty's gradient) on every family and
+    its transpose matches the all-reference run: fused backwards without a derivative of their own
+    must not drop second-order terms silently (``nn.Linear`` supports double backward)."""
     for dtype in dtypes_for(name):
-        m = make(name, sample, dtype)
-        params = [p for p in m.parameters() if p.requires_grad]
-        x = randn(3, sample.in_features, dtype=dtype)
+        for m, features in _layer_and_transpose(name, sample, dtype):
+            params = [p for p in m.parameters() if p.requires_grad]
+            x = randn(3, features, dtype=dtype)
 
-        def penalty_gradients(reference: bool):
-            xx = x.clone().requires_grad_()
-            with use_reference(reference):
-                (gx,) = torch.autograd.grad(_square_loss(m(xx)), xx, create_graph=True)
-                return torch.autograd.grad(_square_loss(gx), params, allow_unused=True) if params else ()
+            def penalty_gradients(reference: bool):
+                xx = x.clone().requires_grad_()
+                with use_reference(reference):
+                    (gx,) = torch.autograd.grad(_square_loss(m(xx)), xx, create_graph=True)
+                    return torch.autograd.grad(_square_loss(gx), params, allow_unused=True) if params else ()
 
-        for got, expected in zip(penalty_gradients(False), penalty_gradients(True)):
-            if expected is None:
-                assert got is None or float(got.abs().max()) == 0
-            else:
-                assert rel_error(got, expected) <= 1e-9
+            for got, expected in zip(penalty_gradients(False), penalty_gradients(True)):
+                if expected is None:
+                    assert got is None or float(got.abs().max()) == 0
+                else:
+                    assert rel_error(got, expected) <= 1e-9
 
 
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)

@@ -356,8 +356,11 @@ class OrthogonalPolynomial(StructuredMatrix):
         tree = _transfer_tree(*self._shifted_recurrence(N), N)
         batch = y.shape[0]
         L, q = _sample_grid(self.out_features, N)
-        grid = torch.zeros(batch, L, dtype=y.dtype, device=y.device)
-        grid[:, (q - 1) // 2 :: q] = y
+        # y at grid points (q - 1)/2 + q i, zeros between: padding, not an in-place write into a fresh
+        # tensor (which torch.func.vmap refuses for a batched y)
+        offset = (q - 1) // 2
+        spread = torch.nn.functional.pad(y.unsqueeze(-1), (offset, q - 1 - offset)).reshape(batch, -1)
+        grid = pad_last(spread, L) if spread.shape[-1] <= L else spread[:, :L]
         values = _regrid(grid, N, transpose=True)
         state = torch.stack((values, torch.zeros_like(values)), dim=1).unsqueeze(1)  # (B, 1, 2, N)
         h = N // 2

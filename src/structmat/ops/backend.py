@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
 
 def _environment_forced() -> bool:
@@ -155,3 +156,12 @@ def functorch_transforms() -> tuple[str, ...]:
     if not torch._C._are_functorch_transforms_active():
         return ()
     return tuple(level.key().name for level in torch._C._functorch.get_interpreter_stack() or ())
+
+
+def forward_mode_active() -> bool:
+    """Whether forward-mode AD is on: an eager ``torch.autograd.forward_ad.dual_level``, which
+    ``torch.func.jvp``/``jacfwd``/``hessian`` enter too. Fused ops without a forward-mode rule then
+    run their differentiable reference, which propagates tangents exactly at every order.
+    ``_current_level`` is private to torch (pinned in pyproject.toml); it is a plain module global,
+    which ``torch.compile`` can trace."""
+    return forward_ad._current_level >= 0

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import choose, functorch_transforms
+from .backend import choose, forward_mode_active, functorch_transforms
 
 
 # ---------------------------------------------------------------------------- block-diagonal
@@ -208,7 +208,7 @@ def monarch_multiply(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -
     J, P, Q, r = left.shape
     I = right.shape[-1]
     batch = x.shape[0]
-    if choose(x, left, right) == "reference":
+    if choose(x, left, right) == "reference" or forward_mode_active():  # (no forward-mode rule)
         z = torch.einsum("bqi,qjai->bqja", x.reshape(batch, Q, I), right)
         return torch.einsum("jpqa,bqja->bpj", left, z).reshape(batch, P * J)
     return _MonarchMultiply.apply(x, left, right)[0]
@@ -223,7 +223,7 @@ def monarch_multiply_transpose(y: torch.Tensor, left: torch.Tensor, right: torch
     J, P, Q, r = left.shape
     I = right.shape[-1]
     batch = y.shape[0]
-    if choose(y, left, right) == "reference":
+    if choose(y, left, right) == "reference" or forward_mode_active():  # (no forward-mode rule)
         w = torch.einsum("bpj,jpqa->bqja", y.reshape(batch, P, J), left)
         return torch.einsum("bqja,qjai->bqi", w, right).reshape(batch, Q * I)
     return _MonarchMultiplyTranspose.apply(y, left, right)[0]

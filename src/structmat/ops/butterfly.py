@@ -60,11 +60,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.autograd import forward_ad
 
 from ..core.errors import describe
 from ..core.sizes import is_power_of_two
-from .backend import KERNEL_DTYPES, choose, numba_available, triton_available
+from .backend import KERNEL_DTYPES, choose, forward_mode_active, numba_available, triton_available
 
 #: Fused backends by device type: ``(forward, backward)`` with
 #: ``forward(twiddle, x, increasing_stride, transpose) -> out`` and
@@ -391,7 +390,7 @@ class _FusedButterfly(torch.autograd.Function):
     autograd takes :class:`_EagerFusedButterfly`). No ``jvp`` rule: Dynamo refuses an
     ``autograd.Function`` with a custom ``jvp`` whose inputs require grad, and a custom ``jvp`` is
     not differentiated by an outer forward-mode transform -- forward-mode AD runs the reference
-    instead (:func:`_forward_mode_active`)."""
+    instead (:func:`structmat.ops.backend.forward_mode_active`)."""
 
     @staticmethod
     def forward(twiddle, x, increasing_stride, transpose):
@@ -426,15 +425,6 @@ class _EagerFusedButterfly(torch.autograd.Function):
 # Public entry points
 
 
-def _forward_mode_active() -> bool:
-    """Whether forward-mode AD is on: an eager ``torch.autograd.forward_ad.dual_level``, which
-    ``torch.func.jvp``/``jacfwd`` enter too. The op then runs the differentiable reference, which
-    propagates tangents exactly at every order (the fused kernels have no forward-mode rule).
-    ``_current_level`` is private to torch (pinned in pyproject.toml); it is a plain module global,
-    which ``torch.compile`` can trace."""
-    return forward_ad._current_level >= 0
-
-
 def _register_gpu_backend() -> None:
     """Registers the Triton backend (:mod:`structmat.ops.butterfly_triton`) at the first CUDA call
     where it can run -- not when structmat is imported: probing the device's capability would
@@ -461,7 +451,7 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
     backend = choose(twiddle, x)
     if backend == "cuda" and "cuda" not in FUSED_BACKENDS:
         _register_gpu_backend()
-    if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0 or dtype not in KERNEL_DTYPES or _forward_mode_active():
+    if backend == "reference" or backend not in FUSED_BACKENDS or x.shape[0] == 0 or dtype not in KERNEL_DTYPES or forward_mode_active():
         # (float16/bfloat16, and forward-mode AD: the reference)
         return butterfly_multiply_reference(twiddle, x, increasing_stride, transpose)
     if not torch.is_grad_enabled() and _plain_eager(twiddle, x):
