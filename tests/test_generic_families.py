@@ -184,9 +184,13 @@ def test_torch_compile_forward(name, sample):
     compiled = torch.compile(layer, backend="aot_eager")
     x = randn(4, sample.in_features)
     assert rel_error(compiled(x), layer(x)) <= 1e-12
-    out = compiled(x).sum()
-    out.backward()
-    assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)
+    compiled(x).square().sum().backward()
+    params = [p for p in layer.parameters() if p.requires_grad]
+    compiled_grads = [p.grad.clone() for p in params]
+    layer.zero_grad()
+    layer(x).square().sum().backward()
+    for got, expected in zip(compiled_grads, (p.grad for p in params)):
+        assert rel_error(got, expected) <= 1e-12
 
 
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)
