@@ -4,7 +4,7 @@ Adding a family means writing its module and registry entry; these checks then a
 unchanged: forward vs to_dense, gradcheck (float64/complex128), transpose/adjoint, counts,
 state_dict and config round trips, torch.compile, dtype/device moves, batch shapes, bad input,
 the single-layer gradient reduction (SPEC.md §2.6, check A6), torch.func (grad, vmap, per-sample
-gradients, jvp), second derivatives and Hypothesis-driven shapes.
+gradients, jvp), second derivatives, CPU autocast and Hypothesis-driven shapes.
 """
 
 import copy
@@ -408,6 +408,21 @@ def test_second_order_gradients_match_the_reference(name, sample):
                     assert got is None or float(got.abs().max()) == 0
                 else:
                     assert rel_error(got, expected) <= 1e-9
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_cpu_autocast_runs(name, sample):
+    """Under ``torch.autocast("cpu", bfloat16)`` a float32 layer runs forward and backward (ops
+    torch autocasts compute in bfloat16, the others in float32) and stays within bfloat16's
+    precision of the float32 result -- no dtype clash inside a kernel."""
+    m = make(name, sample, torch.float32)
+    x = torch.randn(3, sample.in_features, requires_grad=True)
+    expected = m(x).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        y.float().square().sum().backward()
+    assert y.shape == expected.shape and rel_error(y.float(), expected) <= 5e-2
+    assert all(bool(torch.isfinite(t.grad).all()) for t in (x, *m.parameters()) if t.grad is not None)
 
 
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)

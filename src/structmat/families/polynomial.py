@@ -417,10 +417,12 @@ class OrthogonalPolynomial(StructuredMatrix):
 
     # ------------------------------------------------------------------ protocol
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fast_forward(x) if self.uses_fast_path else self._clenshaw_forward(x)
+        with _full_precision(x):
+            return self._fast_forward(x) if self.uses_fast_path else self._clenshaw_forward(x)
 
     def _forward_transpose(self, y: torch.Tensor) -> torch.Tensor:
-        return self._fast_transpose(y) if self.uses_fast_path else self._clenshaw_transpose(y)
+        with _full_precision(y):
+            return self._fast_transpose(y) if self.uses_fast_path else self._clenshaw_transpose(y)
 
     def to_dense(self) -> torch.Tensor:
         """``T[j, i] = p_i(z_j)``, built column by column from the recurrence (SPEC.md §6.11)."""
@@ -452,6 +454,13 @@ class OrthogonalPolynomial(StructuredMatrix):
 def _segments(n: int) -> list[tuple[int, int]]:
     length = max(1, math.isqrt(n))
     return [(start, min(start + length, n)) for start in range(0, n, length)]
+
+
+def _full_precision(x: torch.Tensor) -> torch.autocast:
+    """Autocast off: the transfer tree and the recurrence amplify rounding errors (entries grow
+    like the polynomials), so a bfloat16 product lost ~15 % of the result; the layer computes in
+    its own dtype under autocast as well."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def _maybe_checkpoint(fn, *args):

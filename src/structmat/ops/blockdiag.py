@@ -77,9 +77,13 @@ def block_diagonal_to_dense(blocks: torch.Tensor) -> torch.Tensor:
 def _bmm_batch_major(blocks_first: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``torch.bmm(blocks_first, weights)`` for ``blocks_first`` of shape ``(k, B, s)``, returned as a
     contiguous ``(B, k, t)`` tensor (the matmul writes into it directly). Where autograd records the
-    product (a differentiated backward) or a ``torch.func`` transform runs it, ``out=`` is not
-    allowed: a plain ``bmm``, transposed (a view)."""
-    if functorch_transforms() or (torch.is_grad_enabled() and (blocks_first.requires_grad or weights.requires_grad)):
+    product (a differentiated backward), a ``torch.func`` transform runs it or autocast picks the
+    product's dtype, ``out=`` is not possible: a plain ``bmm``, transposed (a view)."""
+    if (
+        functorch_transforms()
+        or torch.is_autocast_enabled(blocks_first.device.type)
+        or (torch.is_grad_enabled() and (blocks_first.requires_grad or weights.requires_grad))
+    ):
         return torch.bmm(blocks_first, weights).transpose(0, 1)
     k, batch = blocks_first.shape[:2]
     out = torch.empty(batch, k, weights.shape[-1], dtype=weights.dtype, device=weights.device)
