@@ -4,7 +4,7 @@ reference's (float32, wall clock, median of 5; ratios side by side in one proces
 For each n (batch 256, one butterfly): eager ``loss.backward()``; ``torch.func.grad`` of the same
 loss (the fused backward as a differentiable function since s19; before, the reference's
 vector-Jacobian product); a gradient penalty (``create_graph=True``, then the penalty's gradient:
-first order fused, second order the reference's); per-sample twiddle gradients
+both through the reference's vector-Jacobian product and its graph); per-sample twiddle gradients
 ``vmap(grad(loss))`` over 32 samples (one fused backward with the samples as stacks). Each row
 also times the same call with ``use_reference()`` -- everything through the reference.
 

@@ -575,6 +575,40 @@ def test_vmap_of_the_fused_backward_is_one_call_with_problems_as_stacks(dtype, s
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
+def test_vmap_rules_split_batches_beyond_the_stack_limit(monkeypatch):
+    """The vmap rules fold vmapped problems into the stacks; beyond ``MAX_STACKS`` (the Triton
+    grid's limit) they split the batch into several fused calls, each within the limit, with the
+    same results."""
+    import structmat.ops.butterfly as module
+
+    tw = torch.randn(7, 3, 1, 3, 4, 2, 2, dtype=torch.float64)  # 7 problems x 3 stacks
+    x = torch.randn(7, 2, 1, 8, dtype=torch.float64)
+    g = torch.randn(7, 2, 3, 8, dtype=torch.float64)
+
+    def vjp(t, v, w):
+        return torch.func.vjp(lambda a, b: butterfly_multiply(a, b, True), t, v)[1](w)
+
+    expected_forward = torch.func.vmap(butterfly_multiply)(tw, x)
+    expected_backward = torch.func.vmap(vjp)(tw, x, g)
+    forward, backward = FUSED_BACKENDS["cpu"]
+    seen = []
+
+    def counted(function):
+        def call(twiddle, *args):
+            seen.append(twiddle.shape[0])
+            return function(twiddle, *args)
+
+        return call
+
+    monkeypatch.setitem(FUSED_BACKENDS, "cpu", (counted(forward), counted(backward)))
+    monkeypatch.setattr(module, "MAX_STACKS", 6)  # two problems per call
+    assert rel_error(torch.func.vmap(butterfly_multiply)(tw, x), expected_forward) <= 1e-15
+    for got, want in zip(torch.func.vmap(vjp)(tw, x, g), expected_backward):
+        assert rel_error(got, want) <= 1e-15
+    assert max(seen) <= 6 and len(seen) >= 8  # 4 forward calls, 4 backward calls, and the vjp's forwards
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="Numba backend not available")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 def test_gradcheck_of_the_fused_backward_under_torch_func(dtype, monkeypatch):
     """Second derivatives of the fused path: the map ``(twiddle, x, grad) -> (grad_twiddle,

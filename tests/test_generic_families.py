@@ -4,7 +4,8 @@ Adding a family means writing its module and registry entry; these checks then a
 unchanged: forward vs to_dense, gradcheck (float64/complex128), transpose/adjoint, counts,
 state_dict and config round trips, torch.compile, dtype/device moves, batch shapes, bad input,
 the single-layer gradient reduction (SPEC.md §2.6, check A6), torch.func (grad, vmap, per-sample
-gradients, jvp), second derivatives, CPU autocast and Hypothesis-driven shapes.
+gradients, jvp), batched vector-Jacobian products, second derivatives, CPU autocast and
+Hypothesis-driven shapes.
 """
 
 import copy
@@ -151,6 +152,8 @@ def test_counts(name, sample):
     assert m.flops(batch=0) == 0
     meta = make(name, sample, torch.float32, device="meta")
     assert meta.num_parameters == m.num_parameters
+    # shape inference without data: the forward runs on the meta device
+    assert meta(torch.empty(2, sample.in_features, device="meta")).shape == (2, sample.out_features)
     layer = sm.StructuredLinear(sample.in_features, sample.out_features, name, **sample.options)
     assert layer.num_parameters == m.num_parameters
     assert layer.flops(3) == m.flops(3) + 3 * sample.out_features
@@ -387,11 +390,40 @@ def test_forward_mode_jvp(name, sample):
             assert rel_error(got, expected) <= 1e-10
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_batched_vector_jacobian_products(name, sample):
+    """``torch.autograd.grad(..., is_grads_batched=True)`` -- what
+    ``torch.autograd.functional.jacobian(vectorize=True)`` runs -- on every family and its
+    transpose: the batched output gradient has no storage, so fused kernels must not read it; the
+    results equal the all-reference run's and, for the input, the dense matrix's."""
+    for dtype in dtypes_for(name):
+        for m, features in _layer_and_transpose(name, sample, dtype):
+            params = [p for p in m.parameters() if p.requires_grad]
+            x = randn(2, features, dtype=dtype)
+            cotangents = None
+
+            def batched_vjp(reference: bool):
+                nonlocal cotangents
+                xx = x.clone().requires_grad_()
+                with use_reference(reference):
+                    y = m(xx)
+                    if cotangents is None:
+                        cotangents = randn(3, *y.shape, dtype=y.dtype)
+                    return torch.autograd.grad(y, [xx, *params], cotangents, is_grads_batched=True, allow_unused=True)
+
+            got, expected = batched_vjp(False), batched_vjp(True)
+            assert rel_error(got[0], cotangents @ m.to_dense().detach().conj()) <= 1e-10
+            for g, e in zip(got, expected):
+                assert (g is None) == (e is None) and (g is None or rel_error(g, e) <= 1e-10)
+
+
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)
 def test_second_order_gradients_match_the_reference(name, sample):
-    """A gradient penalty (``create_graph=True``, then the penalty's gradient) on every family and
-    its transpose matches the all-reference run: fused backwards without a derivative of their own
-    must not drop second-order terms silently (``nn.Linear`` supports double backward)."""
+    """Second derivatives on every family and its transpose match the all-reference run: a gradient
+    penalty (``create_graph=True``, then the penalty's gradient), ``torch.func.grad`` inside eager
+    autograd, and nested ``torch.func.grad``. Fused backwards without a derivative of their own must
+    not drop second-order terms silently (``nn.Linear`` supports double backward)."""
     for dtype in dtypes_for(name):
         for m, features in _layer_and_transpose(name, sample, dtype):
             params = [p for p in m.parameters() if p.requires_grad]
@@ -408,6 +440,33 @@ def test_second_order_gradients_match_the_reference(name, sample):
                     assert got is None or float(got.abs().max()) == 0
                 else:
                     assert rel_error(got, expected) <= 1e-9
+            if not params:
+                continue
+
+            def loss(p, v):
+                return _square_loss(torch.func.functional_call(m, p, (v,)))
+
+            def grad_norm(gradients):
+                return sum(_square_loss(g) for g in gradients.values())
+
+            def functional_inside_eager(reference: bool):
+                # torch.func.grad inside eager autograd: its gradient carries the eager graph
+                leaves = {k: p.detach().clone().requires_grad_() for k, p in m.named_parameters() if p.requires_grad}
+                with use_reference(reference):
+                    penalty = grad_norm(torch.func.grad(loss)(leaves, x))
+                    return torch.autograd.grad(penalty, list(leaves.values()), allow_unused=True)
+
+            def nested(reference: bool):
+                detached = {k: p.detach() for k, p in m.named_parameters() if p.requires_grad}
+                with use_reference(reference):
+                    return tuple(torch.func.grad(lambda p: grad_norm(torch.func.grad(loss)(p, x)))(detached).values())
+
+            for case in (functional_inside_eager, nested):
+                for got, expected in zip(case(False), case(True)):
+                    if expected is None or got is None:
+                        assert all(t is None or float(t.abs().max()) == 0 for t in (got, expected)), case.__name__
+                    else:
+                        assert rel_error(got, expected) <= 1e-9, case.__name__
 
 
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)

@@ -34,6 +34,8 @@ Two multiplication algorithms, both of which never form ``T``:
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from typing import Any
 
@@ -456,11 +458,15 @@ def _segments(n: int) -> list[tuple[int, int]]:
     return [(start, min(start + length, n)) for start in range(0, n, length)]
 
 
-def _full_precision(x: torch.Tensor) -> torch.autocast:
-    """Autocast off: the transfer tree and the recurrence amplify rounding errors (entries grow
-    like the polynomials), so a bfloat16 product lost ~15 % of the result; the layer computes in
-    its own dtype under autocast as well."""
-    return torch.autocast(x.device.type, enabled=False)
+def _full_precision(x: torch.Tensor):
+    """Autocast off where it is on: the transfer tree and the recurrence amplify rounding errors
+    (entries grow like the polynomials), so a bfloat16 product lost ~15 % of the result; the layer
+    computes in its own dtype under autocast as well. (No context otherwise: ``torch.autocast``
+    refuses device types without autocast, such as ``meta``.)"""
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _maybe_checkpoint(fn, *args):

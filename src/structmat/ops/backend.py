@@ -165,3 +165,11 @@ def forward_mode_active() -> bool:
     ``_current_level`` is private to torch (pinned in pyproject.toml); it is a plain module global,
     which ``torch.compile`` can trace."""
     return forward_ad._current_level >= 0
+
+
+def legacy_batched(*tensors: torch.Tensor) -> bool:
+    """Whether a tensor is batched by autograd's own vmap -- a backward run with
+    ``is_grads_batched=True`` (``torch.autograd.functional.jacobian(vectorize=True)``) hands its
+    output gradient over as one. Such a tensor has no storage and no ``torch.func`` transform is
+    active, so fused kernels that read memory must take a path built of torch ops instead."""
+    return any(torch._C._functorch.is_legacy_batchedtensor(t) for t in tensors)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import choose, forward_mode_active, functorch_transforms
+from .backend import choose, forward_mode_active, functorch_transforms, legacy_batched
 
 
 # ---------------------------------------------------------------------------- block-diagonal
@@ -77,10 +77,11 @@ def block_diagonal_to_dense(blocks: torch.Tensor) -> torch.Tensor:
 def _bmm_batch_major(blocks_first: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``torch.bmm(blocks_first, weights)`` for ``blocks_first`` of shape ``(k, B, s)``, returned as a
     contiguous ``(B, k, t)`` tensor (the matmul writes into it directly). Where autograd records the
-    product (a differentiated backward), a ``torch.func`` transform runs it or autocast picks the
-    product's dtype, ``out=`` is not possible: a plain ``bmm``, transposed (a view)."""
+    product (a differentiated backward), a ``torch.func`` transform or a batched backward runs it or
+    autocast picks the product's dtype, ``out=`` is not possible: a plain ``bmm``, transposed (a view)."""
     if (
         functorch_transforms()
+        or (not torch.compiler.is_compiling() and legacy_batched(blocks_first, weights))  # (Dynamo cannot trace the check)
         or torch.is_autocast_enabled(blocks_first.device.type)
         or (torch.is_grad_enabled() and (blocks_first.requires_grad or weights.requires_grad))
     ):

@@ -63,7 +63,7 @@ import torch
 
 from ..core.errors import describe
 from ..core.sizes import is_power_of_two
-from .backend import KERNEL_DTYPES, choose, forward_mode_active, numba_available, triton_available
+from .backend import KERNEL_DTYPES, choose, forward_mode_active, functorch_transforms, numba_available, triton_available
 
 #: Fused backends by device type: ``(forward, backward)`` with
 #: ``forward(twiddle, x, increasing_stride, transpose) -> out`` and
@@ -71,6 +71,18 @@ from .backend import KERNEL_DTYPES, choose, forward_mode_active, numba_available
 #: all tensors contiguous (the CPU backend's ``grad`` may also be broadcast over the batch, see
 #: :func:`_backend_grad`), ``x`` of shape ``(B, S_in, N)`` with ``S_in`` in ``{1, n_stacks}``.
 FUSED_BACKENDS: dict[str, tuple[Callable, Callable]] = {}
+
+#: the most stacks one fused call takes (the Triton kernels launch one grid row per stack, and
+#: CUDA's second grid dimension stops at 65535); vmap rules that fold a batch of problems into the
+#: stacks split the batch so that no call exceeds it
+MAX_STACKS = 65535
+
+
+def _fold_chunks(size: int, stacks: int) -> list[slice]:
+    """Slices of a vmapped batch of ``size`` problems of ``stacks`` stacks each such that one slice,
+    folded into the stacks, takes at most :data:`MAX_STACKS` stacks."""
+    step = max(1, MAX_STACKS // stacks)
+    return [slice(start, min(size, start + step)) for start in range(0, size, step)]
 
 
 def check_twiddle(twiddle, name: str = "twiddle", n_blocks: int | None = None) -> torch.Tensor:
@@ -201,12 +213,17 @@ def _plain_eager(*tensors: torch.Tensor) -> bool:
     """Whether the backend may be called directly, bypassing the custom ops (their dispatch costs
     ~20 us per call, 10 % of a batch-256 forward + backward at N = 1024): plain CPU/GPU tensors
     outside ``torch.compile``, ``torch.func`` and tracing (no fake, functional or wrapped tensors,
-    no dispatch mode). ``nn.Parameter`` counts as plain: the families pass their twiddle
+    no dispatch mode, no gradient batched by ``is_grads_batched``). ``nn.Parameter`` counts as plain: the families pass their twiddle
     parameters directly."""
     return (
         not torch.compiler.is_compiling()
         and torch._C._len_torch_dispatch_stack() == 0
-        and all(type(t) in _PLAIN_TENSOR_TYPES and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+        and all(
+            type(t) in _PLAIN_TENSOR_TYPES
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+            and not torch._C._functorch.is_legacy_batchedtensor(t)  # (backend.legacy_batched)
+            for t in tensors
+        )
     )
 
 
@@ -258,7 +275,7 @@ def _backward(ctx, grad):
       backward keeps its ``K log N`` intermediates: memory ``O(B N K log N)``."""
     if torch.is_grad_enabled():
         twiddle, x = ctx.saved_tensors
-        if torch._C._are_functorch_transforms_active():
+        if functorch_transforms():
             grad_twiddle, grad_x = _FusedButterflyBackward.apply(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
         else:
             grad_twiddle, grad_x = _reference_vjp(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
@@ -339,15 +356,21 @@ class _FusedButterflyBackward(torch.autograd.Function):
         rows, stacks_in, n = xv.shape[1:]
         if size == 0:  # no problems: empty gradients
             return (tw.new_zeros(tw.shape), xv.new_zeros(xv.shape)), (0, 0)
-        folded_x = xv.expand(size, rows, stacks, n).transpose(0, 1).reshape(rows, size * stacks, n)
-        folded_grad = gv.transpose(0, 1).reshape(rows, size * stacks, n)
-        grad_tw, grad_x = _FusedButterflyBackward.apply(
-            tw.reshape(size * stacks, *tw.shape[2:]), folded_x, folded_grad, increasing_stride, transpose
-        )
-        grad_x = grad_x.reshape(rows, size, stacks, n).transpose(0, 1)
-        if stacks_in == 1 and stacks > 1:  # stacks sharing one input row add their adjoints
-            grad_x = grad_x.sum(dim=2, keepdim=True)
-        return (grad_tw.reshape(tw.shape), grad_x), (0, 0)
+        grads_tw, grads_x = [], []
+        for part in _fold_chunks(size, stacks):
+            tw_part, x_part, grad_part = tw[part], xv[part], gv[part]
+            count = tw_part.shape[0]
+            folded_x = x_part.expand(count, rows, stacks, n).transpose(0, 1).reshape(rows, count * stacks, n)
+            folded_grad = grad_part.transpose(0, 1).reshape(rows, count * stacks, n)
+            grad_tw, grad_x = _FusedButterflyBackward.apply(
+                tw_part.reshape(count * stacks, *tw.shape[2:]), folded_x, folded_grad, increasing_stride, transpose
+            )
+            grad_x = grad_x.reshape(rows, count, stacks, n).transpose(0, 1)
+            if stacks_in == 1 and stacks > 1:  # stacks sharing one input row add their adjoints
+                grad_x = grad_x.sum(dim=2, keepdim=True)
+            grads_tw.append(grad_tw.reshape(tw_part.shape))
+            grads_x.append(grad_x)
+        return (torch.cat(grads_tw), torch.cat(grads_x)), (0, 0)
 
 
 _butterfly_fused.register_autograd(_backward, setup_context=_setup_context)
@@ -367,21 +390,24 @@ def _batched(apply, info, in_dims, twiddle, x, increasing_stride, transpose):
         batch = x.shape[1]
         y = apply(twiddle, x.reshape(size * batch, *x.shape[2:]), increasing_stride, transpose)
         return y.reshape(size, batch, *y.shape[1:]), 0
-    twiddle = twiddle.movedim(tw_dim, 0)
+    twiddle = twiddle.movedim(tw_dim, 0)  # (V, S, K, log N, N/2, 2, 2)
     stacks, n = twiddle.shape[1], x.shape[-1]
-    twiddle = twiddle.reshape(size * stacks, *twiddle.shape[2:])  # (V S, K, log N, N/2, 2, 2)
+    if x_dim is not None:
+        x = x.movedim(x_dim, 1)  # (B, V, S_in, N)
     # (no stacks at all for an empty batch of twiddles: the reference's empty result)
     apply = apply if size else butterfly_multiply_reference
-    if x_dim is None:
-        if x.shape[1] == 1:  # one input row shared by every stack of every twiddle
-            y = apply(twiddle, x, increasing_stride, transpose)
-            return y.reshape(y.shape[0], size, stacks, n), 1
-        x = x.unsqueeze(1).expand(-1, size, -1, -1)  # (B, V, S, N)
-    else:
-        x = x.movedim(x_dim, 1)  # (B, V, S_in, N)
-    x = x.expand(-1, -1, stacks, -1).reshape(x.shape[0], size * stacks, n)
-    y = apply(twiddle, x, increasing_stride, transpose)
-    return y.reshape(y.shape[0], size, stacks, n), 1
+    outputs = []
+    for part in _fold_chunks(size, stacks) or [slice(0, 0)]:
+        folded = twiddle[part].reshape(-1, *twiddle.shape[2:])  # (V' S, K, log N, N/2, 2, 2)
+        count = folded.shape[0] // stacks
+        if x_dim is None and x.shape[1] == 1:  # one input row shared by every stack of every twiddle
+            rows = x
+        else:
+            rows = x.unsqueeze(1).expand(-1, count, -1, -1) if x_dim is None else x[:, part]  # (B, V', S_in, N)
+            rows = rows.expand(-1, -1, stacks, -1).reshape(x.shape[0], count * stacks, n)
+        y = apply(folded, rows, increasing_stride, transpose)
+        outputs.append(y.reshape(y.shape[0], count, stacks, n))
+    return torch.cat(outputs, dim=1), 1
 
 
 class _FusedButterfly(torch.autograd.Function):
@@ -460,7 +486,7 @@ def _multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, t
         # still see the custom op, vmapped ones the vmap rule of _FusedButterfly
         forward, _ = _fused(x)
         return forward(twiddle.contiguous(), x.contiguous(), bool(increasing_stride), bool(transpose))
-    if _plain_eager(twiddle, x) and not torch._C._are_functorch_transforms_active():
+    if _plain_eager(twiddle, x) and not functorch_transforms():
         return _EagerFusedButterfly.apply(twiddle, x, bool(increasing_stride), bool(transpose))
     return _FusedButterfly.apply(twiddle, x, bool(increasing_stride), bool(transpose))
 

@@ -44,7 +44,7 @@ import triton.language as tl
 
 from ..core.sizes import next_power_of_two
 from .backend import plain
-from .butterfly import check_backend_operands
+from .butterfly import MAX_STACKS, check_backend_operands
 
 #: quads of elements (rows x quads) in one tile of a radix-4 pass of the forward and of the
 #: backward (radix-2 tiles take twice as many pairs)
@@ -65,8 +65,6 @@ BACKWARD_WORKSPACE_BYTES = 256 * 2**20
 #: traffic
 BACKWARD_FEWEST_ROWS = 4
 
-#: stacks a launch takes (CUDA's limit on the second grid dimension)
-MAX_STACKS = 65535
 
 
 @triton.jit

@@ -44,9 +44,10 @@ The fused kernels are the ``torch.library`` custom ops ``structmat::fastfood`` a
 ``structmat::fastfood_backward`` (fake implementations and an autograd formula registered, so
 ``torch.compile`` and ``gradcheck`` go through them). The backward op itself is not
 differentiable: a backward with ``create_graph=True`` runs the vector-Jacobian product of the
-reference instead (exact second derivatives), and ``torch.func`` transforms other than one
-``grad``/``vjp`` level (``vmap``, nested ``grad``, ``jacrev``, ``hessian``) run the whole product
-through the reference, which they all handle.
+reference instead (exact second derivatives), and under ``torch.func`` transforms (``grad``,
+``vmap``, ``jacrev``, ``hessian``: any of them may differentiate or batch the backward, even a
+single ``grad`` level inside eager autograd) the whole product runs through the reference, which
+they all handle.
 """
 
 from __future__ import annotations
@@ -156,16 +157,9 @@ def _setup_context(ctx, inputs, output):
     ctx.features, ctx.transpose = features, transpose
 
 
-def _fused_transforms_ok() -> bool:
-    """Whether the fused ops may run under the active ``torch.func`` transforms: none, or one
-    ``grad``/``vjp`` level (first-order gradients; the ops have no vmap rule, and their backward no
-    derivative of its own)."""
-    return functorch_transforms() in ((), ("Grad",))
-
-
 def _backward(ctx, grad):
     x, S, G, B, permutation = ctx.saved_tensors
-    if torch.is_grad_enabled() and not functorch_transforms():
+    if torch.is_grad_enabled():
         # create_graph=True: this backward will be differentiated -- the reference's VJP
         reference = fastfood_transpose_reference if ctx.transpose else fastfood_reference
         _, vjp = torch.func.vjp(lambda *a: reference(*a, permutation, ctx.features), x, S, G, B)
@@ -239,7 +233,7 @@ def _check_input(name: str, t, max_width: int) -> None:
 def _multiply(t, S, G, B, permutation, features: int, transpose: bool) -> torch.Tensor:
     dtype = functools.reduce(torch.promote_types, (S.dtype, G.dtype, B.dtype), t.dtype)
     t, S, G, B = (p.to(dtype) for p in (t, S, G, B))
-    if choose(t, S, G, B, permutation) != "cpu" or dtype not in _FUSED_DTYPES or not _fused_transforms_ok():
+    if choose(t, S, G, B, permutation) != "cpu" or dtype not in _FUSED_DTYPES or functorch_transforms():
         reference = fastfood_transpose_reference if transpose else fastfood_reference
         return reference(t, S, G, B, permutation, features)
     if not torch.is_grad_enabled() and not torch.compiler.is_compiling():

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .backend import choose, functorch_transforms
+from .backend import choose, functorch_transforms, legacy_batched
 
 #: entries per tile (rows × columns) of the kernel matrix
 TILE_ENTRIES = 1 << 17
@@ -46,7 +46,7 @@ class _TiledKernelProduct(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, *params = ctx.saved_tensors
         build_tile, (rows, columns), transpose = ctx.build_tile, ctx.shape, ctx.transpose
-        if torch.is_grad_enabled():  # create_graph: this backward will be differentiated
+        if torch.is_grad_enabled() or legacy_batched(grad_out):  # create_graph, or is_grads_batched
             return (None, None, None, *_differentiable_vjp(build_tile, params, x, (rows, columns), transpose, grad_out, ctx.needs_input_grad[3:]))
         needs = ctx.needs_input_grad[4:]
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[3] else None
@@ -78,10 +78,13 @@ class _TiledKernelProduct(torch.autograd.Function):
 def _differentiable_vjp(build_tile, params, x, shape, transpose, grad_out, needs):
     """The vector-Jacobian product through the reference (plain autograd over all tiles, memory
     ``O(rows · n)``), built as a graph: the backward of a ``create_graph=True`` backward, whose
-    second-order terms the recomputing backward (detached tiles) would silently drop."""
+    second-order terms the recomputing backward (detached tiles) would silently drop, and of a
+    batched output gradient (``is_grads_batched``), which the tile loop's detached leaves refuse."""
     inputs = [t for t, need in zip((x, *params), needs) if need]
-    out = _tiled_product(build_tile, params, x, shape, transpose)
-    grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=True, allow_unused=True))
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        out = _tiled_product(build_tile, params, x, shape, transpose)
+    grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=create_graph, allow_unused=True))
     return [next(grads) if need else None for need in needs]
 
 
