@@ -213,8 +213,8 @@ def _plain_eager(*tensors: torch.Tensor) -> bool:
     """Whether the backend may be called directly, bypassing the custom ops (their dispatch costs
     ~20 us per call, 10 % of a batch-256 forward + backward at N = 1024): plain CPU/GPU tensors
     outside ``torch.compile``, ``torch.func`` and tracing (no fake, functional or wrapped tensors,
-    no dispatch mode, no gradient batched by ``is_grads_batched``). ``nn.Parameter`` counts as plain: the families pass their twiddle
-    parameters directly."""
+    no dispatch mode, no gradient batched by ``is_grads_batched``). ``nn.Parameter`` counts as
+    plain: the families pass their twiddle parameters directly."""
     return (
         not torch.compiler.is_compiling()
         and torch._C._len_torch_dispatch_stack() == 0
