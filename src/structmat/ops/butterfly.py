@@ -370,6 +370,8 @@ class _FusedButterflyBackward(torch.autograd.Function):
                 grad_x = grad_x.sum(dim=2, keepdim=True)
             grads_tw.append(grad_tw.reshape(tw_part.shape))
             grads_x.append(grad_x)
+        if len(grads_tw) == 1:  # (the usual case: no copy)
+            return (grads_tw[0], grads_x[0]), (0, 0)
         return (torch.cat(grads_tw), torch.cat(grads_x)), (0, 0)
 
 
@@ -407,7 +409,7 @@ def _batched(apply, info, in_dims, twiddle, x, increasing_stride, transpose):
             rows = rows.expand(-1, -1, stacks, -1).reshape(x.shape[0], count * stacks, n)
         y = apply(folded, rows, increasing_stride, transpose)
         outputs.append(y.reshape(y.shape[0], count, stacks, n))
-    return torch.cat(outputs, dim=1), 1
+    return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)), 1
 
 
 class _FusedButterfly(torch.autograd.Function):
