@@ -272,3 +272,25 @@ def test_bench_ldr_rows():
         assert (row["torch_structured_s"] is not None) == timed
         if timed:
             assert row["torch_structured_s"] > 0 and row["speedup_vs_torch_structured"] > 0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward-AD internals
+@pytest.mark.parametrize("reference", [False, True])
+def test_vandermonde_second_derivatives_at_a_node_near_zero(reference):
+    """An odd count of Chebyshev nodes has one at ``cos(π/2) ≈ 6e-17``: reverse-over-reverse
+    Hessians in the nodes (``torch.autograd.functional.hessian``) equal forward-over-reverse ones
+    (``torch.func.hessian``) -- the rows are built by products, whose derivatives divide by
+    nothing (``cumprod``'s backward divides by the node: off by 2 %)."""
+    layer = Vandermonde(7, 5, dtype=torch.float64)  # (5 nodes)
+    assert float(layer.nodes.detach().abs().min()) < 1e-15
+    x = torch.randn(3, 7, dtype=torch.float64)
+    nodes = layer.nodes.detach().clone()
+
+    def loss(a):
+        return torch.func.functional_call(layer, {"nodes": a}, (x,)).square().sum()
+
+    with sm.ops.use_reference(reference):
+        reverse_reverse = torch.autograd.functional.hessian(loss, nodes)
+        forward_reverse = torch.func.hessian(loss)(nodes)
+    assert float(forward_reverse.abs().max()) > 1 and rel_error(reverse_reverse, forward_reverse) <= 1e-12
+    assert rel_error(vandermonde_rows(nodes, 7), torch.stack([nodes**k for k in range(7)], dim=1)) <= 1e-15

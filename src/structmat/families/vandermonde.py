@@ -26,11 +26,17 @@ from ..ops.kernel_matrix import tiled_kernel_multiply
 
 
 def vandermonde_rows(nodes: torch.Tensor, columns: int) -> torch.Tensor:
-    """``[a_i^0, …, a_i^{columns-1}]`` for each node (cumulative products: exact at ``a = 0``,
-    differentiable everywhere)."""
-    steps = nodes[:, None].expand(nodes.shape[0], max(columns - 1, 0))
-    ones = torch.ones_like(nodes[:, None])
-    return torch.cat([ones, steps], dim=1).cumprod(dim=1)
+    """``[a_i^0, …, a_i^{columns-1}]`` for each node, by doubling: ``[a^0 … a^{w-1}]`` and the same
+    times ``a^w`` make ``[a^0 … a^{2w-1}]`` (``log2(columns)`` steps of products, as fast as a
+    cumulative product and as accurate). Exact at ``a = 0``; derivatives of every order are products
+    too -- ``cumprod``'s backward divides by the node, which made second derivatives at nodes near
+    zero wrong (a Chebyshev node of an odd count is ``cos(π/2) ≈ 6e-17``: Hessians off by 2 %)."""
+    a = nodes[:, None]
+    rows, power = torch.cat([torch.ones_like(a), a], dim=1), a * a  # (a^1 too: one column stays a function of a)
+    while rows.shape[1] < columns:
+        rows = torch.cat([rows, rows * power], dim=1)
+        power = power * power
+    return rows[:, :columns]
 
 
 def default_nodes(count: int, dtype: torch.dtype, device=None) -> torch.Tensor:
