@@ -4,8 +4,8 @@ Adding a family means writing its module and registry entry; these checks then a
 unchanged: forward vs to_dense, gradcheck (float64/complex128), transpose/adjoint, counts,
 state_dict and config round trips, torch.compile, dtype/device moves, batch shapes, bad input,
 the single-layer gradient reduction (SPEC.md §2.6, check A6), torch.func (grad, vmap, per-sample
-gradients, jvp), batched vector-Jacobian products, second derivatives, CPU autocast and
-Hypothesis-driven shapes.
+gradients, jvp), batched vector-Jacobian products, second derivatives and Hessian-vector products,
+CPU autocast and Hypothesis-driven shapes.
 """
 
 import copy
@@ -467,6 +467,34 @@ def test_second_order_gradients_match_the_reference(name, sample):
                         assert all(t is None or float(t.abs().max()) == 0 for t in (got, expected)), case.__name__
                     else:
                         assert rel_error(got, expected) <= 1e-9, case.__name__
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward-AD internals
+@pytest.mark.parametrize("name,sample", CASES, ids=IDS)
+def test_hessian_vector_products_agree(name, sample):
+    """Hessian-vector products in the parameters by reverse-over-reverse (``create_graph``, then a
+    second backward) and by forward-over-reverse (``jvp`` of ``torch.func.grad``) agree on every
+    family: different derivative code paths, so an unstable derivative formula (a backward that
+    divides by a parameter) shows up even where fused and reference paths share it."""
+    for dtype in dtypes_for(name):
+        m = make(name, sample, dtype)
+        params = {k: p.detach() for k, p in m.named_parameters() if p.requires_grad}
+        if not params:
+            continue
+        x = randn(3, sample.in_features, dtype=dtype)
+        direction = {k: torch.randn_like(p) for k, p in params.items()}
+
+        def loss(p):
+            return _square_loss(torch.func.functional_call(m, p, (x,)))
+
+        _, forward_over_reverse = torch.func.jvp(torch.func.grad(loss), (params,), (direction,))
+        leaves = {k: p.clone().requires_grad_() for k, p in params.items()}
+        first = torch.autograd.grad(loss(leaves), list(leaves.values()), create_graph=True, allow_unused=True)
+        dot = sum((g * direction[k].conj()).real.sum() for g, k in zip(first, leaves) if g is not None)
+        reverse_over_reverse = torch.autograd.grad(dot, list(leaves.values()), allow_unused=True)
+        for g, k in zip(reverse_over_reverse, leaves):
+            expected = forward_over_reverse[k]
+            assert rel_error(torch.zeros_like(expected) if g is None else g, expected) <= 1e-9, k
 
 
 @pytest.mark.parametrize("name,sample", CASES, ids=IDS)
