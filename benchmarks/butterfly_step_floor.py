@@ -10,30 +10,19 @@ recomputing backward.
 """
 
 import sys
-import time
 
 import torch
 
+from structmat.experiments.timing import time_call
 from structmat.ops.butterfly import FUSED_BACKENDS, butterfly_multiply
 
 BATCH = 256
 
 
-def median_ms(fn, total: float = 0.2, samples: int = 7) -> float:
-    """Median over ``samples`` timing loops of about ``total / samples`` seconds each."""
-    for _ in range(20):
-        fn()
-    times = []
-    for _ in range(samples):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed > total / samples:
-                break
-        times.append(elapsed / calls * 1e3)
-    return sorted(times)[samples // 2]
+def median_ms(fn) -> float:
+    """Median milliseconds per call over 7 timing loops of about 30 ms each (the shared
+    :func:`structmat.experiments.timing.time_call`)."""
+    return 1e3 * time_call(fn, repeat=7, min_time=0.03, warmup=20)
 
 
 def autograd_floor_ms() -> float:

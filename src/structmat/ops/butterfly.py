@@ -283,10 +283,11 @@ def _backward(ctx, grad):
     return _first_order_backward(ctx, grad)
 
 
-def _fused_vjp(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool):
+def _fused_vjp(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool, transpose: bool, plain: bool | None = None):
     """``(grad_twiddle, grad_x)`` by the fused backward: the backend directly for plain eager
-    tensors, the custom op ``structmat::butterfly_multiply_backward`` under a tracer."""
-    if _plain_eager(twiddle, x, grad):
+    tensors, the custom op ``structmat::butterfly_multiply_backward`` under a tracer (``plain``:
+    :func:`_plain_eager` of the three, when the caller has it already)."""
+    if _plain_eager(twiddle, x, grad) if plain is None else plain:
         _, backward = _fused(x)
         return backward(twiddle.contiguous(), x.contiguous(), _backend_grad(grad), increasing_stride, transpose)
     return _butterfly_fused_backward(twiddle, x, grad, increasing_stride, transpose)
@@ -296,17 +297,13 @@ def _first_order_backward(ctx, grad):
     """The fused backward (the custom op under a tracer); with frozen twiddles the input adjoint
     alone (:func:`_input_adjoint`)."""
     twiddle, x = ctx.saved_tensors
-    if _plain_eager(twiddle, x, grad):
-        if not getattr(ctx, "needs_input_grad", (True,))[0]:  # frozen twiddles: the adjoint only
-            if grad.shape[0] > 1 and grad.stride(0) == 0:  # broadcast over the batch: one row
-                one = _input_adjoint(twiddle, x, grad[:1], ctx.increasing_stride, ctx.transpose)
-                return None, one.expand(x.shape[0], -1, -1), None, None
-            return None, _input_adjoint(twiddle, x, grad, ctx.increasing_stride, ctx.transpose), None, None
-        _, backward = _fused(x)
-        grads = backward(twiddle.contiguous(), x.contiguous(), _backend_grad(grad), ctx.increasing_stride, ctx.transpose)
-    else:
-        grads = _butterfly_fused_backward(twiddle, x, grad, ctx.increasing_stride, ctx.transpose)
-    grad_twiddle, grad_x = grads
+    plain = _plain_eager(twiddle, x, grad)
+    if plain and not getattr(ctx, "needs_input_grad", (True,))[0]:  # frozen twiddles: the adjoint only
+        if grad.shape[0] > 1 and grad.stride(0) == 0:  # broadcast over the batch: one row
+            one = _input_adjoint(twiddle, x, grad[:1], ctx.increasing_stride, ctx.transpose)
+            return None, one.expand(x.shape[0], -1, -1), None, None
+        return None, _input_adjoint(twiddle, x, grad, ctx.increasing_stride, ctx.transpose), None, None
+    grad_twiddle, grad_x = _fused_vjp(twiddle, x, grad, ctx.increasing_stride, ctx.transpose, plain)
     return grad_twiddle, grad_x, None, None
 
 
